@@ -1,0 +1,79 @@
+//! PCM → speaker: the `Sink` trait and its backends (ALSA, WAV), the playout buffer
+//! and the audio thread that owns the sink.
+
+pub mod alsa;
+pub mod channels;
+pub mod playout;
+pub mod wav;
+
+/// The format a sink actually granted (read back from the device, never assumed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceFormat {
+    /// Frames per second.
+    pub rate: u32,
+    /// Interleaved channels per frame.
+    pub channels: u16,
+    /// Frames per period: the audio thread always writes exactly this many.
+    pub period_frames: usize,
+    /// Frames the device buffer holds.
+    pub buffer_frames: usize,
+}
+
+/// What the caller would like from a sink; backends negotiate and may grant something else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkRequest {
+    /// Preferred rate (48 kHz suits Opus best).
+    pub rate: u32,
+    /// Preferred channel count (the source's; the device may need more).
+    pub channels: u16,
+    /// Preferred period length in milliseconds.
+    pub period_ms: u32,
+    /// Preferred number of periods in the device buffer.
+    pub buffer_periods: u32,
+}
+
+impl Default for SinkRequest {
+    fn default() -> Self {
+        SinkRequest { rate: 48_000, channels: 1, period_ms: 20, buffer_periods: 4 }
+    }
+}
+
+/// Errors from any sink, each naming the device or file.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The device does not exist.
+    #[error("audio device '{device}' not found: {detail}")]
+    NotFound { device: String, detail: String },
+    /// The device is held by another program.
+    #[error("audio device '{device}' is busy (another program is using it)")]
+    Busy { device: String },
+    /// A hardware parameter could not be set.
+    #[error("audio device '{device}': cannot set {param}: {detail}")]
+    Params { device: String, param: &'static str, detail: String },
+    /// Writing or draining failed and could not be recovered.
+    #[error("audio device '{device}': {op} failed: {detail}")]
+    Io { device: String, op: &'static str, detail: String },
+    /// The device went away (e.g. a USB DAC was unplugged).
+    #[error("audio device '{device}' disappeared: {detail}")]
+    Gone { device: String, detail: String },
+    /// A WAV file could not be written.
+    #[error("cannot write WAV file '{path}': {detail}")]
+    Wav { path: String, detail: String },
+}
+
+/// A place whole periods of PCM go to. Only the audio thread calls these.
+pub trait Sink: Send {
+    /// The granted format.
+    fn format(&self) -> DeviceFormat;
+    /// Human-readable name (ALSA device name or file path).
+    fn name(&self) -> &str;
+    /// Writes one whole period (`period_frames * channels` samples); blocks while the
+    /// device buffer is full, which is what clocks the audio thread. Must not allocate.
+    fn write(&mut self, period: &[i16]) -> Result<(), SinkError>;
+    /// Blocks until every written sample has been played.
+    fn drain(&mut self) -> Result<(), SinkError>;
+    /// Underruns/suspends recovered so far (for stats).
+    fn xruns(&self) -> u64 {
+        0
+    }
+}

@@ -1,0 +1,8 @@
+//! placeholder
+/// Errors.
+#[derive(Debug, thiserror::Error)]
+pub enum PcmError {
+    /// placeholder
+    #[error("{0}")]
+    Other(String),
+}

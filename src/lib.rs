@@ -1,0 +1,10 @@
+//! herald: streams OpenAI text-to-speech as Ogg Opus, decodes it on the device as it
+//! arrives and plays it gaplessly on ALSA. See `../shared/DESIGN.md` for the data flow.
+
+pub mod audio;
+pub mod codec;
+pub mod config;
+pub mod emulator;
+pub mod pipeline;
+pub mod text;
+pub mod tts;
