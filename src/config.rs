@@ -1,1 +1,417 @@
-//! placeholder
+//! The TOML configuration: defaults, validation with line numbers, unknown-key warnings,
+//! environment overrides and loading the API key.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::audio::playout::PlayoutConfig;
+use crate::audio::SinkRequest;
+use crate::tts::openai::OpenAiConfig;
+use crate::tts::{ApiKey, AudioFormat, MAX_INPUT_CHARS, MODELS, VOICES};
+
+/// Where the daemon and the CLI look for the config when `--config` is not given.
+pub const DEFAULT_PATH: &str = "/etc/herald/herald.toml";
+/// File name of the API key inside `$CREDENTIALS_DIRECTORY` (systemd `LoadCredential=`).
+pub const CREDENTIAL_NAME: &str = "openai_api_key";
+
+/// The whole configuration. Every field has a default; see `deploy/herald.toml`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// How to reach the speech API.
+    pub api: ApiSection,
+    /// What to ask the speech API for.
+    pub speech: SpeechSection,
+    /// The audio device and the playout buffer.
+    pub audio: AudioSection,
+}
+
+/// `[api]`: endpoint, key, timeouts and retries.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiSection {
+    /// Base URL of an OpenAI-compatible API; `OPENAI_BASE_URL` overrides it.
+    pub api_base: String,
+    /// File holding the API key; `OPENAI_API_KEY` overrides it.
+    pub api_key_file: Option<PathBuf>,
+    /// TCP+TLS connect timeout.
+    pub connect_timeout_ms: u64,
+    /// Request sent → first audio byte.
+    pub first_byte_timeout_ms: u64,
+    /// Longest pause in the audio stream before giving up.
+    pub stall_timeout_ms: u64,
+    /// Attempts per segment for retryable failures (1 = no retry).
+    pub max_attempts: u32,
+}
+
+/// `[speech]`: defaults for every request.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpeechSection {
+    /// Model name.
+    pub model: String,
+    /// Voice name.
+    pub voice: String,
+    /// `opus` or `pcm`.
+    pub format: AudioFormat,
+    /// 0.25–4.0.
+    pub speed: f32,
+    /// Voice instructions (empty = none; not for tts-1/tts-1-hd).
+    pub instructions: String,
+    /// Longest text accepted for one announcement, in characters.
+    pub max_text_chars: usize,
+    /// Segments requested ahead of the one playing.
+    pub lookahead: usize,
+}
+
+/// `[audio]`: the device and the playout buffer.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AudioSection {
+    /// ALSA PCM name.
+    pub device: String,
+    /// Preferred sample rate (an Opus rate decodes without resampling).
+    pub rate: u32,
+    /// Period length in milliseconds.
+    pub period_ms: u32,
+    /// Periods in the device buffer.
+    pub buffer_periods: u32,
+    /// Never start an utterance with less than this buffered (unless it is all in).
+    pub min_prebuffer_ms: u32,
+    /// Extra audio held back to ride out network stalls.
+    pub jitter_reserve_ms: u32,
+    /// Most decoded audio held in memory ahead of the device.
+    pub max_buffer_ms: u32,
+    /// SCHED_FIFO priority for the audio thread (0 = don't ask).
+    pub realtime_priority: i32,
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        let t = OpenAiConfig::default();
+        ApiSection {
+            api_base: t.api_base,
+            api_key_file: None,
+            connect_timeout_ms: t.connect_timeout.as_millis() as u64,
+            first_byte_timeout_ms: t.first_byte_timeout.as_millis() as u64,
+            stall_timeout_ms: t.stall_timeout.as_millis() as u64,
+            max_attempts: t.max_attempts,
+        }
+    }
+}
+
+impl Default for SpeechSection {
+    fn default() -> Self {
+        SpeechSection {
+            model: "gpt-4o-mini-tts".into(),
+            voice: "alloy".into(),
+            format: AudioFormat::Opus,
+            speed: 1.0,
+            instructions: String::new(),
+            max_text_chars: 20_000,
+            lookahead: 1,
+        }
+    }
+}
+
+impl Default for AudioSection {
+    fn default() -> Self {
+        let s = SinkRequest::default();
+        let p = PlayoutConfig::default();
+        AudioSection {
+            device: "default".into(),
+            rate: s.rate,
+            period_ms: s.period_ms,
+            buffer_periods: s.buffer_periods,
+            min_prebuffer_ms: p.min_prebuffer_ms,
+            jitter_reserve_ms: p.jitter_reserve_ms,
+            max_buffer_ms: p.max_buffer_ms,
+            realtime_priority: p.realtime_priority.unwrap_or(0),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { api: ApiSection::default(), speech: SpeechSection::default(), audio: AudioSection::default() }
+    }
+}
+
+/// A config that failed to load; every variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    /// TOML syntax or type error.
+    #[error("config {path}, line {line}, column {column}: {message}")]
+    Parse { path: PathBuf, line: usize, column: usize, message: String },
+    /// A value outside what herald accepts.
+    #[error("config {path}{}: {key}: {message}", line.map(|l| format!(", line {l}")).unwrap_or_default())]
+    Invalid { path: PathBuf, key: String, line: Option<usize>, message: String },
+    /// The API key file could not be read.
+    #[error("cannot read API key file {path}: {source}")]
+    KeyFile { path: PathBuf, source: std::io::Error },
+}
+
+/// A loaded config plus the warnings found while loading it.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The effective config.
+    pub config: Config,
+    /// Unknown keys and other non-fatal findings, each naming the key and line.
+    pub warnings: Vec<String>,
+    /// The file it came from (`None` = built-in defaults).
+    pub path: Option<PathBuf>,
+}
+
+impl Config {
+    /// Loads `path`, or `DEFAULT_PATH` if it exists, or the defaults; then applies the
+    /// environment (`OPENAI_BASE_URL`) and validates.
+    pub fn load(path: Option<&Path>) -> Result<Loaded, ConfigError> {
+        let chosen = match path {
+            Some(p) => Some(p.to_path_buf()),
+            None => Some(PathBuf::from(DEFAULT_PATH)).filter(|p| p.exists()),
+        };
+        let mut loaded = match &chosen {
+            Some(p) => {
+                let src = std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
+                let (config, warnings) = Config::parse(&src, p)?;
+                Loaded { config, warnings, path: chosen.clone() }
+            }
+            None => Loaded { config: Config::default(), warnings: Vec::new(), path: None },
+        };
+        if let Ok(base) = std::env::var("OPENAI_BASE_URL") {
+            if !base.trim().is_empty() {
+                loaded.config.api.api_base = base.trim().to_string();
+            }
+        }
+        Ok(loaded)
+    }
+
+    /// Parses and validates TOML text; `path` is only used in messages.
+    pub fn parse(src: &str, path: &Path) -> Result<(Config, Vec<String>), ConfigError> {
+        let mut warnings = Vec::new();
+        let de = toml::Deserializer::new(src);
+        let config: Config = serde_ignored::deserialize(de, |key| {
+            let key = key.to_string();
+            let line = line_of(src, &key).map(|l| format!(" (line {l})")).unwrap_or_default();
+            warnings.push(format!("unknown key '{key}'{line} is ignored"));
+        })
+        .map_err(|e| {
+            let (line, column) = e.span().map(|s| line_col(src, s.start)).unwrap_or((1, 1));
+            ConfigError::Parse { path: path.to_path_buf(), line, column, message: e.message().trim().to_string() }
+        })?;
+        config.validate(src, path)?;
+        Ok((config, warnings))
+    }
+
+    fn validate(&self, src: &str, path: &Path) -> Result<(), ConfigError> {
+        let bad = |key: &str, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            line: line_of(src, key),
+            message,
+        };
+        let s = &self.speech;
+        if !MODELS.iter().any(|m| s.model == *m || s.model.starts_with(&format!("{m}-20"))) {
+            return Err(bad("speech.model", format!("unknown model '{}' (allowed: {})", s.model, MODELS.join(", "))));
+        }
+        if !VOICES.contains(&s.voice.as_str()) {
+            return Err(bad("speech.voice", format!("unknown voice '{}' (allowed: {})", s.voice, VOICES.join(", "))));
+        }
+        if !(0.25..=4.0).contains(&s.speed) {
+            return Err(bad("speech.speed", format!("{} is out of range (allowed: 0.25 to 4.0)", s.speed)));
+        }
+        if !s.instructions.is_empty() && s.model.starts_with("tts-1") {
+            return Err(bad("speech.instructions", format!("model '{}' does not take instructions (use gpt-4o-mini-tts)", s.model)));
+        }
+        if s.max_text_chars == 0 {
+            return Err(bad("speech.max_text_chars", "must be at least 1".into()));
+        }
+        if s.lookahead > 4 {
+            return Err(bad("speech.lookahead", format!("{} is out of range (allowed: 0 to 4)", s.lookahead)));
+        }
+        let a = &self.audio;
+        if a.device.trim().is_empty() {
+            return Err(bad("audio.device", "must name an ALSA PCM, e.g. \"default\" or \"hw:1,0\"".into()));
+        }
+        if !(8_000..=192_000).contains(&a.rate) {
+            return Err(bad("audio.rate", format!("{} Hz is out of range (allowed: 8000 to 192000)", a.rate)));
+        }
+        if !(2..=500).contains(&a.period_ms) {
+            return Err(bad("audio.period_ms", format!("{} is out of range (allowed: 2 to 500)", a.period_ms)));
+        }
+        if !(2..=64).contains(&a.buffer_periods) {
+            return Err(bad("audio.buffer_periods", format!("{} is out of range (allowed: 2 to 64)", a.buffer_periods)));
+        }
+        if !(1_000..=120_000).contains(&a.max_buffer_ms) {
+            return Err(bad("audio.max_buffer_ms", format!("{} is out of range (allowed: 1000 to 120000)", a.max_buffer_ms)));
+        }
+        if a.min_prebuffer_ms + a.jitter_reserve_ms >= a.max_buffer_ms {
+            return Err(bad(
+                "audio.jitter_reserve_ms",
+                format!(
+                    "min_prebuffer_ms + jitter_reserve_ms ({} ms) must be below max_buffer_ms ({} ms)",
+                    a.min_prebuffer_ms + a.jitter_reserve_ms,
+                    a.max_buffer_ms
+                ),
+            ));
+        }
+        if !(0..=99).contains(&a.realtime_priority) {
+            return Err(bad("audio.realtime_priority", format!("{} is out of range (allowed: 0 = off, 1 to 99)", a.realtime_priority)));
+        }
+        let api = &self.api;
+        if !(api.api_base.starts_with("https://") || api.api_base.starts_with("http://")) {
+            return Err(bad("api.api_base", format!("'{}' is not an http(s) URL", api.api_base)));
+        }
+        if api.max_attempts == 0 || api.max_attempts > 10 {
+            return Err(bad("api.max_attempts", format!("{} is out of range (allowed: 1 to 10)", api.max_attempts)));
+        }
+        for (key, v) in [
+            ("api.connect_timeout_ms", api.connect_timeout_ms),
+            ("api.first_byte_timeout_ms", api.first_byte_timeout_ms),
+            ("api.stall_timeout_ms", api.stall_timeout_ms),
+        ] {
+            if !(100..=600_000).contains(&v) {
+                return Err(bad(key, format!("{v} is out of range (allowed: 100 to 600000 ms)")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The API key: `OPENAI_API_KEY`, else `api.api_key_file`, else the systemd credential
+    /// `$CREDENTIALS_DIRECTORY/openai_api_key`; `None` if none is set.
+    pub fn api_key(&self) -> Result<Option<ApiKey>, ConfigError> {
+        if let Ok(k) = std::env::var("OPENAI_API_KEY") {
+            if !k.trim().is_empty() {
+                return Ok(Some(ApiKey::new(k)));
+            }
+        }
+        let file = self.api.api_key_file.clone().or_else(|| {
+            std::env::var_os("CREDENTIALS_DIRECTORY").map(|d| Path::new(&d).join(CREDENTIAL_NAME)).filter(|p| p.exists())
+        });
+        match file {
+            Some(path) => {
+                let key = std::fs::read_to_string(&path).map_err(|source| ConfigError::KeyFile { path, source })?;
+                Ok(Some(ApiKey::new(key)).filter(|k| !k.expose().is_empty()))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Settings for the OpenAI client.
+    pub fn openai(&self, api_key: Option<ApiKey>) -> OpenAiConfig {
+        OpenAiConfig {
+            api_base: self.api.api_base.clone(),
+            api_key,
+            connect_timeout: Duration::from_millis(self.api.connect_timeout_ms),
+            first_byte_timeout: Duration::from_millis(self.api.first_byte_timeout_ms),
+            stall_timeout: Duration::from_millis(self.api.stall_timeout_ms),
+            max_attempts: self.api.max_attempts,
+            ..OpenAiConfig::default()
+        }
+    }
+
+    /// What to ask the audio device for.
+    pub fn sink_request(&self) -> SinkRequest {
+        SinkRequest {
+            rate: self.audio.rate,
+            channels: 1,
+            period_ms: self.audio.period_ms,
+            buffer_periods: self.audio.buffer_periods,
+        }
+    }
+
+    /// Settings for the playout buffer and the audio thread.
+    pub fn playout(&self) -> PlayoutConfig {
+        PlayoutConfig {
+            min_prebuffer_ms: self.audio.min_prebuffer_ms,
+            jitter_reserve_ms: self.audio.jitter_reserve_ms,
+            max_buffer_ms: self.audio.max_buffer_ms,
+            realtime_priority: Some(self.audio.realtime_priority).filter(|&p| p > 0),
+            ..PlayoutConfig::default()
+        }
+    }
+
+    /// The longest input sent in one request.
+    pub fn segment_chars(&self) -> usize {
+        MAX_INPUT_CHARS
+    }
+}
+
+/// 1-based line and column of byte offset `at` in `src`.
+fn line_col(src: &str, at: usize) -> (usize, usize) {
+    let before = &src[..at.min(src.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    (line, column)
+}
+
+/// The line where dotted `key` (e.g. `audio.period_ms`) is set, found by scanning for its
+/// table header and then the key; `None` if it is not in the file (a default).
+fn line_of(src: &str, key: &str) -> Option<usize> {
+    let (table, leaf) = key.rsplit_once('.').unwrap_or(("", key));
+    let mut in_table = table.is_empty();
+    for (i, line) in src.lines().enumerate() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            in_table = t.trim_matches(|c| c == '[' || c == ']').trim() == table;
+            continue;
+        }
+        let name = t.split('=').next().unwrap_or("").trim().trim_matches('"');
+        if in_table && t.contains('=') && name == leaf {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(src: &str) -> Result<(Config, Vec<String>), ConfigError> {
+        Config::parse(src, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let (c, w) = parse("").unwrap();
+        assert_eq!(c, Config::default());
+        assert!(w.is_empty());
+        assert_eq!(c.audio.period_ms, 20);
+        assert_eq!(c.audio.buffer_periods, 4);
+        assert_eq!(c.speech.max_text_chars, 20_000);
+    }
+
+    #[test]
+    fn unknown_keys_are_warned_about_with_their_line() {
+        let (_, w) = parse("[audio]\nperiod_ms = 20\nperod_ms = 10\n").unwrap();
+        assert_eq!(w, vec!["unknown key 'audio.perod_ms' (line 3) is ignored"]);
+    }
+
+    #[test]
+    fn syntax_errors_name_line_and_column() {
+        let e = parse("[audio]\nperiod_ms = \"twenty\"\n").unwrap_err().to_string();
+        assert!(e.starts_with("config test.toml, line 2, column 13:"), "{e}");
+    }
+
+    #[test]
+    fn out_of_range_values_name_key_line_and_range() {
+        let e = parse("[speech]\nvoice = \"nova\"\nspeed = 9.0\n").unwrap_err().to_string();
+        assert_eq!(e, "config test.toml, line 3: speech.speed: 9 is out of range (allowed: 0.25 to 4.0)");
+        let e = parse("[speech]\nvoice = \"bob\"\n").unwrap_err().to_string();
+        assert!(e.contains("unknown voice 'bob' (allowed: alloy, ash"), "{e}");
+        let e = parse("[speech]\nformat = \"mp3\"\n").unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("mp3"), "{e}");
+    }
+
+    #[test]
+    fn dated_model_snapshots_are_accepted() {
+        assert!(parse("[speech]\nmodel = \"gpt-4o-mini-tts-2025-03-20\"\n").is_ok());
+        assert!(parse("[speech]\nmodel = \"gpt-5\"\n").is_err());
+    }
+}

@@ -1,1 +1,403 @@
-//! placeholder
+//! One utterance end to end: text → segments → speech source → decoder → resampler →
+//! channel map → playout. Segments after the first are fetched ahead (bounded look-ahead)
+//! so they play back to back without a gap.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+
+use crate::audio::channels::map_channels;
+use crate::audio::playout::{Playout, PlayoutError, UtteranceReport};
+use crate::codec::opus::{OggOpusDecoder, OPUS_RATES};
+use crate::codec::pcm::RawPcmDecoder;
+use crate::codec::resample::Resampler;
+use crate::codec::{CodecError, StreamDecoder};
+use crate::text::{self, TextError};
+use crate::tts::{AudioFormat, SpeechRequest, SpeechSource, TtsError};
+
+/// The rate and channel count of OpenAI's `pcm` format.
+pub const PCM_RATE: u32 = 24_000;
+/// Encoded chunks buffered per fetched segment before its HTTP stream is back-pressured.
+const FETCH_QUEUE: usize = 64;
+
+/// Per-request voice settings (text aside).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Voice {
+    /// Model name.
+    pub model: String,
+    /// Voice name.
+    pub voice: String,
+    /// Response encoding.
+    pub format: AudioFormat,
+    /// Speed 0.25–4.0 (`None` = API default).
+    pub speed: Option<f32>,
+    /// Voice instructions.
+    pub instructions: Option<String>,
+}
+
+/// Limits that shape how text is split and fetched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest accepted text, in characters.
+    pub max_text_chars: usize,
+    /// Longest text per request, in characters.
+    pub segment_chars: usize,
+    /// Segments fetched ahead of the one being decoded.
+    pub lookahead: usize,
+}
+
+/// What one utterance did, for the one-line summary and the daemon's `finished` event.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SpeakReport {
+    /// Request sent → first sample written to the sink.
+    pub time_to_first_audio: Option<Duration>,
+    /// First audio byte received → first sample written to the sink.
+    pub overhead: Option<Duration>,
+    /// Audio played.
+    pub audio: Duration,
+    /// Times the buffer ran dry mid-utterance.
+    pub stalls: u32,
+    /// Total length of those stalls.
+    pub stall_ms: u64,
+    /// Encoded bytes received.
+    pub bytes: u64,
+    /// Requests made (segments).
+    pub segments: usize,
+    /// HTTP attempts over all segments (retries included).
+    pub attempts: u32,
+    /// Prebuffer the start policy chose.
+    pub prebuffer_ms: u32,
+}
+
+impl std::fmt::Display for SpeakReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.time_to_first_audio {
+            Some(t) => write!(f, "time to first audio {} ms", t.as_millis())?,
+            None => write!(f, "time to first audio -")?,
+        }
+        if let Some(o) = self.overhead {
+            write!(f, " (overhead {} ms)", o.as_millis())?;
+        }
+        write!(
+            f,
+            ", audio {:.2} s, stalls {} ({} ms), received {} bytes in {} segment{}",
+            self.audio.as_secs_f64(),
+            self.stalls,
+            self.stall_ms,
+            self.bytes,
+            self.segments,
+            if self.segments == 1 { "" } else { "s" }
+        )?;
+        if self.attempts as usize > self.segments {
+            write!(f, ", {} retries", self.attempts as usize - self.segments)?;
+        }
+        Ok(())
+    }
+}
+
+/// Why an utterance was not played completely.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The text was rejected before any request.
+    #[error(transparent)]
+    Text(#[from] TextError),
+    /// Fetching speech failed.
+    #[error("segment {segment} of {of}: {source}")]
+    Tts { segment: usize, of: usize, source: TtsError },
+    /// The audio could not be decoded.
+    #[error("segment {segment} of {of}: {source}")]
+    Codec { segment: usize, of: usize, source: CodecError },
+    /// Reading a local file failed.
+    #[error("cannot read {path}: {source}")]
+    File { path: String, source: std::io::Error },
+    /// The audio device or the audio thread failed.
+    #[error(transparent)]
+    Playout(#[from] PlayoutError),
+}
+
+/// Turns decoded PCM into the device's rate and channel count.
+struct Conformer {
+    resampler: Option<Resampler>,
+    in_channels: u16,
+    out_channels: u16,
+    resampled: Vec<i16>,
+    mapped: Vec<i16>,
+}
+
+impl Conformer {
+    fn new(in_rate: u32, in_channels: u16, out_rate: u32, out_channels: u16) -> Result<Self, CodecError> {
+        let resampler = if in_rate == out_rate { None } else { Some(Resampler::new(in_rate, out_rate, in_channels)?) };
+        Ok(Conformer { resampler, in_channels, out_channels, resampled: Vec::new(), mapped: Vec::new() })
+    }
+
+    /// Converts `pcm` (or, with `flush`, the resampler's tail) and returns device samples.
+    fn convert(&mut self, pcm: &[i16], flush: bool) -> Result<&[i16], CodecError> {
+        let src: &[i16] = match &mut self.resampler {
+            Some(r) => {
+                self.resampled.clear();
+                r.process(pcm, &mut self.resampled)?;
+                if flush {
+                    r.flush(&mut self.resampled)?;
+                }
+                &self.resampled
+            }
+            None => pcm,
+        };
+        if self.in_channels == self.out_channels {
+            self.mapped.clear();
+            self.mapped.extend_from_slice(src);
+        } else {
+            self.mapped.clear();
+            map_channels(src, self.in_channels, self.out_channels, &mut self.mapped);
+        }
+        Ok(&self.mapped)
+    }
+}
+
+/// Decodes one encoded stream into the playout, creating the conformer once the stream's
+/// format is known. Shared by `speak` (many segments) and `play` (one file).
+struct Feeder {
+    decode_rate: u32,
+    device_rate: u32,
+    device_channels: u16,
+    conformer: Option<Conformer>,
+    pcm: Vec<i16>,
+}
+
+impl Feeder {
+    fn new(playout: &Playout) -> Self {
+        let f = playout.format();
+        // Decode Opus at the device rate when libopus can; otherwise at 48 kHz and resample.
+        let decode_rate = if OPUS_RATES.contains(&f.rate) { f.rate } else { 48_000 };
+        Feeder { decode_rate, device_rate: f.rate, device_channels: f.channels, conformer: None, pcm: Vec::new() }
+    }
+
+    fn decoder(&self, format: AudioFormat) -> Result<Box<dyn StreamDecoder>, CodecError> {
+        Ok(match format {
+            AudioFormat::Opus => Box::new(OggOpusDecoder::new(self.decode_rate)?),
+            AudioFormat::Pcm => Box::new(RawPcmDecoder::new(PCM_RATE, 1)),
+        })
+    }
+
+    /// Feeds `bytes` (or, with `None`, ends the stream) and pushes the result to the playout.
+    async fn feed(
+        &mut self,
+        dec: &mut dyn StreamDecoder,
+        bytes: Option<&[u8]>,
+        playout: &mut Playout,
+    ) -> Result<(), FeedError> {
+        self.pcm.clear();
+        match bytes {
+            Some(b) => dec.push(b, &mut self.pcm)?,
+            None => dec.finish(&mut self.pcm)?,
+        }
+        if self.pcm.is_empty() {
+            return Ok(());
+        }
+        let Some(fmt) = dec.format() else { return Ok(()) };
+        let conformer = match &mut self.conformer {
+            Some(c) => c,
+            c @ None => c.insert(Conformer::new(fmt.rate, fmt.channels, self.device_rate, self.device_channels)?),
+        };
+        let out = conformer.convert(&self.pcm, false)?;
+        playout.push(out).await?;
+        Ok(())
+    }
+
+    /// Pushes the resampler's tail at the end of the utterance.
+    async fn flush(&mut self, playout: &mut Playout) -> Result<(), FeedError> {
+        if let Some(c) = &mut self.conformer {
+            let out = c.convert(&[], true)?;
+            if !out.is_empty() {
+                playout.push(out).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+enum FeedError {
+    Codec(CodecError),
+    Playout(PlayoutError),
+}
+
+impl From<CodecError> for FeedError {
+    fn from(e: CodecError) -> Self {
+        FeedError::Codec(e)
+    }
+}
+
+impl From<PlayoutError> for FeedError {
+    fn from(e: PlayoutError) -> Self {
+        FeedError::Playout(e)
+    }
+}
+
+/// Messages from a segment's fetch task.
+enum Fetched {
+    Opened { at: Instant, attempts: u32 },
+    Chunk(Bytes),
+    Failed(TtsError),
+}
+
+/// Opens `req` and forwards its body into a bounded queue (back-pressuring the HTTP stream).
+fn spawn_fetch(source: Arc<dyn SpeechSource>, req: SpeechRequest) -> mpsc::Receiver<Fetched> {
+    let (tx, rx) = mpsc::channel(FETCH_QUEUE);
+    tokio::spawn(async move {
+        let mut stream = match source.open(&req).await {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = tx.send(Fetched::Failed(e)).await;
+                return;
+            }
+        };
+        if tx.send(Fetched::Opened { at: Instant::now(), attempts: stream.attempts }).await.is_err() {
+            return;
+        }
+        while let Some(item) = stream.body.next().await {
+            let msg = match item {
+                Ok(b) => Fetched::Chunk(b),
+                Err(e) => Fetched::Failed(e),
+            };
+            let failed = matches!(msg, Fetched::Failed(_));
+            if tx.send(msg).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Speaks `text` with `voice` on `playout`; returns once the last sample has been played.
+pub async fn speak(
+    source: Arc<dyn SpeechSource>,
+    playout: &mut Playout,
+    text: &str,
+    voice: &Voice,
+    limits: Limits,
+) -> Result<SpeakReport, PipelineError> {
+    text::validate(text, limits.max_text_chars)?;
+    let segments = text::segment(text, limits.segment_chars);
+    let of = segments.len();
+    let requests: Vec<SpeechRequest> = segments
+        .into_iter()
+        .map(|input| SpeechRequest {
+            model: voice.model.clone(),
+            voice: voice.voice.clone(),
+            input,
+            format: voice.format,
+            speed: voice.speed,
+            instructions: voice.instructions.clone(),
+        })
+        .collect();
+    for (i, r) in requests.iter().enumerate() {
+        r.validate().map_err(|source| PipelineError::Tts { segment: i + 1, of, source })?;
+    }
+
+    let t0 = Instant::now();
+    playout.begin(text::estimate_duration(text, voice.speed.unwrap_or(1.0)));
+    let mut report = SpeakReport { segments: of, ..SpeakReport::default() };
+    let mut first_byte_at = None;
+    let mut feeder = Feeder::new(playout);
+    let mut pending = std::collections::VecDeque::new();
+    let mut next = 0;
+    let result: Result<(), PipelineError> = async {
+        for seg in 0..of {
+            // Keep the segment being decoded plus `lookahead` more in flight.
+            while next < of && next <= seg + limits.lookahead {
+                pending.push_back(spawn_fetch(source.clone(), requests[next].clone()));
+                next += 1;
+            }
+            let Some(mut rx) = pending.pop_front() else { break };
+            let codec_err = |source| PipelineError::Codec { segment: seg + 1, of, source };
+            let tts_err = |source| PipelineError::Tts { segment: seg + 1, of, source };
+            let mut dec = feeder.decoder(voice.format).map_err(codec_err)?;
+            while let Some(msg) = rx.recv().await {
+                match msg {
+                    Fetched::Opened { at, attempts } => {
+                        first_byte_at.get_or_insert(at);
+                        report.attempts += attempts;
+                    }
+                    Fetched::Chunk(b) => {
+                        report.bytes += b.len() as u64;
+                        feeder.feed(dec.as_mut(), Some(&b), playout).await.map_err(|e| lift(e, seg, of))?;
+                    }
+                    Fetched::Failed(e) => return Err(tts_err(e)),
+                }
+            }
+            feeder.feed(dec.as_mut(), None, playout).await.map_err(|e| lift(e, seg, of))?;
+        }
+        feeder.flush(playout).await.map_err(|e| lift(e, of.saturating_sub(1), of))?;
+        Ok(())
+    }
+    .await;
+
+    if let Err(e) = result {
+        // Stop what is playing with a short fade rather than cutting it or playing on.
+        let _ = playout.interrupt().await;
+        return Err(e);
+    }
+    playout.end();
+    let done = playout.finished().await?;
+    Ok(fill_report(report, &done, t0, first_byte_at, playout.format().rate))
+}
+
+/// Plays a local Ogg Opus file through the same decode and playout path.
+pub async fn play_file(playout: &mut Playout, path: &std::path::Path) -> Result<SpeakReport, PipelineError> {
+    let file_err = |source| PipelineError::File { path: path.display().to_string(), source };
+    let mut file = tokio::fs::File::open(path).await.map_err(file_err)?;
+    let t0 = Instant::now();
+    // A local file arrives far faster than real time: the floor prebuffer is enough.
+    playout.begin(Duration::ZERO);
+    let mut feeder = Feeder::new(playout);
+    let mut dec = feeder.decoder(AudioFormat::Opus).map_err(|source| PipelineError::Codec { segment: 1, of: 1, source })?;
+    let mut report = SpeakReport { segments: 1, attempts: 1, ..SpeakReport::default() };
+    let mut buf = vec![0u8; 16 * 1024];
+    let result: Result<(), PipelineError> = async {
+        loop {
+            let n = file.read(&mut buf).await.map_err(file_err)?;
+            if n == 0 {
+                break;
+            }
+            report.bytes += n as u64;
+            feeder.feed(dec.as_mut(), Some(&buf[..n]), playout).await.map_err(|e| lift(e, 0, 1))?;
+        }
+        feeder.feed(dec.as_mut(), None, playout).await.map_err(|e| lift(e, 0, 1))?;
+        feeder.flush(playout).await.map_err(|e| lift(e, 0, 1))
+    }
+    .await;
+    if let Err(e) = result {
+        let _ = playout.interrupt().await;
+        return Err(e);
+    }
+    playout.end();
+    let done = playout.finished().await?;
+    Ok(fill_report(report, &done, t0, Some(t0), playout.format().rate))
+}
+
+fn lift(e: FeedError, seg: usize, of: usize) -> PipelineError {
+    match e {
+        FeedError::Codec(source) => PipelineError::Codec { segment: seg + 1, of, source },
+        FeedError::Playout(e) => PipelineError::Playout(e),
+    }
+}
+
+fn fill_report(
+    mut report: SpeakReport,
+    done: &UtteranceReport,
+    t0: Instant,
+    first_byte_at: Option<Instant>,
+    rate: u32,
+) -> SpeakReport {
+    report.time_to_first_audio = done.started_at.map(|s| s.saturating_duration_since(t0));
+    report.overhead = done.started_at.zip(first_byte_at).map(|(s, f)| s.saturating_duration_since(f));
+    report.audio = Duration::from_secs_f64(done.frames_played as f64 / rate.max(1) as f64);
+    report.stalls = done.stalls;
+    report.stall_ms = done.stall_ms;
+    report.prebuffer_ms = done.prebuffer_ms;
+    report
+}

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what building and testing herald needs on Debian / Raspberry Pi OS, skipping
+# whatever is already there. Safe to run repeatedly.
+set -euo pipefail
+
+# Build: alsa-lib and libopus headers. Tests: espeak-ng (the emulator's voice), opus-tools
+# and sox (fixtures), alsa-utils (aplay for manual checks), systemd (systemd-analyze).
+PKGS=(pkg-config libasound2-dev libopus-dev espeak-ng opus-tools sox alsa-utils ca-certificates systemd)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: no Rust toolchain; install one with rustup (https://rustup.rs), then re-run" >&2
+  exit 1
+fi
