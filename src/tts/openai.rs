@@ -362,7 +362,7 @@ impl Failure {
     /// The final error when the server asked for a wait longer than we allow.
     fn into_error_with_wait(self, inner: &Inner, attempts: u32, asked: Duration) -> TtsError {
         let note = format!(
-            "the server asked to retry in {}, longer than the {} allowed (max_retry_after)",
+            "the server asked to retry in {}, longer than the {} allowed by max_retry_after",
             human_duration(asked),
             human_duration(inner.cfg.max_retry_after)
         );
@@ -688,9 +688,17 @@ fn looks_like_html(body: &[u8]) -> bool {
         || prefix.starts_with(b"<?xml")
 }
 
-/// A stricter test for PCM, whose samples can be any bytes: a JSON object opening with a
-/// quoted key, or an HTML page.
+/// A stricter test for PCM, whose samples can be any bytes: the head must be printable
+/// text (16 printable bytes in a row are practically impossible in speech samples) and
+/// open a JSON object with a quoted key, or an HTML page.
 fn looks_like_document(head: &[u8]) -> bool {
+    let printable = head
+        .iter()
+        .take(16)
+        .all(|b| b.is_ascii_graphic() || b.is_ascii_whitespace());
+    if !printable {
+        return false;
+    }
     let body = skip_ws(head);
     if looks_like_html(body) {
         return true;
