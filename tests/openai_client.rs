@@ -448,7 +448,8 @@ async fn server_saying_do_not_retry_is_obeyed() {
 
 #[tokio::test]
 async fn request_and_account_errors_are_never_retried_and_quote_openai() {
-    let cases: [(u16, &str, fn(&TtsError) -> bool, &str); 3] = [
+    type Case = (u16, &'static str, fn(&TtsError) -> bool, &'static str);
+    let cases: [Case; 3] = [
         (
             400,
             "Invalid value for 'voice'",
@@ -947,4 +948,34 @@ fn defaults_match_the_documented_values() {
     assert_eq!(cfg.backoff_base, Duration::from_millis(250));
     assert_eq!(cfg.backoff_max, Duration::from_secs(8));
     assert_eq!(cfg.max_retry_after, Duration::from_secs(30));
+}
+
+/// An `https` base pointing at a plain-HTTP port (a common configuration slip for a local
+/// OpenAI-compatible server): the message must name the TLS handshake, not a raw chain.
+#[tokio::test]
+async fn https_to_a_plain_http_server_reports_a_tls_handshake_failure() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let _ = socket
+                .write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+                .await;
+            let _ = socket.shutdown().await;
+        }
+    });
+    let mut cfg = config(format!("https://{addr}/v1"));
+    cfg.max_attempts = 2;
+    let client = OpenAiClient::new(cfg).unwrap();
+    let e = open_err(&client, &request(AudioFormat::Opus)).await;
+    match &e {
+        TtsError::Connect {
+            attempts, detail, ..
+        } => {
+            assert_eq!(*attempts, 2);
+            assert!(detail.starts_with("tls handshake failed"), "{detail}");
+        }
+        other => panic!("expected Connect, got {other:?}"),
+    }
+    server.abort();
 }

@@ -853,12 +853,27 @@ fn short_detail(e: &reqwest::Error) -> String {
     if texts.iter().any(|t| t.starts_with("dns error")) {
         return format!("dns error: {innermost}");
     }
-    let tls = texts.iter().any(|t| {
-        t.contains("certificate")
-            || t.contains("tls")
-            || t.contains("handshake")
-            || t.contains("alert")
+    // rustls errors reach us as io::Error(InvalidData) nested inside io::Error(Other)
+    // (whose `source()` skips a level), so look through `get_ref()` as well.
+    let invalid_data = chain.iter().any(|err| {
+        let mut io = err.downcast_ref::<std::io::Error>();
+        while let Some(e) = io {
+            if e.kind() == std::io::ErrorKind::InvalidData {
+                return true;
+            }
+            io = e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<std::io::Error>());
+        }
+        false
     });
+    let tls = (e.is_connect() && invalid_data)
+        || texts.iter().any(|t| {
+            t.contains("certificate")
+                || t.contains("tls")
+                || t.contains("handshake")
+                || t.contains("alert")
+        });
     if tls {
         return format!("tls handshake failed: {innermost}");
     }
