@@ -934,6 +934,11 @@ async fn bad_configuration_is_refused_without_showing_the_key() {
     })
     .unwrap();
     assert!(!format!("{client:?}").contains(KEY));
+    let cfg = OpenAiConfig {
+        api_key: Some(ApiKey::new(KEY)),
+        ..OpenAiConfig::default()
+    };
+    assert!(!format!("{cfg:?}").contains(KEY));
 }
 
 #[test]
@@ -978,4 +983,22 @@ async fn https_to_a_plain_http_server_reports_a_tls_handshake_failure() {
         other => panic!("expected Connect, got {other:?}"),
     }
     server.abort();
+}
+
+#[tokio::test]
+async fn a_redirect_is_not_followed_and_is_reported_as_a_portal_or_proxy() {
+    let server = ScriptedServer::start(vec![
+        respond(302, &[("Location", "http://portal.example/login")], ""),
+        ok_ogg(vec![ogg_bytes(10)]),
+    ])
+    .await;
+    let client = OpenAiClient::new(config(server.base())).unwrap();
+    let e = open_err(&client, &request(AudioFormat::Opus)).await;
+    assert!(matches!(e, TtsError::Rejected { status: 302, .. }), "{e:?}");
+    let shown = e.to_string();
+    assert!(
+        shown.contains("redirect to http://portal.example/login"),
+        "{shown}"
+    );
+    assert_eq!(server.requests().len(), 1);
 }

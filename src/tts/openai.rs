@@ -323,10 +323,11 @@ enum FailKind {
 }
 
 impl Failure {
-    fn status(&self) -> u16 {
+    /// The HTTP status, for the retry log line (none for transport failures).
+    fn status(&self) -> Option<u16> {
         match self.kind {
-            FailKind::Status { status, .. } => status,
-            _ => 0,
+            FailKind::Status { status, .. } => Some(status),
+            _ => None,
         }
     }
 
