@@ -666,13 +666,13 @@ async fn no_progress_mid_stream_ends_the_body_with_a_stall_timeout() {
     }])
     .await;
     let mut cfg = config(server.base());
-    cfg.stall_timeout = Duration::from_millis(400);
+    cfg.stall_timeout = Duration::from_millis(1000);
     let client = OpenAiClient::new(cfg).unwrap();
     let stream = open(&client, &request(AudioFormat::Opus)).await.unwrap();
     let (body, err) = collect(stream).await;
     assert_eq!(body, [first, b"more".to_vec()].concat());
     assert!(
-        matches!(err, Some(TtsError::Timeout { phase: "waiting for more audio", after }) if after == Duration::from_millis(400)),
+        matches!(err, Some(TtsError::Timeout { phase: "waiting for more audio", after }) if after == Duration::from_millis(1000)),
         "{err:?}"
     );
     assert_eq!(
