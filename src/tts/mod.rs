@@ -1,6 +1,7 @@
 //! Text → encoded speech bytes: the `SpeechSource` seam and its OpenAI backend.
 
 pub mod openai;
+mod retry;
 
 use std::fmt;
 use std::future::Future;
@@ -141,17 +142,216 @@ pub enum TtsError {
     Rejected { status: u16, message: String },
     /// 5xx after all retries.
     #[error("the API failed (HTTP {status}) after {attempts} attempts: {message}")]
-    Server { status: u16, attempts: u32, message: String },
+    Server {
+        status: u16,
+        attempts: u32,
+        message: String,
+    },
     /// A 200 whose body is not the requested audio.
     #[error("the response is not {expected} audio: {detail}")]
-    NotAudio { expected: &'static str, detail: String },
+    NotAudio {
+        expected: &'static str,
+        detail: String,
+    },
     /// Could not connect (DNS, TCP, TLS) after all retries.
     #[error("cannot reach {base}: {detail} (after {attempts} attempts)")]
-    Connect { base: String, attempts: u32, detail: String },
+    Connect {
+        base: String,
+        attempts: u32,
+        detail: String,
+    },
     /// A timeout (connect, first byte, or no progress mid-stream).
     #[error("timed out {phase} after {after:?}")]
-    Timeout { phase: &'static str, after: Duration },
+    Timeout {
+        phase: &'static str,
+        after: Duration,
+    },
     /// The connection broke after audio had started.
     #[error("the audio stream broke after {received} bytes: {detail}")]
     Broken { received: u64, detail: String },
+    /// 429 with code `insufficient_quota`: waiting will not help, the account needs credit.
+    #[error("quota exhausted (HTTP 429, insufficient_quota): {message}")]
+    QuotaExhausted { message: String },
+}
+
+impl SpeechRequest {
+    /// Checks the request against the endpoint's limits, so nothing invalid is ever sent.
+    pub fn validate(&self) -> Result<(), TtsError> {
+        if self.input.trim().is_empty() {
+            return Err(TtsError::Invalid(
+                "the input text is empty (allowed: 1 to 4096 characters)".into(),
+            ));
+        }
+        let chars = self.input.chars().count();
+        if chars > MAX_INPUT_CHARS {
+            return Err(TtsError::Invalid(format!(
+                "the input text has {chars} characters (allowed: at most {MAX_INPUT_CHARS}; split it into segments)"
+            )));
+        }
+        let Some(base_model) = base_model(&self.model) else {
+            return Err(TtsError::Invalid(format!(
+                "unknown model '{}' (allowed: {}, or a dated snapshot such as gpt-4o-mini-tts-2025-03-20)",
+                self.model,
+                MODELS.join(", ")
+            )));
+        };
+        if !VOICES.contains(&self.voice.as_str()) {
+            return Err(TtsError::Invalid(format!(
+                "unknown voice '{}' (allowed: {})",
+                self.voice,
+                VOICES.join(", ")
+            )));
+        }
+        if let Some(speed) = self.speed {
+            if !(0.25..=4.0).contains(&speed) {
+                return Err(TtsError::Invalid(format!(
+                    "speed {speed} is out of range (allowed: 0.25 to 4.0)"
+                )));
+            }
+        }
+        let has_instructions = self
+            .instructions
+            .as_deref()
+            .is_some_and(|i| !i.trim().is_empty());
+        if has_instructions && matches!(base_model, "tts-1" | "tts-1-hd") {
+            return Err(TtsError::Invalid(format!(
+                "model '{}' does not accept instructions (allowed with: gpt-4o-mini-tts)",
+                self.model
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The entry of [`MODELS`] that `model` is, or is a snapshot of (`-YYYY-MM-DD` or `-NNNN`).
+fn base_model(model: &str) -> Option<&'static str> {
+    // Longest first, so "tts-1-hd-1106" is a snapshot of tts-1-hd, not a suffix of tts-1.
+    let mut known: Vec<&'static str> = MODELS.to_vec();
+    known.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    known.into_iter().find(|base| {
+        model == *base
+            || model
+                .strip_prefix(base)
+                .and_then(|rest| rest.strip_prefix('-'))
+                .is_some_and(is_snapshot_suffix)
+    })
+}
+
+/// `2025-03-20` (dated snapshot) or `1106` (the older four-digit snapshots).
+fn is_snapshot_suffix(s: &str) -> bool {
+    let digits = |p: &str, n: usize| p.len() == n && p.bytes().all(|b| b.is_ascii_digit());
+    let parts: Vec<&str> = s.split('-').collect();
+    match parts.as_slice() {
+        [y, m, d] => digits(y, 4) && digits(m, 2) && digits(d, 2),
+        [n] => digits(n, 4),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req() -> SpeechRequest {
+        SpeechRequest {
+            model: "gpt-4o-mini-tts".into(),
+            voice: "alloy".into(),
+            input: "Hello there.".into(),
+            format: AudioFormat::Opus,
+            speed: None,
+            instructions: None,
+        }
+    }
+
+    fn invalid(r: &SpeechRequest) -> String {
+        match r.validate() {
+            Err(TtsError::Invalid(msg)) => msg,
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_plain_request_is_valid() {
+        assert!(req().validate().is_ok());
+    }
+
+    #[test]
+    fn empty_or_blank_input_is_refused() {
+        let mut r = req();
+        r.input = " \n\t ".into();
+        assert!(invalid(&r).contains("empty"));
+    }
+
+    #[test]
+    fn input_length_counts_characters_not_bytes() {
+        let mut r = req();
+        // 4096 two-byte characters: 8192 bytes but within the limit.
+        r.input = "é".repeat(MAX_INPUT_CHARS);
+        assert!(r.validate().is_ok());
+        r.input.push('é');
+        let msg = invalid(&r);
+        assert!(msg.contains("4097") && msg.contains("4096"), "{msg}");
+    }
+
+    #[test]
+    fn models_and_their_snapshots_are_accepted_others_listed() {
+        let mut r = req();
+        for m in [
+            "tts-1",
+            "tts-1-hd",
+            "gpt-4o-mini-tts-2025-03-20",
+            "tts-1-1106",
+            "tts-1-hd-1106",
+        ] {
+            r.model = m.into();
+            assert!(r.validate().is_ok(), "{m}");
+        }
+        for m in [
+            "tts-2",
+            "gpt-4o-mini-tts-latest",
+            "gpt-4o-mini-tts-2025-3-20",
+            "",
+        ] {
+            r.model = m.into();
+            let msg = invalid(&r);
+            assert!(
+                msg.contains("tts-1-hd") && msg.contains("gpt-4o-mini-tts"),
+                "{msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_voice_lists_the_voices() {
+        let mut r = req();
+        r.voice = "Alloy".into();
+        let msg = invalid(&r);
+        assert!(msg.contains("'Alloy'") && msg.contains("shimmer") && msg.contains("cedar"));
+    }
+
+    #[test]
+    fn speed_must_be_within_range() {
+        let mut r = req();
+        for ok in [0.25, 1.0, 4.0] {
+            r.speed = Some(ok);
+            assert!(r.validate().is_ok(), "{ok}");
+        }
+        for bad in [0.2, 4.01, f32::NAN, f32::INFINITY] {
+            r.speed = Some(bad);
+            assert!(invalid(&r).contains("0.25 to 4.0"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn instructions_are_refused_for_tts_1_models_only() {
+        let mut r = req();
+        r.instructions = Some("Speak calmly.".into());
+        assert!(r.validate().is_ok());
+        for m in ["tts-1", "tts-1-hd", "tts-1-hd-1106"] {
+            r.model = m.into();
+            assert!(invalid(&r).contains("instructions"), "{m}");
+        }
+        r.instructions = Some("  ".into());
+        assert!(r.validate().is_ok(), "blank instructions are not sent");
+    }
 }
