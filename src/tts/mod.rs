@@ -135,13 +135,13 @@ pub enum TtsError {
     #[error("access denied (HTTP 403): {message}")]
     Forbidden { message: String },
     /// 429 after all retries.
-    #[error("rate limit or quota exceeded (HTTP 429) after {attempts} attempts: {message}")]
+    #[error("rate limit or quota exceeded (HTTP 429) after {}: {message}", attempts_text(*attempts))]
     RateLimited { attempts: u32, message: String },
     /// 400 or another non-retryable client error.
     #[error("the API refused the request (HTTP {status}): {message}")]
     Rejected { status: u16, message: String },
     /// 5xx after all retries.
-    #[error("the API failed (HTTP {status}) after {attempts} attempts: {message}")]
+    #[error("the API failed (HTTP {status}) after {}: {message}", attempts_text(*attempts))]
     Server {
         status: u16,
         attempts: u32,
@@ -154,7 +154,7 @@ pub enum TtsError {
         detail: String,
     },
     /// Could not connect (DNS, TCP, TLS) after all retries.
-    #[error("cannot reach {base}: {detail} (after {attempts} attempts)")]
+    #[error("cannot reach {base}: {detail} (after {})", attempts_text(*attempts))]
     Connect {
         base: String,
         attempts: u32,
@@ -353,5 +353,14 @@ mod tests {
         }
         r.instructions = Some("  ".into());
         assert!(r.validate().is_ok(), "blank instructions are not sent");
+    }
+}
+
+/// "1 attempt" / "3 attempts".
+fn attempts_text(n: u32) -> String {
+    if n == 1 {
+        "1 attempt".into()
+    } else {
+        format!("{n} attempts")
     }
 }
