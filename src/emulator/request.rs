@@ -21,7 +21,11 @@ pub struct ApiError {
 
 impl ApiError {
     /// A 400 `invalid_request_error`.
-    pub fn invalid(message: String, param: Option<&'static str>, code: Option<&'static str>) -> Self {
+    pub fn invalid(
+        message: String,
+        param: Option<&'static str>,
+        code: Option<&'static str>,
+    ) -> Self {
         ApiError {
             status: 400,
             message,
@@ -95,9 +99,10 @@ fn quoted_list(items: &[&str]) -> String {
 fn model_known(model: &str) -> bool {
     MODELS.iter().any(|m| {
         model == *m
-            || model.strip_prefix(m).and_then(|r| r.strip_prefix('-')).is_some_and(|r| {
-                !r.is_empty() && r.chars().all(|c| c.is_ascii_digit() || c == '-')
-            })
+            || model
+                .strip_prefix(m)
+                .and_then(|r| r.strip_prefix('-'))
+                .is_some_and(|r| !r.is_empty() && r.chars().all(|c| c.is_ascii_digit() || c == '-'))
     })
 }
 
@@ -123,10 +128,7 @@ fn string_field<'a>(
     }
 }
 
-fn required<'a>(
-    obj: &'a Map<String, Value>,
-    name: &'static str,
-) -> Result<&'a str, ApiError> {
+fn required<'a>(obj: &'a Map<String, Value>, name: &'static str) -> Result<&'a str, ApiError> {
     string_field(obj, name)?.ok_or_else(|| {
         ApiError::invalid(
             format!("Missing required parameter: '{name}'."),
@@ -250,9 +252,7 @@ pub fn validate(body: &[u8]) -> Result<SpeechBody, ApiError> {
         // The real API answers an unknown model with 404 model_not_found.
         return Err(ApiError {
             status: 404,
-            message: format!(
-                "The model `{model}` does not exist or you do not have access to it."
-            ),
+            message: format!("The model `{model}` does not exist or you do not have access to it."),
             kind: "invalid_request_error",
             param: None,
             code: Some("model_not_found"),
@@ -334,8 +334,9 @@ mod tests {
 
     #[test]
     fn minimal_body_defaults() {
-        let b = validate(br#"{"model":"tts-1","input":"hi","voice":"nova","response_format":"pcm"}"#)
-            .unwrap();
+        let b =
+            validate(br#"{"model":"tts-1","input":"hi","voice":"nova","response_format":"pcm"}"#)
+                .unwrap();
         assert_eq!(b.speed, 1.0);
         assert_eq!(b.format, AudioFormat::Pcm);
         let e = validate(br#"{"model":"tts-1","input":"hi","voice":"nova"}"#).unwrap_err();

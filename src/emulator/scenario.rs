@@ -104,9 +104,8 @@ impl Scenario {
                 scenario: spec.to_string(),
                 reason,
             };
-            let need = || {
-                value.ok_or_else(|| bad(format!("option '{key}' needs a value ({key}=...)")))
-            };
+            let need =
+                || value.ok_or_else(|| bad(format!("option '{key}' needs a value ({key}=...)")));
             let ms = || -> Result<Duration, EmulatorError> {
                 let v = need()?;
                 v.parse::<u64>()
@@ -154,7 +153,9 @@ impl Scenario {
                         .parse::<f64>()
                         .ok()
                         .filter(|x| x.is_finite() && (0.05..=1000.0).contains(x))
-                        .ok_or_else(|| bad(format!("speed={v}: expected 0.05..=1000 (× real time)")))?;
+                        .ok_or_else(|| {
+                            bad(format!("speed={v}: expected 0.05..=1000 (× real time)"))
+                        })?;
                 }
                 "chunk" => {
                     let v = need()?;
@@ -172,11 +173,14 @@ impl Scenario {
                 "stall-max" => s.stall_max = ms()?,
                 "stall" => {
                     let v = need()?;
-                    let parsed = v.split_once('+').and_then(|(a, b)| {
-                        Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?))
-                    });
-                    let (at, len) = parsed
-                        .ok_or_else(|| bad(format!("stall={v}: expected AT_MS+LEN_MS, e.g. stall=1000+800")))?;
+                    let parsed = v
+                        .split_once('+')
+                        .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)));
+                    let (at, len) = parsed.ok_or_else(|| {
+                        bad(format!(
+                            "stall={v}: expected AT_MS+LEN_MS, e.g. stall=1000+800"
+                        ))
+                    })?;
                     s.stalls
                         .push((Duration::from_millis(at), Duration::from_millis(len)));
                 }
@@ -190,7 +194,11 @@ impl Scenario {
                         .parse::<u16>()
                         .ok()
                         .filter(|st| (400..=599).contains(st))
-                        .ok_or_else(|| bad(format!("fail={v}: expected a status 400..=599, optionally xN (fail=429x2)")))?;
+                        .ok_or_else(|| {
+                            bad(format!(
+                                "fail={v}: expected a status 400..=599, optionally xN (fail=429x2)"
+                            ))
+                        })?;
                     let times = match times {
                         None => None,
                         Some(n) => Some(n.parse::<u64>().map_err(|_| {
@@ -262,7 +270,9 @@ impl Scenario {
                         s.retry_after_ms = None;
                     } else {
                         let ms = v.parse::<u64>().map_err(|_| {
-                            bad(format!("retry-after-ms={v}: expected milliseconds or 'none'"))
+                            bad(format!(
+                                "retry-after-ms={v}: expected milliseconds or 'none'"
+                            ))
                         })?;
                         s.retry_after_ms = Some(ms);
                         // Keep the seconds header consistent (rounded up) when it is sent.

@@ -150,7 +150,7 @@ pub fn plan_opus(
 pub fn plan_pcm(body: Bytes, sc: &Scenario, stalls: &Stalls) -> Plan {
     // 1 s of pcm, or half the body if shorter, for hang-body / drop.
     let cut_at = match sc.fault {
-        Some(Fault::HangBody) | Some(Fault::Drop) => Some((48_000).min(body.len() / 2 & !1)),
+        Some(Fault::HangBody) | Some(Fault::Drop) => Some(48_000.min((body.len() / 2) & !1)),
         _ => None,
     };
     let len = cut_at.unwrap_or(body.len());
@@ -231,7 +231,10 @@ mod tests {
         let ends = [ms(0), ms(0), ms(1000), ms(1500)];
         let p = plan_opus(body, &pages, &ends, &sc, &Stalls::default());
         let times: Vec<u64> = p.pieces.iter().map(|x| x.at.as_millis() as u64).collect();
-        assert_eq!(times, vec![100, 100, 100, 600, 600, 600, 850, 850, 850, 850]);
+        assert_eq!(
+            times,
+            vec![100, 100, 100, 600, 600, 600, 850, 850, 850, 850]
+        );
         assert_eq!(p.tail, Tail::End);
     }
 

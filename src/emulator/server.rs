@@ -21,9 +21,7 @@ use tokio::time::Instant;
 use super::request::{mask_key, validate, ApiError};
 use super::scenario::{Fault, Scenario};
 use super::schedule::{plan, Stalls, Tail};
-use super::{
-    render, EmulatorConfig, EmulatorError, EmulatorHandle, EmulatorStats, SeenRequest,
-};
+use super::{render, EmulatorConfig, EmulatorError, EmulatorHandle, EmulatorStats, SeenRequest};
 use crate::tts::{AudioFormat, MODELS};
 
 /// Error carried by a body stream we break on purpose.
@@ -86,10 +84,12 @@ pub(crate) async fn start(cfg: EmulatorConfig) -> Result<EmulatorHandle, Emulato
             addr: cfg.listen,
             source,
         })?;
-    let addr = listener.local_addr().map_err(|source| EmulatorError::Bind {
-        addr: cfg.listen,
-        source,
-    })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| EmulatorError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
         cfg,
@@ -259,7 +259,11 @@ enum Route {
 }
 
 fn presented_key(req: &Request<Incoming>) -> Option<String> {
-    let h = req.headers().get(hyper::header::AUTHORIZATION)?.to_str().ok()?;
+    let h = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     let (scheme, key) = h.trim().split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
@@ -378,7 +382,11 @@ async fn speech(req: Request<Incoming>, ctx: Ctx, sc: Scenario) -> Response<Body
         });
     });
     let nth = {
-        let mut c = ctx.shared.counters.lock().unwrap_or_else(|p| p.into_inner());
+        let mut c = ctx
+            .shared
+            .counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let n = c.entry(ctx.key.clone()).or_default();
         *n += 1;
         *n
@@ -427,10 +435,16 @@ async fn speech(req: Request<Incoming>, ctx: Ctx, sc: Scenario) -> Response<Body
         _ => {}
     }
 
-    let (input, voice, speed, format) = (body.input.clone(), body.voice.clone(), body.speed, body.format);
+    let (input, voice, speed, format) = (
+        body.input.clone(),
+        body.voice.clone(),
+        body.speed,
+        body.format,
+    );
     let sc_render = sc.clone();
     let rendered =
-        tokio::task::spawn_blocking(move || render(&input, &voice, speed, format, &sc_render)).await;
+        tokio::task::spawn_blocking(move || render(&input, &voice, speed, format, &sc_render))
+            .await;
     let rendered = match rendered {
         Ok(Ok(r)) => r,
         Ok(Err(EmulatorError::Scenario { reason, .. })) => {
@@ -455,7 +469,9 @@ async fn speech(req: Request<Incoming>, ctx: Ctx, sc: Scenario) -> Response<Body
             })
         }
     };
-    let seed = sc.seed.unwrap_or(ctx.shared.cfg.seed) ^ fnv1a(&ctx.key) ^ nth.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let seed = sc.seed.unwrap_or(ctx.shared.cfg.seed)
+        ^ fnv1a(&ctx.key)
+        ^ nth.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let horizon = sc.ttfb + rendered.audio.div_f64(sc.speed) + Duration::from_secs(1);
     let stalls = Stalls::new(&sc, seed, horizon);
     let total = rendered.body.len();
@@ -491,6 +507,12 @@ async fn speech(req: Request<Incoming>, ctx: Ctx, sc: Scenario) -> Response<Body
             Tail::End => shared.with_stats(&key, |s| s.bodies_completed += 1),
             Tail::Cut => {
                 shared.with_stats(&key, |s| s.bodies_broken += 1);
+                // hyper discards unflushed output when a body fails, so let what was sent
+                // reach the socket first: the client must see audio, then the break.
+                while tx.capacity() < tx.max_capacity() && !tx.is_closed() {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 let _ = tx.send(Err(BodyError("emulated connection drop"))).await;
             }
             Tail::Hang => {

@@ -137,7 +137,11 @@ fn espeak(text: &str, voice: &str, speed: f32) -> Result<Option<Vec<i16>>, Emula
     let mut child = match child {
         Ok(c) => c,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(EmulatorError::Espeak(format!("cannot start espeak-ng: {e}"))),
+        Err(e) => {
+            return Err(EmulatorError::Espeak(format!(
+                "cannot start espeak-ng: {e}"
+            )))
+        }
     };
     let writer = child.stdin.take().map(|mut stdin| {
         let text = text.to_string();
@@ -253,7 +257,9 @@ pub(crate) fn resample(input: &[i16], from: u32, to: u32) -> Vec<i16> {
 fn trim(pcm: Vec<i16>) -> Vec<i16> {
     const THRESHOLD: i16 = 64;
     let first = pcm.iter().position(|s| s.unsigned_abs() > THRESHOLD as u16);
-    let last = pcm.iter().rposition(|s| s.unsigned_abs() > THRESHOLD as u16);
+    let last = pcm
+        .iter()
+        .rposition(|s| s.unsigned_abs() > THRESHOLD as u16);
     match (first, last) {
         (Some(f), Some(l)) => {
             let start = f.saturating_sub(RATE as usize / 100);
@@ -309,14 +315,17 @@ mod tests {
     #[test]
     fn resample_keeps_duration_and_a_sine() {
         let input: Vec<i16> = (0..22050)
-            .map(|i| ((i as f64 * 2.0 * std::f64::consts::PI * 440.0 / 22050.0).sin() * 10000.0) as i16)
+            .map(|i| {
+                ((i as f64 * 2.0 * std::f64::consts::PI * 440.0 / 22050.0).sin() * 10000.0) as i16
+            })
             .collect();
         let out = resample(&input, 22050, 24000);
         assert_eq!(out.len(), 24000);
         // Compare the middle against the ideal 440 Hz sine at 24 kHz.
         let err: f64 = (1000..23000)
             .map(|i| {
-                let ideal = (i as f64 * 2.0 * std::f64::consts::PI * 440.0 / 24000.0).sin() * 10000.0;
+                let ideal =
+                    (i as f64 * 2.0 * std::f64::consts::PI * 440.0 / 24000.0).sin() * 10000.0;
                 (out[i] as f64 - ideal).abs()
             })
             .fold(0.0, f64::max);
