@@ -608,6 +608,24 @@ async fn opus_streams_in_page_bursts_over_time() {
 }
 
 #[tokio::test]
+async fn a_stall_holds_everything_back_then_releases_the_backlog() {
+    let emu = start().await;
+    // Generated within ~0.1 s, but the link is stalled for the first 800 ms.
+    let t0 = Instant::now();
+    let resp = post(&emu, "fast,stall=0+800", &speech_body("Held back.", "opus")).await;
+    let headers_at = t0.elapsed();
+    assert_eq!(resp.status(), 200);
+    let bytes = resp.bytes().await.unwrap();
+    assert!(
+        headers_at >= Duration::from_millis(750),
+        "first byte after {headers_at:?}, inside the stall"
+    );
+    let full = expected_body("fast", "Held back.", "coral", 1.0, AudioFormat::Opus).unwrap();
+    assert_eq!(bytes.as_ref(), full.as_slice());
+    emu.shutdown().await;
+}
+
+#[tokio::test]
 async fn models_route_unknown_routes_and_bad_scenarios() {
     let emu = start().await;
     let client = reqwest::Client::new();

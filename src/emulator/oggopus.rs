@@ -103,6 +103,14 @@ pub fn encode_ogg_opus(pcm_24k: &[i16], opts: &OggLayout) -> Result<Vec<u8>, Emu
             opts.packets_per_page
         )));
     }
+    // Above ~128 kbit/s a 50-packet page could need more than 255 lacing values and the
+    // writer would split it, breaking the 1 s page layout.
+    if !(6_000..=128_000).contains(&opts.bitrate) {
+        return Err(EmulatorError::Invalid(format!(
+            "bitrate {} is outside 6000..=128000 bit/s",
+            opts.bitrate
+        )));
+    }
     let mut enc = new_encoder(opts.bitrate)?;
     let pre_skip = lookahead_48k(&mut enc)?;
     let lookahead_24k = pre_skip as usize / 2;

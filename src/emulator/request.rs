@@ -37,13 +37,15 @@ impl ApiError {
 
     /// The JSON body.
     pub fn body(&self) -> String {
-        json!({"error": {
-            "message": self.message,
-            "type": self.kind,
-            "param": self.param,
-            "code": self.code,
-        }})
-        .to_string()
+        // Built by hand to keep OpenAI's field order (serde_json's map would sort it).
+        let s = |v: Value| v.to_string();
+        format!(
+            r#"{{"error":{{"message":{},"type":{},"param":{},"code":{}}}}}"#,
+            s(json!(self.message)),
+            s(json!(self.kind)),
+            s(json!(self.param)),
+            s(json!(self.code)),
+        )
     }
 }
 
@@ -330,6 +332,19 @@ mod tests {
         let m = mask_key(k);
         assert_eq!(m, "sk-te****1234");
         assert!(!mask_key("sk-short").contains("short"));
+    }
+
+    #[test]
+    fn error_body_keeps_openais_field_order_and_escapes() {
+        let e = ApiError::invalid("bad \"x\"".into(), Some("input"), None);
+        let body = e.body();
+        assert!(
+            body.starts_with(r#"{"error":{"message":"bad \"x\"","type":"#),
+            "{body}"
+        );
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["error"]["param"], "input");
+        assert!(v["error"]["code"].is_null());
     }
 
     #[test]
