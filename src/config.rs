@@ -135,7 +135,11 @@ impl Default for AudioSection {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { api: ApiSection::default(), speech: SpeechSection::default(), audio: AudioSection::default() }
+        Config {
+            api: ApiSection::default(),
+            speech: SpeechSection::default(),
+            audio: AudioSection::default(),
+        }
     }
 }
 
@@ -144,16 +148,32 @@ impl Default for Config {
 pub enum ConfigError {
     /// The file could not be read.
     #[error("cannot read config {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// TOML syntax or type error.
     #[error("config {path}, line {line}, column {column}: {message}")]
-    Parse { path: PathBuf, line: usize, column: usize, message: String },
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
     /// A value outside what herald accepts.
     #[error("config {path}{}: {key}: {message}", line.map(|l| format!(", line {l}")).unwrap_or_default())]
-    Invalid { path: PathBuf, key: String, line: Option<usize>, message: String },
+    Invalid {
+        path: PathBuf,
+        key: String,
+        line: Option<usize>,
+        message: String,
+    },
     /// The API key file could not be read.
     #[error("cannot read API key file {path}: {source}")]
-    KeyFile { path: PathBuf, source: std::io::Error },
+    KeyFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// A loaded config plus the warnings found while loading it.
@@ -177,11 +197,22 @@ impl Config {
         };
         let mut loaded = match &chosen {
             Some(p) => {
-                let src = std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
+                let src = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.clone(),
+                    source,
+                })?;
                 let (config, warnings) = Config::parse(&src, p)?;
-                Loaded { config, warnings, path: chosen.clone() }
+                Loaded {
+                    config,
+                    warnings,
+                    path: chosen.clone(),
+                }
             }
-            None => Loaded { config: Config::default(), warnings: Vec::new(), path: None },
+            None => Loaded {
+                config: Config::default(),
+                warnings: Vec::new(),
+                path: None,
+            },
         };
         if let Ok(base) = std::env::var("OPENAI_BASE_URL") {
             if !base.trim().is_empty() {
@@ -197,12 +228,19 @@ impl Config {
         let de = toml::Deserializer::new(src);
         let config: Config = serde_ignored::deserialize(de, |key| {
             let key = key.to_string();
-            let line = line_of(src, &key).map(|l| format!(" (line {l})")).unwrap_or_default();
+            let line = line_of(src, &key)
+                .map(|l| format!(" (line {l})"))
+                .unwrap_or_default();
             warnings.push(format!("unknown key '{key}'{line} is ignored"));
         })
         .map_err(|e| {
             let (line, column) = e.span().map(|s| line_col(src, s.start)).unwrap_or((1, 1));
-            ConfigError::Parse { path: path.to_path_buf(), line, column, message: e.message().trim().to_string() }
+            ConfigError::Parse {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message: e.message().trim().to_string(),
+            }
         })?;
         config.validate(src, path)?;
         Ok((config, warnings))
@@ -216,39 +254,86 @@ impl Config {
             message,
         };
         let s = &self.speech;
-        if !MODELS.iter().any(|m| s.model == *m || s.model.starts_with(&format!("{m}-20"))) {
-            return Err(bad("speech.model", format!("unknown model '{}' (allowed: {})", s.model, MODELS.join(", "))));
+        if !MODELS
+            .iter()
+            .any(|m| s.model == *m || s.model.starts_with(&format!("{m}-20")))
+        {
+            return Err(bad(
+                "speech.model",
+                format!(
+                    "unknown model '{}' (allowed: {})",
+                    s.model,
+                    MODELS.join(", ")
+                ),
+            ));
         }
         if !VOICES.contains(&s.voice.as_str()) {
-            return Err(bad("speech.voice", format!("unknown voice '{}' (allowed: {})", s.voice, VOICES.join(", "))));
+            return Err(bad(
+                "speech.voice",
+                format!(
+                    "unknown voice '{}' (allowed: {})",
+                    s.voice,
+                    VOICES.join(", ")
+                ),
+            ));
         }
         if !(0.25..=4.0).contains(&s.speed) {
-            return Err(bad("speech.speed", format!("{} is out of range (allowed: 0.25 to 4.0)", s.speed)));
+            return Err(bad(
+                "speech.speed",
+                format!("{} is out of range (allowed: 0.25 to 4.0)", s.speed),
+            ));
         }
         if !s.instructions.is_empty() && s.model.starts_with("tts-1") {
-            return Err(bad("speech.instructions", format!("model '{}' does not take instructions (use gpt-4o-mini-tts)", s.model)));
+            return Err(bad(
+                "speech.instructions",
+                format!(
+                    "model '{}' does not take instructions (use gpt-4o-mini-tts)",
+                    s.model
+                ),
+            ));
         }
         if s.max_text_chars == 0 {
             return Err(bad("speech.max_text_chars", "must be at least 1".into()));
         }
         if s.lookahead > 4 {
-            return Err(bad("speech.lookahead", format!("{} is out of range (allowed: 0 to 4)", s.lookahead)));
+            return Err(bad(
+                "speech.lookahead",
+                format!("{} is out of range (allowed: 0 to 4)", s.lookahead),
+            ));
         }
         let a = &self.audio;
         if a.device.trim().is_empty() {
-            return Err(bad("audio.device", "must name an ALSA PCM, e.g. \"default\" or \"hw:1,0\"".into()));
+            return Err(bad(
+                "audio.device",
+                "must name an ALSA PCM, e.g. \"default\" or \"hw:1,0\"".into(),
+            ));
         }
         if !(8_000..=192_000).contains(&a.rate) {
-            return Err(bad("audio.rate", format!("{} Hz is out of range (allowed: 8000 to 192000)", a.rate)));
+            return Err(bad(
+                "audio.rate",
+                format!("{} Hz is out of range (allowed: 8000 to 192000)", a.rate),
+            ));
         }
         if !(2..=500).contains(&a.period_ms) {
-            return Err(bad("audio.period_ms", format!("{} is out of range (allowed: 2 to 500)", a.period_ms)));
+            return Err(bad(
+                "audio.period_ms",
+                format!("{} is out of range (allowed: 2 to 500)", a.period_ms),
+            ));
         }
         if !(2..=64).contains(&a.buffer_periods) {
-            return Err(bad("audio.buffer_periods", format!("{} is out of range (allowed: 2 to 64)", a.buffer_periods)));
+            return Err(bad(
+                "audio.buffer_periods",
+                format!("{} is out of range (allowed: 2 to 64)", a.buffer_periods),
+            ));
         }
         if !(1_000..=120_000).contains(&a.max_buffer_ms) {
-            return Err(bad("audio.max_buffer_ms", format!("{} is out of range (allowed: 1000 to 120000)", a.max_buffer_ms)));
+            return Err(bad(
+                "audio.max_buffer_ms",
+                format!(
+                    "{} is out of range (allowed: 1000 to 120000)",
+                    a.max_buffer_ms
+                ),
+            ));
         }
         if a.min_prebuffer_ms + a.jitter_reserve_ms >= a.max_buffer_ms {
             return Err(bad(
@@ -261,14 +346,26 @@ impl Config {
             ));
         }
         if !(0..=99).contains(&a.realtime_priority) {
-            return Err(bad("audio.realtime_priority", format!("{} is out of range (allowed: 0 = off, 1 to 99)", a.realtime_priority)));
+            return Err(bad(
+                "audio.realtime_priority",
+                format!(
+                    "{} is out of range (allowed: 0 = off, 1 to 99)",
+                    a.realtime_priority
+                ),
+            ));
         }
         let api = &self.api;
         if !(api.api_base.starts_with("https://") || api.api_base.starts_with("http://")) {
-            return Err(bad("api.api_base", format!("'{}' is not an http(s) URL", api.api_base)));
+            return Err(bad(
+                "api.api_base",
+                format!("'{}' is not an http(s) URL", api.api_base),
+            ));
         }
         if api.max_attempts == 0 || api.max_attempts > 10 {
-            return Err(bad("api.max_attempts", format!("{} is out of range (allowed: 1 to 10)", api.max_attempts)));
+            return Err(bad(
+                "api.max_attempts",
+                format!("{} is out of range (allowed: 1 to 10)", api.max_attempts),
+            ));
         }
         for (key, v) in [
             ("api.connect_timeout_ms", api.connect_timeout_ms),
@@ -276,7 +373,10 @@ impl Config {
             ("api.stall_timeout_ms", api.stall_timeout_ms),
         ] {
             if !(100..=600_000).contains(&v) {
-                return Err(bad(key, format!("{v} is out of range (allowed: 100 to 600000 ms)")));
+                return Err(bad(
+                    key,
+                    format!("{v} is out of range (allowed: 100 to 600000 ms)"),
+                ));
             }
         }
         Ok(())
@@ -291,11 +391,14 @@ impl Config {
             }
         }
         let file = self.api.api_key_file.clone().or_else(|| {
-            std::env::var_os("CREDENTIALS_DIRECTORY").map(|d| Path::new(&d).join(CREDENTIAL_NAME)).filter(|p| p.exists())
+            std::env::var_os("CREDENTIALS_DIRECTORY")
+                .map(|d| Path::new(&d).join(CREDENTIAL_NAME))
+                .filter(|p| p.exists())
         });
         match file {
             Some(path) => {
-                let key = std::fs::read_to_string(&path).map_err(|source| ConfigError::KeyFile { path, source })?;
+                let key = std::fs::read_to_string(&path)
+                    .map_err(|source| ConfigError::KeyFile { path, source })?;
                 Ok(Some(ApiKey::new(key)).filter(|k| !k.expose().is_empty()))
             }
             None => Ok(None),
@@ -346,7 +449,12 @@ impl Config {
 fn line_col(src: &str, at: usize) -> (usize, usize) {
     let before = &src[..at.min(src.len())];
     let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
     (line, column)
 }
 
@@ -395,17 +503,31 @@ mod tests {
 
     #[test]
     fn syntax_errors_name_line_and_column() {
-        let e = parse("[audio]\nperiod_ms = \"twenty\"\n").unwrap_err().to_string();
+        let e = parse("[audio]\nperiod_ms = \"twenty\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("config test.toml, line 2, column 13:"), "{e}");
     }
 
     #[test]
     fn out_of_range_values_name_key_line_and_range() {
-        let e = parse("[speech]\nvoice = \"nova\"\nspeed = 9.0\n").unwrap_err().to_string();
-        assert_eq!(e, "config test.toml, line 3: speech.speed: 9 is out of range (allowed: 0.25 to 4.0)");
-        let e = parse("[speech]\nvoice = \"bob\"\n").unwrap_err().to_string();
-        assert!(e.contains("unknown voice 'bob' (allowed: alloy, ash"), "{e}");
-        let e = parse("[speech]\nformat = \"mp3\"\n").unwrap_err().to_string();
+        let e = parse("[speech]\nvoice = \"nova\"\nspeed = 9.0\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "config test.toml, line 3: speech.speed: 9 is out of range (allowed: 0.25 to 4.0)"
+        );
+        let e = parse("[speech]\nvoice = \"bob\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unknown voice 'bob' (allowed: alloy, ash"),
+            "{e}"
+        );
+        let e = parse("[speech]\nformat = \"mp3\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("line 2") && e.contains("mp3"), "{e}");
     }
 

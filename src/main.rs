@@ -85,7 +85,11 @@ struct Output {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("herald: cannot start the async runtime: {e}");
@@ -107,12 +111,21 @@ fn init_logging(verbose: u8) {
         1 => "herald=info",
         _ => "herald=debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG").unwrap_or_else(|_| default.into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG")
+        .unwrap_or_else(|_| default.into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let Loaded { mut config, warnings, .. } = Config::load(cli.config.as_deref())?;
+    let Loaded {
+        mut config,
+        warnings,
+        ..
+    } = Config::load(cli.config.as_deref())?;
     for w in &warnings {
         tracing::warn!("{w}");
     }
@@ -138,7 +151,10 @@ async fn speak(config: &mut Config, args: SpeakArgs) -> Result<()> {
         voice: args.voice.unwrap_or_else(|| s.voice.clone()),
         format: args.format.unwrap_or(s.format),
         speed: args.speed.or(Some(s.speed)).filter(|&v| v != 1.0),
-        instructions: args.instructions.or_else(|| Some(s.instructions.clone())).filter(|i| !i.is_empty()),
+        instructions: args
+            .instructions
+            .or_else(|| Some(s.instructions.clone()))
+            .filter(|i| !i.is_empty()),
     };
     let limits = Limits {
         max_text_chars: s.max_text_chars,
@@ -179,7 +195,10 @@ fn open_playout(config: &Config, out: &Output) -> Result<Playout> {
             Box::new(WavSink::create(path, req.rate, req.channels, period)?)
         }
         None => {
-            let device = out.device.clone().unwrap_or_else(|| config.audio.device.clone());
+            let device = out
+                .device
+                .clone()
+                .unwrap_or_else(|| config.audio.device.clone());
             Box::new(AlsaSink::open(&device, &req)?)
         }
     };
@@ -205,7 +224,11 @@ fn devices() -> Result<()> {
                     "    accepts: rates {}–{} Hz (common: {}), channels {}–{}, formats {}",
                     c.rates.0,
                     c.rates.1,
-                    if rates.is_empty() { "-".into() } else { rates.join(", ") },
+                    if rates.is_empty() {
+                        "-".into()
+                    } else {
+                        rates.join(", ")
+                    },
                     c.channels.0,
                     c.channels.1,
                     c.formats.join(", ")

@@ -107,13 +107,24 @@ pub enum PipelineError {
     Text(#[from] TextError),
     /// Fetching speech failed.
     #[error("segment {segment} of {of}: {source}")]
-    Tts { segment: usize, of: usize, source: TtsError },
+    Tts {
+        segment: usize,
+        of: usize,
+        source: TtsError,
+    },
     /// The audio could not be decoded.
     #[error("segment {segment} of {of}: {source}")]
-    Codec { segment: usize, of: usize, source: CodecError },
+    Codec {
+        segment: usize,
+        of: usize,
+        source: CodecError,
+    },
     /// Reading a local file failed.
     #[error("cannot read {path}: {source}")]
-    File { path: String, source: std::io::Error },
+    File {
+        path: String,
+        source: std::io::Error,
+    },
     /// The audio device or the audio thread failed.
     #[error(transparent)]
     Playout(#[from] PlayoutError),
@@ -129,9 +140,24 @@ struct Conformer {
 }
 
 impl Conformer {
-    fn new(in_rate: u32, in_channels: u16, out_rate: u32, out_channels: u16) -> Result<Self, CodecError> {
-        let resampler = if in_rate == out_rate { None } else { Some(Resampler::new(in_rate, out_rate, in_channels)?) };
-        Ok(Conformer { resampler, in_channels, out_channels, resampled: Vec::new(), mapped: Vec::new() })
+    fn new(
+        in_rate: u32,
+        in_channels: u16,
+        out_rate: u32,
+        out_channels: u16,
+    ) -> Result<Self, CodecError> {
+        let resampler = if in_rate == out_rate {
+            None
+        } else {
+            Some(Resampler::new(in_rate, out_rate, in_channels)?)
+        };
+        Ok(Conformer {
+            resampler,
+            in_channels,
+            out_channels,
+            resampled: Vec::new(),
+            mapped: Vec::new(),
+        })
     }
 
     /// Converts `pcm` (or, with `flush`, the resampler's tail) and returns device samples.
@@ -172,8 +198,18 @@ impl Feeder {
     fn new(playout: &Playout) -> Self {
         let f = playout.format();
         // Decode Opus at the device rate when libopus can; otherwise at 48 kHz and resample.
-        let decode_rate = if OPUS_RATES.contains(&f.rate) { f.rate } else { 48_000 };
-        Feeder { decode_rate, device_rate: f.rate, device_channels: f.channels, conformer: None, pcm: Vec::new() }
+        let decode_rate = if OPUS_RATES.contains(&f.rate) {
+            f.rate
+        } else {
+            48_000
+        };
+        Feeder {
+            decode_rate,
+            device_rate: f.rate,
+            device_channels: f.channels,
+            conformer: None,
+            pcm: Vec::new(),
+        }
     }
 
     fn decoder(&self, format: AudioFormat) -> Result<Box<dyn StreamDecoder>, CodecError> {
@@ -198,10 +234,17 @@ impl Feeder {
         if self.pcm.is_empty() {
             return Ok(());
         }
-        let Some(fmt) = dec.format() else { return Ok(()) };
+        let Some(fmt) = dec.format() else {
+            return Ok(());
+        };
         let conformer = match &mut self.conformer {
             Some(c) => c,
-            c @ None => c.insert(Conformer::new(fmt.rate, fmt.channels, self.device_rate, self.device_channels)?),
+            c @ None => c.insert(Conformer::new(
+                fmt.rate,
+                fmt.channels,
+                self.device_rate,
+                self.device_channels,
+            )?),
         };
         let out = conformer.convert(&self.pcm, false)?;
         playout.push(out).await?;
@@ -255,7 +298,14 @@ fn spawn_fetch(source: Arc<dyn SpeechSource>, req: SpeechRequest) -> mpsc::Recei
                 return;
             }
         };
-        if tx.send(Fetched::Opened { at: Instant::now(), attempts: stream.attempts }).await.is_err() {
+        if tx
+            .send(Fetched::Opened {
+                at: Instant::now(),
+                attempts: stream.attempts,
+            })
+            .await
+            .is_err()
+        {
             return;
         }
         while let Some(item) = stream.body.next().await {
@@ -295,12 +345,19 @@ pub async fn speak(
         })
         .collect();
     for (i, r) in requests.iter().enumerate() {
-        r.validate().map_err(|source| PipelineError::Tts { segment: i + 1, of, source })?;
+        r.validate().map_err(|source| PipelineError::Tts {
+            segment: i + 1,
+            of,
+            source,
+        })?;
     }
 
     let t0 = Instant::now();
     playout.begin(text::estimate_duration(text, voice.speed.unwrap_or(1.0)));
-    let mut report = SpeakReport { segments: of, ..SpeakReport::default() };
+    let mut report = SpeakReport {
+        segments: of,
+        ..SpeakReport::default()
+    };
     let mut first_byte_at = None;
     let mut feeder = Feeder::new(playout);
     let mut pending = std::collections::VecDeque::new();
@@ -312,9 +369,19 @@ pub async fn speak(
                 pending.push_back(spawn_fetch(source.clone(), requests[next].clone()));
                 next += 1;
             }
-            let Some(mut rx) = pending.pop_front() else { break };
-            let codec_err = |source| PipelineError::Codec { segment: seg + 1, of, source };
-            let tts_err = |source| PipelineError::Tts { segment: seg + 1, of, source };
+            let Some(mut rx) = pending.pop_front() else {
+                break;
+            };
+            let codec_err = |source| PipelineError::Codec {
+                segment: seg + 1,
+                of,
+                source,
+            };
+            let tts_err = |source| PipelineError::Tts {
+                segment: seg + 1,
+                of,
+                source,
+            };
             let mut dec = feeder.decoder(voice.format).map_err(codec_err)?;
             while let Some(msg) = rx.recv().await {
                 match msg {
@@ -324,14 +391,23 @@ pub async fn speak(
                     }
                     Fetched::Chunk(b) => {
                         report.bytes += b.len() as u64;
-                        feeder.feed(dec.as_mut(), Some(&b), playout).await.map_err(|e| lift(e, seg, of))?;
+                        feeder
+                            .feed(dec.as_mut(), Some(&b), playout)
+                            .await
+                            .map_err(|e| lift(e, seg, of))?;
                     }
                     Fetched::Failed(e) => return Err(tts_err(e)),
                 }
             }
-            feeder.feed(dec.as_mut(), None, playout).await.map_err(|e| lift(e, seg, of))?;
+            feeder
+                .feed(dec.as_mut(), None, playout)
+                .await
+                .map_err(|e| lift(e, seg, of))?;
         }
-        feeder.flush(playout).await.map_err(|e| lift(e, of.saturating_sub(1), of))?;
+        feeder
+            .flush(playout)
+            .await
+            .map_err(|e| lift(e, of.saturating_sub(1), of))?;
         Ok(())
     }
     .await;
@@ -343,19 +419,41 @@ pub async fn speak(
     }
     playout.end();
     let done = playout.finished().await?;
-    Ok(fill_report(report, &done, t0, first_byte_at, playout.format().rate))
+    Ok(fill_report(
+        report,
+        &done,
+        t0,
+        first_byte_at,
+        playout.format().rate,
+    ))
 }
 
 /// Plays a local Ogg Opus file through the same decode and playout path.
-pub async fn play_file(playout: &mut Playout, path: &std::path::Path) -> Result<SpeakReport, PipelineError> {
-    let file_err = |source| PipelineError::File { path: path.display().to_string(), source };
+pub async fn play_file(
+    playout: &mut Playout,
+    path: &std::path::Path,
+) -> Result<SpeakReport, PipelineError> {
+    let file_err = |source| PipelineError::File {
+        path: path.display().to_string(),
+        source,
+    };
     let mut file = tokio::fs::File::open(path).await.map_err(file_err)?;
     let t0 = Instant::now();
     // A local file arrives far faster than real time: the floor prebuffer is enough.
     playout.begin(Duration::ZERO);
     let mut feeder = Feeder::new(playout);
-    let mut dec = feeder.decoder(AudioFormat::Opus).map_err(|source| PipelineError::Codec { segment: 1, of: 1, source })?;
-    let mut report = SpeakReport { segments: 1, attempts: 1, ..SpeakReport::default() };
+    let mut dec = feeder
+        .decoder(AudioFormat::Opus)
+        .map_err(|source| PipelineError::Codec {
+            segment: 1,
+            of: 1,
+            source,
+        })?;
+    let mut report = SpeakReport {
+        segments: 1,
+        attempts: 1,
+        ..SpeakReport::default()
+    };
     let mut buf = vec![0u8; 16 * 1024];
     let result: Result<(), PipelineError> = async {
         loop {
@@ -364,9 +462,15 @@ pub async fn play_file(playout: &mut Playout, path: &std::path::Path) -> Result<
                 break;
             }
             report.bytes += n as u64;
-            feeder.feed(dec.as_mut(), Some(&buf[..n]), playout).await.map_err(|e| lift(e, 0, 1))?;
+            feeder
+                .feed(dec.as_mut(), Some(&buf[..n]), playout)
+                .await
+                .map_err(|e| lift(e, 0, 1))?;
         }
-        feeder.feed(dec.as_mut(), None, playout).await.map_err(|e| lift(e, 0, 1))?;
+        feeder
+            .feed(dec.as_mut(), None, playout)
+            .await
+            .map_err(|e| lift(e, 0, 1))?;
         feeder.flush(playout).await.map_err(|e| lift(e, 0, 1))
     }
     .await;
@@ -376,12 +480,22 @@ pub async fn play_file(playout: &mut Playout, path: &std::path::Path) -> Result<
     }
     playout.end();
     let done = playout.finished().await?;
-    Ok(fill_report(report, &done, t0, Some(t0), playout.format().rate))
+    Ok(fill_report(
+        report,
+        &done,
+        t0,
+        Some(t0),
+        playout.format().rate,
+    ))
 }
 
 fn lift(e: FeedError, seg: usize, of: usize) -> PipelineError {
     match e {
-        FeedError::Codec(source) => PipelineError::Codec { segment: seg + 1, of, source },
+        FeedError::Codec(source) => PipelineError::Codec {
+            segment: seg + 1,
+            of,
+            source,
+        },
         FeedError::Playout(e) => PipelineError::Playout(e),
     }
 }
@@ -394,7 +508,10 @@ fn fill_report(
     rate: u32,
 ) -> SpeakReport {
     report.time_to_first_audio = done.started_at.map(|s| s.saturating_duration_since(t0));
-    report.overhead = done.started_at.zip(first_byte_at).map(|(s, f)| s.saturating_duration_since(f));
+    report.overhead = done
+        .started_at
+        .zip(first_byte_at)
+        .map(|(s, f)| s.saturating_duration_since(f));
     report.audio = Duration::from_secs_f64(done.frames_played as f64 / rate.max(1) as f64);
     report.stalls = done.stalls;
     report.stall_ms = done.stall_ms;

@@ -26,15 +26,25 @@ pub fn validate(text: &str, max_chars: usize) -> Result<(), TextError> {
     }
     let chars = text.chars().count();
     if chars > max_chars {
-        return Err(TextError::TooLong { chars, max: max_chars });
+        return Err(TextError::TooLong {
+            chars,
+            max: max_chars,
+        });
     }
     Ok(())
 }
 
 /// Expected spoken duration of `text` at `speed` (1.0 = normal).
 pub fn estimate_duration(text: &str, speed: f32) -> Duration {
-    let chars = text.split_whitespace().map(|w| w.chars().count() + 1).sum::<usize>();
-    let speed = if speed.is_finite() && speed > 0.0 { speed as f64 } else { 1.0 };
+    let chars = text
+        .split_whitespace()
+        .map(|w| w.chars().count() + 1)
+        .sum::<usize>();
+    let speed = if speed.is_finite() && speed > 0.0 {
+        speed as f64
+    } else {
+        1.0
+    };
     Duration::from_secs_f64(chars as f64 / CHARS_PER_SECOND / speed)
 }
 
@@ -47,7 +57,11 @@ pub fn segment(text: &str, max_chars: usize) -> Vec<String> {
     let mut rest = text.trim();
     while !rest.is_empty() {
         // Byte index just past `max_chars` characters (or the whole rest).
-        let limit = rest.char_indices().nth(max_chars).map(|(i, _)| i).unwrap_or(rest.len());
+        let limit = rest
+            .char_indices()
+            .nth(max_chars)
+            .map(|(i, _)| i)
+            .unwrap_or(rest.len());
         if limit == rest.len() {
             out.push(rest.to_string());
             break;
@@ -74,7 +88,10 @@ fn last_break(window: &str, punct: fn(char) -> bool) -> Option<usize> {
     for (i, c) in window.char_indices().filter(|&(_, c)| punct(c)) {
         // Closing quotes/brackets belong to the sentence they end.
         let after = &window[i + c.len_utf8()..];
-        let closers = after.len() - after.trim_start_matches(['"', '\'', '”', '’', ')', ']', '»']).len();
+        let closers = after.len()
+            - after
+                .trim_start_matches(['"', '\'', '”', '’', ')', ']', '»'])
+                .len();
         let end = i + c.len_utf8() + closers;
         if window[end..].starts_with(char::is_whitespace) {
             best = Some(end);
@@ -97,7 +114,10 @@ mod tests {
 
     #[test]
     fn short_text_is_one_segment() {
-        assert_eq!(segment("  Dinner is ready.  ", 4096), vec!["Dinner is ready."]);
+        assert_eq!(
+            segment("  Dinner is ready.  ", 4096),
+            vec!["Dinner is ready."]
+        );
     }
 
     #[test]
@@ -108,7 +128,10 @@ mod tests {
 
     #[test]
     fn falls_back_to_clause_then_word_then_hard_cut() {
-        assert_eq!(segment("alpha beta, gamma delta epsilon", 16), vec!["alpha beta,", "gamma delta", "epsilon"]);
+        assert_eq!(
+            segment("alpha beta, gamma delta epsilon", 16),
+            vec!["alpha beta,", "gamma delta", "epsilon"]
+        );
         assert_eq!(segment("abcdefghij", 4), vec!["abcd", "efgh", "ij"]);
     }
 
@@ -125,24 +148,37 @@ mod tests {
         assert!(segs.len() > 1);
         for s in &segs {
             assert!(s.chars().count() <= 4096);
-            assert!(s.ends_with('.'), "cut mid-sentence: …{}", &s[s.len().saturating_sub(20)..]);
+            assert!(
+                s.ends_with('.'),
+                "cut mid-sentence: …{}",
+                &s[s.len().saturating_sub(20)..]
+            );
         }
         let joined: String = segs.join(" ");
-        assert_eq!(joined.split_whitespace().count(), text.split_whitespace().count());
+        assert_eq!(
+            joined.split_whitespace().count(),
+            text.split_whitespace().count()
+        );
     }
 
     #[test]
     fn validation_messages_say_what_is_allowed() {
         assert_eq!(validate(" \n\t", 10), Err(TextError::Empty));
         let e = validate("abcdefghijk", 10).unwrap_err();
-        assert_eq!(e.to_string(), "the text has 11 characters; at most 10 are allowed (max_text_chars)");
+        assert_eq!(
+            e.to_string(),
+            "the text has 11 characters; at most 10 are allowed (max_text_chars)"
+        );
         assert!(validate("hello", 10).is_ok());
     }
 
     #[test]
     fn duration_estimate_scales_with_length_and_speed() {
         let one = estimate_duration("Dinner is ready.", 1.0);
-        assert!(one > Duration::from_millis(800) && one < Duration::from_secs(2), "{one:?}");
+        assert!(
+            one > Duration::from_millis(800) && one < Duration::from_secs(2),
+            "{one:?}"
+        );
         let fast = estimate_duration("Dinner is ready.", 2.0);
         assert!(fast < one);
     }
