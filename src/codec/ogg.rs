@@ -722,7 +722,13 @@ fn describe(sample: &[u8]) -> String {
         let text: String = trimmed
             .iter()
             .take(40)
-            .map(|&b| if b.is_ascii_whitespace() { ' ' } else { b as char })
+            .map(|&b| {
+                if b.is_ascii_whitespace() {
+                    ' '
+                } else {
+                    b as char
+                }
+            })
             .collect();
         format!("'{}'", text.trim_end())
     };
@@ -730,11 +736,18 @@ fn describe(sample: &[u8]) -> String {
         None => "nothing but whitespace".to_string(),
         Some(b'<') if printable => format!("looks like HTML/XML: starts with {}", quoted()),
         Some(b'{') | Some(b'[') if printable => {
-            format!("looks like JSON, e.g. an API error: starts with {}", quoted())
+            format!(
+                "looks like JSON, e.g. an API error: starts with {}",
+                quoted()
+            )
         }
         Some(_) if printable => format!("looks like text: starts with {}", quoted()),
         Some(_) => {
-            let hex: Vec<String> = trimmed.iter().take(16).map(|b| format!("{b:02x}")).collect();
+            let hex: Vec<String> = trimmed
+                .iter()
+                .take(16)
+                .map(|b| format!("{b:02x}"))
+                .collect();
             format!("binary, starts with {}", hex.join(" "))
         }
     }
@@ -784,7 +797,10 @@ mod tests {
         assert!(describe(b"<html><body>502 Bad Gateway").contains("HTML/XML: starts with '<html>"));
         assert!(describe(b"\n {\"error\": {\"message\": \"x\"}}").contains("JSON"));
         assert!(describe(b"Internal Server Error").contains("text: starts with 'Internal"));
-        assert_eq!(describe(&[0xff, 0xfb, 0x90]), "binary, starts with ff fb 90");
+        assert_eq!(
+            describe(&[0xff, 0xfb, 0x90]),
+            "binary, starts with ff fb 90"
+        );
     }
 
     #[test]
