@@ -14,6 +14,17 @@ use super::{CodecError, PcmFormat, StreamDecoder};
 /// The sample rates libopus can decode to directly (Hz).
 pub const OPUS_RATES: [u32; 5] = [8000, 12000, 16000, 24000, 48000];
 
+/// The rate to decode Opus at for a device running at `device_rate`: the device rate itself
+/// when libopus can produce it (no resampling), otherwise 48 kHz (Opus's native rate), which
+/// the caller then resamples to the device rate.
+pub fn decode_rate_for(device_rate: u32) -> u32 {
+    if OPUS_RATES.contains(&device_rate) {
+        device_rate
+    } else {
+        48000
+    }
+}
+
 /// Granule position "none" (-1) as carried in [`Packet::page_granule`].
 const NO_GRANULE: u64 = u64::MAX;
 /// Longest Opus packet: 120 ms at 48 kHz.
@@ -407,7 +418,7 @@ impl Stream {
             self.page_samples = 0;
             // A packet spanning pages also skips sequence numbers; the granule check in
             // `resolve_gap` tells the two apart (it conceals nothing for a spanning packet).
-            let gap = p.page_sequence > prev_seq.wrapping_add(1) && prev_seq < p.page_sequence;
+            let gap = p.page_sequence > prev_seq.saturating_add(1);
             self.holding = gap && p.page_granule != NO_GRANULE;
         }
         if p.eos && p.page_granule != NO_GRANULE {
@@ -607,7 +618,8 @@ impl OpusPacketDecoder {
             k,
             scratch: vec![0; MAX_PACKET_48K / k as usize * ch],
             tags_done: false,
-            ended: p.eos && p.last_on_page,
+            // An EOS on the OpusHead page leaves the stream without tags: `finish` reports it.
+            ended: false,
             packet_index: 0,
             header_page: p.page_sequence,
             produced: 0,
@@ -692,6 +704,7 @@ impl OggOpusDecoder {
     }
 }
 
+/// After an error the stream should be abandoned: the decoder does not recover mid-stream.
 impl StreamDecoder for OggOpusDecoder {
     fn push(&mut self, bytes: &[u8], out: &mut Vec<i16>) -> Result<(), CodecError> {
         let decoder = &mut self.decoder;
@@ -751,6 +764,14 @@ mod tests {
                 mapping_family: 0
             }
         );
+    }
+
+    #[test]
+    fn decodes_at_the_device_rate_when_libopus_can() {
+        assert_eq!(decode_rate_for(48000), 48000);
+        assert_eq!(decode_rate_for(16000), 16000);
+        assert_eq!(decode_rate_for(44100), 48000);
+        assert_eq!(decode_rate_for(96000), 48000);
     }
 
     #[test]
