@@ -103,6 +103,17 @@ pub enum OggError {
         /// What the bytes looked like, e.g. "looks like HTML: starts with '<html>'".
         looks_like: String,
     },
+    /// Input ended; pages were found but every one failed its CRC check.
+    #[error(
+        "Ogg stream corrupted: no intact page in {bytes} bytes; {crc_errors} page(s) failed the \
+         CRC check"
+    )]
+    NoIntactPage {
+        /// How many bytes arrived.
+        bytes: u64,
+        /// How many pages failed their CRC check.
+        crc_errors: u64,
+    },
     /// Input ended in the middle of a page header.
     #[error(
         "Ogg stream truncated: it ended inside a page header at byte {offset} ({have} of at least \
@@ -336,9 +347,7 @@ impl Demuxer {
             }
             State::Header => {
                 // A partial capture pattern at the very end is junk, not a page.
-                let partial = self.hdr_len;
-                let tail = self.hdr;
-                self.skip(&tail[..partial]);
+                self.skip(&CAPTURE[..self.hdr_len]);
                 self.hdr_len = 0;
             }
             State::Segments | State::Body => {
@@ -357,6 +366,10 @@ impl Demuxer {
         }
         match self.last_page {
             None if self.stats.bytes == 0 => Err(OggError::Empty),
+            None if self.stats.crc_errors > 0 => Err(OggError::NoIntactPage {
+                bytes: self.stats.bytes,
+                crc_errors: self.stats.crc_errors,
+            }),
             None => Err(OggError::NotOgg {
                 bytes: self.stats.bytes,
                 looks_like: describe(&self.junk_head[..self.junk_head_len]),
@@ -463,8 +476,7 @@ impl Demuxer {
                 } else {
                     // "OggS" does not overlap itself, so the partial match is junk and only the
                     // current byte can start a new match: re-examine it.
-                    let partial = self.hdr;
-                    self.skip(&partial[..self.hdr_len]);
+                    self.skip(&CAPTURE[..self.hdr_len]);
                     self.hdr_len = 0;
                 }
             } else {
