@@ -218,6 +218,12 @@ struct PageInfo {
 
 /// The streaming demuxer: push bytes in any chunking, get packets as soon as they complete.
 ///
+/// Packets spanning pages are reassembled. A page flagged "continued" when no packet is
+/// pending (e.g. after resynchronising) starts with an orphan fragment, which is skipped and
+/// counted in [`DemuxStats::orphaned_fragments`]; a pending packet followed by a page that
+/// does not continue it is dropped and counted in [`DemuxStats::dropped_packets`]. Neither is
+/// an error: the stream goes on, and the counters tell what was lost.
+///
 /// Memory in use is at most one page header (282 bytes) plus the pending packet
 /// (≤ `max_packet_bytes`), whatever the input. After `push` returns an error, the rest of
 /// that chunk is discarded (counted as skipped) and the next `push` resynchronises on the
