@@ -292,6 +292,38 @@ fn corrupted_page_is_reported_by_sequence_and_offset() {
 }
 
 #[test]
+fn a_stream_whose_only_page_is_corrupt_says_so_at_the_end() {
+    let mut file = write_ogg(1, &specs_from_groups(&[vec![10, 20]]));
+    let n = file.len();
+    file[n - 1] ^= 1;
+    let mut d = Demuxer::new();
+    let pushed = d.push(&file, &mut |_| {});
+    assert!(
+        matches!(
+            pushed,
+            Err(OggError::Crc {
+                page_sequence: 0,
+                offset: 0,
+                ..
+            })
+        ),
+        "{pushed:?}"
+    );
+    let err = d.finish().unwrap_err();
+    assert_eq!(
+        err,
+        OggError::NoIntactPage {
+            bytes: n as u64,
+            crc_errors: 1
+        }
+    );
+    assert!(
+        err.to_string().contains("1 page(s) failed the CRC check"),
+        "{err}"
+    );
+}
+
+#[test]
 fn after_a_crc_error_the_next_push_resynchronises() {
     let (mut file, spans) = five_pages();
     file[spans[1].start + 30] ^= 0xff; // a lacing value: the page layout itself is wrong

@@ -103,6 +103,17 @@ pub enum OggError {
         /// What the bytes looked like, e.g. "looks like HTML: starts with '<html>'".
         looks_like: String,
     },
+    /// Input ended; pages were found but every one failed its CRC check.
+    #[error(
+        "Ogg stream corrupted: no intact page in {bytes} bytes; {crc_errors} page(s) failed the \
+         CRC check"
+    )]
+    NoIntactPage {
+        /// How many bytes arrived.
+        bytes: u64,
+        /// How many pages failed their CRC check.
+        crc_errors: u64,
+    },
     /// Input ended in the middle of a page header.
     #[error(
         "Ogg stream truncated: it ended inside a page header at byte {offset} ({have} of at least \
@@ -206,6 +217,12 @@ struct PageInfo {
 }
 
 /// The streaming demuxer: push bytes in any chunking, get packets as soon as they complete.
+///
+/// Packets spanning pages are reassembled. A page flagged "continued" when no packet is
+/// pending (e.g. after resynchronising) starts with an orphan fragment, which is skipped and
+/// counted in [`DemuxStats::orphaned_fragments`]; a pending packet followed by a page that
+/// does not continue it is dropped and counted in [`DemuxStats::dropped_packets`]. Neither is
+/// an error: the stream goes on, and the counters tell what was lost.
 ///
 /// Memory in use is at most one page header (282 bytes) plus the pending packet
 /// (≤ `max_packet_bytes`), whatever the input. After `push` returns an error, the rest of
@@ -336,9 +353,7 @@ impl Demuxer {
             }
             State::Header => {
                 // A partial capture pattern at the very end is junk, not a page.
-                let partial = self.hdr_len;
-                let tail = self.hdr;
-                self.skip(&tail[..partial]);
+                self.skip(&CAPTURE[..self.hdr_len]);
                 self.hdr_len = 0;
             }
             State::Segments | State::Body => {
@@ -357,6 +372,10 @@ impl Demuxer {
         }
         match self.last_page {
             None if self.stats.bytes == 0 => Err(OggError::Empty),
+            None if self.stats.crc_errors > 0 => Err(OggError::NoIntactPage {
+                bytes: self.stats.bytes,
+                crc_errors: self.stats.crc_errors,
+            }),
             None => Err(OggError::NotOgg {
                 bytes: self.stats.bytes,
                 looks_like: describe(&self.junk_head[..self.junk_head_len]),
@@ -463,8 +482,7 @@ impl Demuxer {
                 } else {
                     // "OggS" does not overlap itself, so the partial match is junk and only the
                     // current byte can start a new match: re-examine it.
-                    let partial = self.hdr;
-                    self.skip(&partial[..self.hdr_len]);
+                    self.skip(&CAPTURE[..self.hdr_len]);
                     self.hdr_len = 0;
                 }
             } else {
