@@ -701,3 +701,122 @@ fn opusenc_fixture_decodes_with_exact_length() {
         assert!(stats.trimmed_frames > 0);
     }
 }
+
+#[test]
+fn audio_starts_with_the_first_packet_not_the_first_page() {
+    // OpenAI sends 1 s pages: waiting for a whole page would delay the first sound by 1 s.
+    let e = encode(1, 24000, 2.0, &[20.0], 32000);
+    let bytes = mux(&e, &openai_layout(&e));
+    let p = pages(&bytes);
+    let audio_start = p[0].len() + p[1].len();
+    let nseg = p[2][26] as usize;
+    let first_packet_end = audio_start + 27 + nseg + e.packets[0].len();
+    let mut d = OggOpusDecoder::new(48000).unwrap();
+    let mut out = Vec::new();
+    d.push(&bytes[..first_packet_end], &mut out).unwrap();
+    assert_eq!(
+        out.len(),
+        960 - usize::from(e.pre_skip),
+        "first packet minus pre-skip"
+    );
+    assert_eq!(out, reference(&e, 48000)[..out.len()]);
+}
+
+/// OpenAI-layout packets made by hand (no Ogg framing), for the packet-level decoder.
+fn packets_of(e: &Encoded, per_page: usize, first_granule_adjust: i64) -> Vec<Packet> {
+    let mk = |data: Vec<u8>, seq, granule, last, eos| Packet {
+        data,
+        serial: 1,
+        page_sequence: seq,
+        page_granule: granule,
+        last_on_page: last,
+        bos: seq == 0,
+        eos,
+    };
+    let mut out = vec![
+        mk(
+            head(1, e.channels, e.pre_skip, 0, 0, &[]),
+            0,
+            0,
+            true,
+            false,
+        ),
+        mk(tags(60), 1, 0, true, false),
+    ];
+    let n = e.packets.len();
+    for (page, chunk) in e.packets.chunks(per_page).enumerate() {
+        let end = ((page + 1) * per_page).min(n);
+        let eos = end == n;
+        let mut granule = if eos {
+            e.final_granule
+        } else {
+            e.durations[..end].iter().sum()
+        };
+        if page == 0 {
+            granule = (granule as i64 + first_granule_adjust) as u64;
+        }
+        for (i, data) in chunk.iter().enumerate() {
+            let last = i + 1 == chunk.len();
+            out.push(mk(data.clone(), 2 + page as u32, granule, last, eos));
+        }
+    }
+    out
+}
+
+fn decode_packets(packets: &[Packet], rate: u32) -> (Vec<i16>, Result<(), OpusError>) {
+    let mut d = OpusPacketDecoder::new(rate).unwrap();
+    let mut out = Vec::new();
+    for p in packets {
+        if let Err(e) = d.packet(p, &mut out) {
+            return (out, Err(e));
+        }
+    }
+    let r = d.finish(&mut out);
+    (out, r)
+}
+
+#[test]
+fn single_page_stream_is_trimmed_exactly() {
+    // A short announcement fits in one page that is both the first audio page and the EOS.
+    let e = encode(1, 24000, 0.4321, &[20.0], 32000);
+    for rate in [48000, 12000] {
+        let (out, r) = decode_packets(&packets_of(&e, 1000, 0), rate);
+        r.unwrap();
+        assert_eq!(
+            out.len() as u64,
+            frames_at(e.final_granule - u64::from(e.pre_skip), rate)
+        );
+        assert_eq!(out, reference(&e, rate));
+    }
+}
+
+#[test]
+fn first_page_claiming_fewer_samples_than_it_holds_is_rejected() {
+    let e = encode(1, 24000, 2.0, &[20.0], 32000);
+    let (_, r) = decode_packets(&packets_of(&e, 50, -960), 48000);
+    match r {
+        Err(OpusError::BadFirstGranule {
+            page,
+            granule,
+            samples,
+        }) => {
+            assert_eq!((page, granule, samples), (2, 48000 - 960, 48000));
+        }
+        other => panic!("expected BadFirstGranule, got {other:?}"),
+    }
+}
+
+#[test]
+fn streams_without_audio_headers_are_reported_at_the_end() {
+    let e = encode(1, 24000, 0.2, &[20.0], 32000);
+    let (_, r) = decode_packets(&[], 48000);
+    assert!(matches!(r, Err(OpusError::Truncated { .. })), "{r:?}");
+    assert!(r.unwrap_err().to_string().contains("no OpusHead"));
+    // OpusHead alone, even on an EOS page, lacks OpusTags.
+    let mut only_head = packets_of(&e, 50, 0);
+    only_head.truncate(1);
+    only_head[0].eos = true;
+    let (out, r) = decode_packets(&only_head, 48000);
+    assert!(out.is_empty());
+    assert!(r.unwrap_err().to_string().contains("before OpusTags"));
+}
