@@ -61,9 +61,7 @@ pub enum OpusError {
         what: &'static str,
     },
     /// The OpusHead version is not one we understand.
-    #[error(
-        "unsupported OpusHead version {version}: allowed are 1–15 (major version 0, RFC 7845 §5.1)"
-    )]
+    #[error("unsupported OpusHead version {version}: only version 1 (RFC 7845) is accepted")]
     UnsupportedVersion {
         /// The version byte.
         version: u8,
@@ -197,8 +195,9 @@ impl OpusHead {
             output_gain: i16::from_le_bytes([data[16], data[17]]),
             mapping_family: data[18],
         };
-        // RFC 7845 §5.1: the upper four bits are the major version; 0 is not a valid version.
-        if head.version == 0 || head.version > 15 {
+        // Only version 1 exists; RFC 7845 §5.1 would let 2..=15 through as compatible, but a
+        // stream claiming a version nobody has specified is more likely corrupt than new.
+        if head.version != 1 {
             return Err(OpusError::UnsupportedVersion {
                 version: head.version,
             });
