@@ -12,9 +12,9 @@ use tokio::sync::mpsc;
 
 use crate::audio::channels::map_channels;
 use crate::audio::playout::{Playout, PlayoutError, UtteranceReport};
-use crate::codec::opus::{OggOpusDecoder, OPUS_RATES};
+use crate::codec::opus::{decode_rate_for, OggOpusDecoder};
 use crate::codec::pcm::RawPcmDecoder;
-use crate::codec::resample::Resampler;
+use crate::codec::resample::ResampledDecoder;
 use crate::codec::{CodecError, StreamDecoder};
 use crate::text::{self, TextError};
 use crate::tts::{AudioFormat, SpeechRequest, SpeechSource, TtsError};
@@ -130,92 +130,35 @@ pub enum PipelineError {
     Playout(#[from] PlayoutError),
 }
 
-/// Turns decoded PCM into the device's rate and channel count.
-struct Conformer {
-    resampler: Option<Resampler>,
-    in_channels: u16,
-    out_channels: u16,
-    resampled: Vec<i16>,
-    mapped: Vec<i16>,
-}
-
-impl Conformer {
-    fn new(
-        in_rate: u32,
-        in_channels: u16,
-        out_rate: u32,
-        out_channels: u16,
-    ) -> Result<Self, CodecError> {
-        let resampler = if in_rate == out_rate {
-            None
-        } else {
-            Some(Resampler::new(in_rate, out_rate, in_channels)?)
-        };
-        Ok(Conformer {
-            resampler,
-            in_channels,
-            out_channels,
-            resampled: Vec::new(),
-            mapped: Vec::new(),
-        })
-    }
-
-    /// Converts `pcm` (or, with `flush`, the resampler's tail) and returns device samples.
-    fn convert(&mut self, pcm: &[i16], flush: bool) -> Result<&[i16], CodecError> {
-        let src: &[i16] = match &mut self.resampler {
-            Some(r) => {
-                self.resampled.clear();
-                r.process(pcm, &mut self.resampled)?;
-                if flush {
-                    r.flush(&mut self.resampled)?;
-                }
-                &self.resampled
-            }
-            None => pcm,
-        };
-        if self.in_channels == self.out_channels {
-            self.mapped.clear();
-            self.mapped.extend_from_slice(src);
-        } else {
-            self.mapped.clear();
-            map_channels(src, self.in_channels, self.out_channels, &mut self.mapped);
-        }
-        Ok(&self.mapped)
-    }
-}
-
-/// Decodes one encoded stream into the playout, creating the conformer once the stream's
-/// format is known. Shared by `speak` (many segments) and `play` (one file).
+/// Decodes encoded streams at the device rate and pushes them to the playout in the
+/// device's channel layout. Shared by `speak` (many segments) and `play` (one file).
 struct Feeder {
-    decode_rate: u32,
     device_rate: u32,
     device_channels: u16,
-    conformer: Option<Conformer>,
     pcm: Vec<i16>,
+    mapped: Vec<i16>,
 }
 
 impl Feeder {
     fn new(playout: &Playout) -> Self {
         let f = playout.format();
-        // Decode Opus at the device rate when libopus can; otherwise at 48 kHz and resample.
-        let decode_rate = if OPUS_RATES.contains(&f.rate) {
-            f.rate
-        } else {
-            48_000
-        };
-        Feeder {
-            decode_rate,
-            device_rate: f.rate,
-            device_channels: f.channels,
-            conformer: None,
-            pcm: Vec::new(),
-        }
+        Feeder { device_rate: f.rate, device_channels: f.channels, pcm: Vec::new(), mapped: Vec::new() }
     }
 
+    /// A decoder whose output is at the device rate: Opus decodes at the device rate when
+    /// libopus can, anything else is resampled.
     fn decoder(&self, format: AudioFormat) -> Result<Box<dyn StreamDecoder>, CodecError> {
+        let rate = self.device_rate;
         Ok(match format {
-            AudioFormat::Opus => Box::new(OggOpusDecoder::new(self.decode_rate)?),
-            AudioFormat::Pcm => Box::new(RawPcmDecoder::new(PCM_RATE, 1)),
+            AudioFormat::Opus => {
+                let dec = OggOpusDecoder::new(decode_rate_for(rate))?;
+                if decode_rate_for(rate) == rate {
+                    Box::new(dec)
+                } else {
+                    Box::new(ResampledDecoder::new(dec, rate))
+                }
+            }
+            AudioFormat::Pcm => Box::new(ResampledDecoder::new(RawPcmDecoder::new(PCM_RATE, 1), rate)),
         })
     }
 
@@ -231,33 +174,15 @@ impl Feeder {
             Some(b) => dec.push(b, &mut self.pcm)?,
             None => dec.finish(&mut self.pcm)?,
         }
-        if self.pcm.is_empty() {
-            return Ok(());
-        }
-        let Some(fmt) = dec.format() else {
+        let Some(fmt) = dec.format().filter(|_| !self.pcm.is_empty()) else {
             return Ok(());
         };
-        let conformer = match &mut self.conformer {
-            Some(c) => c,
-            c @ None => c.insert(Conformer::new(
-                fmt.rate,
-                fmt.channels,
-                self.device_rate,
-                self.device_channels,
-            )?),
-        };
-        let out = conformer.convert(&self.pcm, false)?;
-        playout.push(out).await?;
-        Ok(())
-    }
-
-    /// Pushes the resampler's tail at the end of the utterance.
-    async fn flush(&mut self, playout: &mut Playout) -> Result<(), FeedError> {
-        if let Some(c) = &mut self.conformer {
-            let out = c.convert(&[], true)?;
-            if !out.is_empty() {
-                playout.push(out).await?;
-            }
+        if fmt.channels == self.device_channels {
+            playout.push(&self.pcm).await?;
+        } else {
+            self.mapped.clear();
+            map_channels(&self.pcm, fmt.channels, self.device_channels, &mut self.mapped);
+            playout.push(&self.mapped).await?;
         }
         Ok(())
     }
@@ -404,10 +329,6 @@ pub async fn speak(
                 .await
                 .map_err(|e| lift(e, seg, of))?;
         }
-        feeder
-            .flush(playout)
-            .await
-            .map_err(|e| lift(e, of.saturating_sub(1), of))?;
         Ok(())
     }
     .await;
@@ -470,8 +391,7 @@ pub async fn play_file(
         feeder
             .feed(dec.as_mut(), None, playout)
             .await
-            .map_err(|e| lift(e, 0, 1))?;
-        feeder.flush(playout).await.map_err(|e| lift(e, 0, 1))
+            .map_err(|e| lift(e, 0, 1))
     }
     .await;
     if let Err(e) = result {

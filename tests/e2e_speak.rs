@@ -1,0 +1,214 @@
+//! End to end: the real `herald` binary against the in-process emulator (which stands in for
+//! OpenAI on 127.0.0.1), writing WAV files, for every scenario and fault. The audio must be
+//! complete — sample-exact to a reference libopus decode of the bytes the emulator sent —
+//! or the run must fail with a clear error and a non-zero exit.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use herald::emulator::{expected_body, synthesize, Emulator, EmulatorConfig, EmulatorHandle};
+use herald::tts::AudioFormat;
+use support::reference::{decode_ogg_opus, read_wav};
+
+const KEY: &str = "sk-e2e-0123456789abcdefSECRET";
+const TEXT: &str = "Dinner is ready. Please come to the table.";
+
+/// One emulator for the whole test binary; tests isolate themselves with `id=` prefixes.
+fn emu() -> &'static EmulatorHandle {
+    static EMU: OnceLock<(tokio::runtime::Runtime, EmulatorHandle)> = OnceLock::new();
+    let (_, handle) = EMU.get_or_init(|| {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let cfg = EmulatorConfig { api_key: KEY.into(), ..Default::default() };
+        let handle = rt.block_on(Emulator::start(cfg)).unwrap();
+        (rt, handle)
+    });
+    handle
+}
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+/// Runs `herald` with the test key and `config` (TOML) and returns its output.
+fn herald(dir: &Path, config: &str, args: &[&str]) -> Output {
+    let cfg = dir.join("herald.toml");
+    std::fs::write(&cfg, config).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("--config")
+        .arg(&cfg)
+        .args(args)
+        .env("OPENAI_API_KEY", KEY)
+        .env_remove("OPENAI_BASE_URL")
+        .env_remove("HERALD_LOG")
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// `herald speak --out` against `scenario`; returns the output and the WAV path.
+fn speak(scenario: &str, config: &str, extra: &[&str], text: &str) -> (Output, PathBuf, tempfile::TempDir) {
+    let dir = tmp();
+    let wav = dir.path().join("out.wav");
+    let base = emu().base_url(scenario);
+    let mut args = vec!["speak", "--api-base", &base, "--out", wav.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    args.push(text);
+    let out = herald(dir.path(), config, &args);
+    assert!(!stderr(&out).contains(KEY), "the API key leaked: {}", stderr(&out));
+    (out, wav, dir)
+}
+
+/// The samples a correct player produces for `text` from `scenario` (48 kHz mono).
+fn reference(scenario: &str, text: &str) -> Vec<i16> {
+    let body = expected_body(scenario, text, "alloy", 1.0, AudioFormat::Opus).unwrap();
+    decode_ogg_opus(&body, 48_000)
+}
+
+fn assert_played_exactly(out: &Output, wav: &Path, expected: &[i16]) {
+    assert!(out.status.success(), "herald failed: {}", stderr(out));
+    let (spec, samples) = read_wav(wav);
+    assert_eq!((spec.sample_rate, spec.channels), (48_000, 1));
+    assert_eq!(samples.len(), expected.len(), "played length differs from the reference");
+    assert!(samples == expected, "played samples differ from the reference decode");
+    let summary = stderr(out);
+    assert!(summary.contains("time to first audio"), "no summary line: {summary}");
+    assert!(summary.contains("stalls 0"), "{summary}");
+}
+
+#[test]
+fn speaks_a_sentence_sample_exact_to_a_reference_decode() {
+    let sc = "fast,id=exact";
+    let (out, wav, _d) = speak(sc, "", &[], TEXT);
+    assert_played_exactly(&out, &wav, &reference(sc, TEXT));
+    let s = stderr(&out);
+    let bytes = expected_body(sc, TEXT, "alloy", 1.0, AudioFormat::Opus).unwrap().len();
+    assert!(s.contains(&format!("received {bytes} bytes")), "{s}");
+}
+
+#[test]
+fn default_pacing_and_padded_tags_play_completely() {
+    for sc in ["id=paced", "fast,padded-tags,chunk=7,id=tags"] {
+        let (out, wav, _d) = speak(sc, "", &[], TEXT);
+        assert_played_exactly(&out, &wav, &reference(sc, TEXT));
+    }
+}
+
+#[test]
+fn pcm_format_plays_every_sample_resampled_to_the_device_rate() {
+    let sc = "fast,id=pcm";
+    let (out, wav, _d) = speak(sc, "", &["--format", "pcm"], TEXT);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let source = synthesize(TEXT, "alloy", 1.0).unwrap();
+    let (spec, samples) = read_wav(&wav);
+    assert_eq!(spec.sample_rate, 48_000);
+    assert_eq!(samples.len(), source.len() * 2, "24 kHz → 48 kHz must double the length exactly");
+    let energy = |s: &[i16]| s.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / s.len() as f64;
+    let ratio = energy(&samples) / energy(&source);
+    assert!((0.8..1.25).contains(&ratio), "level changed by resampling: {ratio}");
+}
+
+#[test]
+fn retryable_faults_are_retried_and_the_audio_is_complete() {
+    for (sc, requests) in [
+        ("fast,fail=429x2,retry-after-ms=50,id=r429", 3),
+        ("fast,fail=500x1,id=r500", 2),
+        ("fast,fail=503x1,retry-after-ms=50,id=r503", 2),
+    ] {
+        let (out, wav, _d) = speak(sc, "", &[], TEXT);
+        assert_played_exactly(&out, &wav, &reference(sc, TEXT));
+        assert_eq!(emu().stats().requests_for(sc), requests, "{sc}");
+        assert!(stderr(&out).contains("retries"), "{sc}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn fatal_faults_fail_with_a_clear_error_and_a_nonzero_exit() {
+    let quick = "[api]\nfirst_byte_timeout_ms = 1500\nstall_timeout_ms = 1500\nmax_attempts = 2\n";
+    for (sc, expect) in [
+        ("fast,fail=401,id=f401", "API key was rejected (HTTP 401)"),
+        ("fast,fail=403,id=f403", "HTTP 403"),
+        ("fast,fail=500,id=f500", "HTTP 500"),
+        ("fast,garbage,id=fgarbage", "not opus audio"),
+        ("fast,json200,id=fjson", "not opus audio"),
+        ("fast,corrupt,id=fcorrupt", "CRC"),
+        ("fast,drop,id=fdrop", "broke"),
+        ("fast,hang,id=fhang", "timed out"),
+        ("fast,hang-body,id=fhangbody", "timed out"),
+    ] {
+        let (out, _wav, _d) = speak(sc, quick, &[], TEXT);
+        let s = stderr(&out);
+        assert!(!out.status.success(), "{sc}: exit 0 although it failed: {s}");
+        assert!(s.contains(expect), "{sc}: expected '{expect}' in: {s}");
+        assert!(!s.contains("panicked"), "{sc}: {s}");
+    }
+}
+
+#[test]
+fn bad_input_is_rejected_before_any_request() {
+    for (sc, config, extra, text, expect) in [
+        ("fast,id=empty", "", vec![], "   ", "the text is empty"),
+        ("fast,id=long", "[speech]\nmax_text_chars = 10\n", vec![], TEXT, "at most 10 are allowed"),
+        ("fast,id=voice", "", vec!["--voice", "bob"], TEXT, "unknown voice 'bob'"),
+        ("fast,id=speed", "", vec!["--speed", "9"], TEXT, "0.25"),
+        ("fast,id=instr", "", vec!["--model", "tts-1", "--instructions", "cheerful"], TEXT, "instructions"),
+    ] {
+        let (out, _wav, _d) = speak(sc, config, &extra, text);
+        let s = stderr(&out);
+        assert!(!out.status.success(), "{sc}: {s}");
+        assert!(s.contains(expect), "{sc}: expected '{expect}' in: {s}");
+        assert_eq!(emu().stats().requests_for(sc), 0, "{sc}: a request was sent");
+    }
+}
+
+#[test]
+fn a_config_error_names_the_key_and_line() {
+    let (out, _wav, _d) = speak("fast,id=cfg", "[audio]\nperiod_ms = 0\n", &[], TEXT);
+    let s = stderr(&out);
+    assert!(!out.status.success());
+    assert!(s.contains("line 2") && s.contains("audio.period_ms"), "{s}");
+}
+
+#[test]
+fn a_missing_key_is_reported_without_a_request() {
+    let dir = tmp();
+    let base = emu().base_url("fast,id=nokey");
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["speak", "--api-base", &base, "--out"])
+        .arg(dir.path().join("x.wav"))
+        .arg(TEXT)
+        .env_remove("OPENAI_API_KEY")
+        .env("CREDENTIALS_DIRECTORY", dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no API key"), "{}", stderr(&out));
+    assert_eq!(emu().stats().requests_for("fast,id=nokey"), 0);
+}
+
+#[test]
+fn play_decodes_a_local_file_through_the_same_pipeline() {
+    let dir = tmp();
+    let sc = "id=file";
+    let file = dir.path().join("chime.opus");
+    std::fs::write(&file, expected_body(sc, TEXT, "alloy", 1.0, AudioFormat::Opus).unwrap()).unwrap();
+    let wav = dir.path().join("chime.wav");
+    let out = herald(dir.path(), "", &["play", "--out", wav.to_str().unwrap(), file.to_str().unwrap()]);
+    assert_played_exactly(&out, &wav, &reference(sc, TEXT));
+
+    // Not an Ogg file: a clear error, not a panic or silence.
+    let bad = dir.path().join("notes.txt");
+    std::fs::write(&bad, "just some text, not audio\n").unwrap();
+    let out = herald(dir.path(), "", &["play", "--out", wav.to_str().unwrap(), bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).to_lowercase().contains("ogg"), "{}", stderr(&out));
+}
