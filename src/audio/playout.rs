@@ -526,6 +526,10 @@ impl Playout {
             return Err(PlayoutError::Panicked);
         }
         self.pump();
+        if self.error_taken {
+            // Already returned by push/finished/interrupt.
+            return Ok(());
+        }
         self.check_alive()
     }
 

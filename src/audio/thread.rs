@@ -380,20 +380,17 @@ impl AudioThread {
             }
             self.finish()
         } else {
-            // Running dry mid-utterance: fade out what is there, then keep the device fed.
-            let n = avail.min(p);
-            self.pop(n);
-            self.apply_fade_in(0, n);
-            let fade = self.params.stall_fade.min(n);
-            self.fade_out(n - fade, n);
-            self.buf[n * self.channels..].fill(0);
-            self.stall_frames_now = (p - n) as u64;
+            // Running dry mid-utterance: play out what is there, fading its end to zero,
+            // then keep the device fed with silence until the buffer refills.
+            let fade = self.params.stall_fade.min(avail);
             self.emit(RawEvent::StallBegan {
                 gen: self.gen,
                 at: Instant::now(),
             });
             self.state = State::Stalled;
-            self.write_audio(n)
+            let pad = self.write_fading(avail, fade)?;
+            self.stall_frames_now = pad as u64;
+            Ok(())
         }
     }
 
@@ -427,12 +424,8 @@ impl AudioThread {
             State::Idle => return Ok(()),
             State::Playing => {
                 let (avail, _) = self.available();
-                let n = avail.min(self.params.interrupt_fade).min(self.period);
-                self.pop(n);
-                self.apply_fade_in(0, n);
-                self.fade_out(0, n);
-                self.buf[n * self.channels..].fill(0);
-                self.write_audio(n)?;
+                let n = avail.min(self.params.interrupt_fade);
+                self.write_fading(n, n)?;
             }
             State::Stalled | State::Prebuffering => {}
         }
@@ -521,17 +514,31 @@ impl AudioThread {
         self.fade_in = if pos >= len { None } else { Some(pos) };
     }
 
-    /// Fade-out over frames `from..to`: the last frame reaches exactly zero.
-    fn fade_out(&mut self, from: usize, to: usize) {
-        let m = to.saturating_sub(from);
-        let ch = self.channels;
-        for (j, frame) in self.buf[from * ch..to * ch]
-            .chunks_exact_mut(ch)
-            .enumerate()
-        {
-            let gain = (m - 1 - j) as f32 / m as f32;
-            for s in frame {
-                *s = scale(*s, gain);
+    /// Writes the next `frames` frames of the utterance in whole periods, the last `fade`
+    /// of them fading to exactly zero; returns the silent frames padding the last period.
+    fn write_fading(&mut self, frames: usize, fade: usize) -> Result<usize, SinkError> {
+        let p = self.period;
+        let fade_from = frames - fade.min(frames);
+        let mut done = 0;
+        loop {
+            let k = (frames - done).min(p);
+            self.pop(k);
+            self.apply_fade_in(0, k);
+            let ch = self.channels;
+            for (j, frame) in self.buf[..k * ch].chunks_exact_mut(ch).enumerate() {
+                let pos = done + j;
+                if pos >= fade_from {
+                    let gain = (frames - 1 - pos) as f32 / fade as f32;
+                    for s in frame {
+                        *s = scale(*s, gain);
+                    }
+                }
+            }
+            self.buf[k * ch..].fill(0);
+            self.write_audio(k)?;
+            done += k;
+            if done >= frames {
+                return Ok(p - k);
             }
         }
     }
