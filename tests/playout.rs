@@ -396,26 +396,27 @@ async fn interrupt_fades_out_within_20_ms_and_drops_the_rest() {
         tokio::time::sleep(ms(100)).await;
         let report = p.interrupt().await.unwrap();
 
-        let rec = rec.lock().unwrap();
-        let out = &rec.samples;
-        assert!(report.interrupted);
-        assert!(report.frames_played < input.len() as u64);
-        assert_eq!(rec.drains, 1, "interrupt waits until the fade has played");
-        assert_whole_periods(&rec, 1);
-        let z = out.iter().position(|&s| s == 0).unwrap();
-        let fade_max = frames_of(20);
-        assert_eq!(&out[..z + 1 - fade_max], &input[..z + 1 - fade_max]);
-        assert!(
-            out[z..].iter().all(|&s| s == 0),
-            "audio after the interrupt fade"
-        );
-        assert_eq!(report.frames_played, (z + 1) as u64);
-        assert!(
-            max_step(out) <= MAX_STEP,
-            "click: step of {}",
-            max_step(out)
-        );
-        drop(rec);
+        {
+            let rec = rec.lock().unwrap();
+            let out = &rec.samples;
+            assert!(report.interrupted);
+            assert!(report.frames_played < input.len() as u64);
+            assert_eq!(rec.drains, 1, "interrupt waits until the fade has played");
+            assert_whole_periods(&rec, 1);
+            let z = out.iter().position(|&s| s == 0).unwrap();
+            let fade_max = frames_of(20);
+            assert_eq!(&out[..z + 1 - fade_max], &input[..z + 1 - fade_max]);
+            assert!(
+                out[z..].iter().all(|&s| s == 0),
+                "audio after the interrupt fade"
+            );
+            assert_eq!(report.frames_played, (z + 1) as u64);
+            assert!(
+                max_step(out) <= MAX_STEP,
+                "click: step of {}",
+                max_step(out)
+            );
+        }
         // The utterance is over: more audio for it is refused, a new one plays.
         assert!(matches!(
             p.push(&input[..8]).await,
@@ -558,4 +559,74 @@ async fn misuse_is_an_error_not_a_hang() {
     };
     let err = Playout::spawn(Box::new(sink), bad).err().unwrap();
     assert!(err.to_string().contains("stall_fade_ms = 11"), "{err}");
+}
+
+#[tokio::test]
+async fn push_beyond_the_ring_waits_for_space_and_loses_nothing() {
+    guarded(async {
+        let (sink, rec) = ClockedSink::new(1);
+        let cfg = PlayoutConfig {
+            max_buffer_ms: 500,
+            ..config()
+        };
+        let mut p = Playout::spawn(Box::new(sink), cfg).unwrap();
+        let input = tone(frames_of(2000));
+        p.begin(ms(2000));
+        // Four times what the ring holds, in one call: it must wait for the device.
+        p.push(&input).await.unwrap();
+        p.end();
+        let report = p.finished().await.unwrap();
+        let rec = rec.lock().unwrap();
+        assert_played_exactly(&rec.samples, &input);
+        assert_whole_periods(&rec, 1);
+        assert_eq!(report.stalls, 0);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn interrupt_before_playback_starts_plays_nothing() {
+    guarded(async {
+        let (sink, rec) = ClockedSink::new(1);
+        let mut p = Playout::spawn(Box::new(sink), config()).unwrap();
+        p.begin(ms(5000));
+        // One burst of a long utterance is not enough to start.
+        p.push(&tone(frames_of(100))).await.unwrap();
+        let report = p.interrupt().await.unwrap();
+        assert!(report.interrupted);
+        assert_eq!((report.frames_played, report.started_at), (0, None));
+        assert!(rec.lock().unwrap().samples.is_empty());
+    })
+    .await
+}
+
+#[tokio::test]
+async fn begin_during_playback_fades_the_old_utterance_out_and_plays_the_new_one() {
+    guarded(async {
+        let (sink, rec) = ClockedSink::new(1);
+        let mut p = Playout::spawn(Box::new(sink), config()).unwrap();
+        let a = tone(frames_of(3000));
+        let b: Vec<i16> = tone(frames_of(400)).iter().map(|s| -s).collect();
+        p.begin(ms(3000));
+        feed(&mut p, &a[..frames_of(1000)], frames_of(40), ms(12)).await;
+        wait_started(&mut p).await;
+        p.begin(ms(400));
+        p.push(&b).await.unwrap();
+        p.end();
+        let report = p.finished().await.unwrap();
+        assert_eq!(report.frames_played, b.len() as u64);
+        assert!(!report.interrupted);
+
+        let rec = rec.lock().unwrap();
+        let out = &rec.samples;
+        // A's prefix, a fade to zero (≤ 20 ms), then B exactly: no click at the switch.
+        let z = out.iter().position(|&s| s == 0).unwrap();
+        assert_eq!(&out[..z + 1 - frames_of(20)], &a[..z + 1 - frames_of(20)]);
+        let b_start = z + out[z..].iter().position(|&s| s != 0).unwrap();
+        assert_played_exactly(&out[b_start..], &b);
+        // (B itself starts at full level: only the switch-over is checked.)
+        let step = max_step(&out[..b_start]);
+        assert!(step <= MAX_STEP, "click: step of {step}");
+    })
+    .await
 }

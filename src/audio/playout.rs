@@ -13,7 +13,7 @@
 
 use std::collections::VecDeque;
 use std::os::unix::net::UnixStream as StdUnixStream;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -246,8 +246,8 @@ impl Playout {
         check(
             "max_buffer_ms",
             cfg.max_buffer_ms,
-            (500..=600_000).contains(&cfg.max_buffer_ms),
-            "500 to 600000 ms",
+            (500..=120_000).contains(&cfg.max_buffer_ms),
+            "500 to 120000 ms",
         )?;
         check(
             "min_prebuffer_ms",
@@ -449,6 +449,8 @@ impl Playout {
                 continue;
             }
             self.shared.space_wanted.store(true, Ordering::SeqCst);
+            // Pairs with the fence in the audio thread's `wake_writer`.
+            fence(Ordering::SeqCst);
             if self.ring.slots() >= ch {
                 continue;
             }

@@ -7,7 +7,7 @@
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -491,6 +491,9 @@ impl AudioThread {
     }
 
     fn wake_writer(&mut self) {
+        // Pairs with the fence in `Playout::push`: either it sees the space we just freed,
+        // or we see its request (no lost wake-up).
+        fence(Ordering::SeqCst);
         if self.shared.space_wanted.swap(false, Ordering::SeqCst) {
             self.wake();
         }
