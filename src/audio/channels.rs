@@ -98,4 +98,17 @@ mod tests {
         map_channels(&[1, 2], 2, 0, &mut out);
         assert!(out.is_empty());
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn mono_up_and_down_is_lossless(input in proptest::collection::vec(proptest::num::i16::ANY, 0..256), n in 2u16..9) {
+            let (mut up, mut down) = (Vec::new(), Vec::new());
+            map_channels(&input, 1, n, &mut up);
+            proptest::prop_assert_eq!(up.len(), input.len() * usize::from(n));
+            map_channels(&up, n, 1, &mut down);
+            proptest::prop_assert_eq!(down, input);
+        }
+    }
 }

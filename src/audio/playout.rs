@@ -10,6 +10,14 @@
 //! The thread and the device stay open across utterances: `begin` may follow `finished` or
 //! `interrupt` any number of times. `lead_in` feeds the device silence while a job's first
 //! audio is fetched, so a sleeping amplifier wakes up without clipping the first syllable.
+//!
+//! What the sink must provide: `write` blocks while the device buffer is full (that clocks
+//! the thread); the device starts on the first period written (ALSA `start_threshold` ≤ one
+//! period, otherwise a lead-in of about one period never starts it); and `write` after
+//! `drain` works (re-prepares the PCM), because every utterance ends with a drain.
+//!
+//! An interrupt is heard after what the device buffer already holds (≤ `buffer_frames`),
+//! plus at most one period being written, plus the fade.
 
 use std::collections::VecDeque;
 use std::os::unix::net::UnixStream as StdUnixStream;
