@@ -1,6 +1,8 @@
 //! Playout buffer, start policy and audio thread, driven through the public API against a
 //! sink clocked by wall time. Assertions are on what the "device" received, never on timing.
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::f64::consts::PI;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -19,6 +21,36 @@ const BUFFER: usize = 4 * PERIOD;
 const MAX_STEP: i32 = 800;
 const HANG_GUARD: Duration = Duration::from_secs(60);
 
+/// Counts heap allocations per thread, so the sink can tell whether the audio thread's loop
+/// allocated between two of its calls (the loop must never allocate).
+struct CountingAlloc;
+
+thread_local! {
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn allocs() -> u64 {
+    ALLOCS.try_with(Cell::get).unwrap_or(0)
+}
+
+// SAFETY: delegates every operation to the system allocator unchanged.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static COUNTING: CountingAlloc = CountingAlloc;
+
 /// What the stand-in device received.
 #[derive(Debug, Default)]
 struct Recording {
@@ -30,6 +62,8 @@ struct Recording {
     /// `samples.len()` when each drain completed.
     drained_at: Vec<usize>,
     xruns: u64,
+    /// Allocations the audio thread made between sink calls (in its loop): must stay 0.
+    loop_allocs: u64,
 }
 
 /// Stands in for a sound card, which this machine does not have: it plays `RATE` frames per
@@ -44,6 +78,8 @@ struct ClockedSink {
     writes: usize,
     /// Fail (as an unplugged USB DAC does) on this write.
     fail_on_write: Option<usize>,
+    /// The audio thread's allocation count when the previous sink call returned.
+    allocs_after_last_call: Option<u64>,
 }
 
 impl ClockedSink {
@@ -60,8 +96,21 @@ impl ClockedSink {
             running: None,
             writes: 0,
             fail_on_write: None,
+            allocs_after_last_call: None,
         };
         (sink, rec)
+    }
+
+    /// Charges allocations since the previous sink call to the audio thread's loop.
+    fn enter(&mut self) {
+        if let Some(before) = self.allocs_after_last_call {
+            let n = allocs() - before;
+            self.rec.lock().unwrap().loop_allocs += n;
+        }
+    }
+
+    fn leave(&mut self) {
+        self.allocs_after_last_call = Some(allocs());
     }
 
     fn played(start: Instant, now: Instant) -> u64 {
@@ -79,6 +128,7 @@ impl Sink for ClockedSink {
     }
 
     fn write(&mut self, period: &[i16]) -> Result<(), SinkError> {
+        self.enter();
         self.writes += 1;
         if self.fail_on_write == Some(self.writes) {
             return Err(SinkError::Gone {
@@ -113,10 +163,13 @@ impl Sink for ClockedSink {
         rec.samples.extend_from_slice(period);
         rec.write_lens.push(period.len());
         rec.queued_at_write.push(queued);
+        drop(rec);
+        self.leave();
         Ok(())
     }
 
     fn drain(&mut self) -> Result<(), SinkError> {
+        self.enter();
         if let Some((start, written)) = self.running.take() {
             let played = Self::played(start, Instant::now());
             if played < written {
@@ -129,6 +182,8 @@ impl Sink for ClockedSink {
         rec.drains += 1;
         let n = rec.samples.len();
         rec.drained_at.push(n);
+        drop(rec);
+        self.leave();
         Ok(())
     }
 
@@ -172,7 +227,9 @@ async fn feed(p: &mut Playout, audio: &[i16], chunk: usize, every: Duration) {
     }
 }
 
+/// Also checks the loop's no-allocation rule: every test that plays audio calls this.
 fn assert_whole_periods(rec: &Recording, channels: usize) {
+    assert_eq!(rec.loop_allocs, 0, "the audio thread allocated in its loop");
     assert!(!rec.write_lens.is_empty());
     assert!(
         rec.write_lens.iter().all(|&n| n == PERIOD * channels),
