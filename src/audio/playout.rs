@@ -195,7 +195,8 @@ enum Wake {
     None,
 }
 
-/// The playout buffer: owns the audio thread, which owns the sink.
+/// The playout buffer: owns the audio thread, which owns the sink. Dropping it stops the
+/// thread like `shutdown` (blocking until any fade-out has played).
 pub struct Playout {
     shared: Arc<Shared>,
     ring: Producer<i16>,
