@@ -4,6 +4,8 @@
 pub mod alsa;
 pub mod channels;
 pub mod playout;
+pub mod policy;
+mod thread;
 pub mod wav;
 
 /// The format a sink actually granted (read back from the device, never assumed).

@@ -1,1 +1,668 @@
-//! placeholder
+//! The playout buffer: the async side of the audio thread.
+//!
+//! The pipeline calls [`Playout::begin`], [`Playout::push`]es PCM at the device's rate and
+//! channel count as it is decoded, calls [`Playout::end`], and awaits
+//! [`Playout::finished`]. A dedicated audio thread (see `thread.rs`) owns the sink and
+//! writes whole periods; it starts an utterance once the start policy (see `policy.rs`)
+//! says starting cannot cause an underrun, rides out stalls with fades and silence, and
+//! reports "finished" only after the sink has drained.
+//!
+//! The thread and the device stay open across utterances: `begin` may follow `finished` or
+//! `interrupt` any number of times. `lead_in` feeds the device silence while a job's first
+//! audio is fetched, so a sleeping amplifier wakes up without clipping the first syllable.
+//!
+//! What the sink must provide: `write` blocks while the device buffer is full (that clocks
+//! the thread); the device starts on the first period written (ALSA `start_threshold` ≤ one
+//! period, otherwise a lead-in of about one period never starts it); and `write` after
+//! `drain` works (re-prepares the PCM), because every utterance ends with a drain.
+//!
+//! An interrupt is heard after what the device buffer already holds (≤ `buffer_frames`),
+//! plus at most one period being written, plus the fade.
+
+use std::collections::VecDeque;
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::sync::atomic::{fence, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use rtrb::{Consumer, Producer, RingBuffer};
+use tokio::net::UnixStream;
+
+use super::policy::{prebuffer_needed, ArrivalStats, PolicyParams};
+use super::thread::{
+    AudioThread, RawEvent, RawReport, Shared, ThreadParams, RT_GRANTED, RT_NOT_REQUESTED,
+    RT_PENDING,
+};
+use super::{DeviceFormat, Sink, SinkError};
+
+/// Audio still assumed to be coming until `end()`, whatever the text's estimate says.
+const MIN_REMAINING_MS: u32 = 500;
+/// Events buffered between the audio thread and the async side.
+const EVENT_SLOTS: usize = 64;
+
+/// Playout tuning; the defaults suit OpenAI's streams over home WiFi.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlayoutConfig {
+    /// Never start with less than this buffered (unless the whole utterance is shorter).
+    pub min_prebuffer_ms: u32,
+    /// Audio held in reserve for network stalls, on top of the measured wait between bursts.
+    ///
+    /// Default 1000 ms: WiFi stalls of up to ~1 s can happen at any moment, including right
+    /// after playback starts, and the buffer at start must outlast one plus the wait for the
+    /// next burst. For Ogg Opus (1 s pages) this costs nothing extra: the rate can only be
+    /// measured at the second page, and two pages cover gap + 1 s for any speed ≥ ~1×. For
+    /// raw PCM it costs about `1 s / R` of waiting.
+    pub jitter_reserve_ms: u32,
+    /// Capacity of the playout ring (backpressure beyond it).
+    pub max_buffer_ms: u32,
+    /// Fade length when the buffer runs dry mid-utterance (≤ 10).
+    pub stall_fade_ms: u32,
+    /// Fade length on interrupt (≤ 20).
+    pub interrupt_fade_ms: u32,
+    /// SCHED_FIFO priority for the audio thread (1–99); `None` leaves it at normal priority.
+    pub realtime_priority: Option<i32>,
+}
+
+impl Default for PlayoutConfig {
+    fn default() -> Self {
+        PlayoutConfig {
+            min_prebuffer_ms: 150,
+            jitter_reserve_ms: 1000,
+            max_buffer_ms: 20_000,
+            stall_fade_ms: 8,
+            interrupt_fade_ms: 15,
+            // Above ordinary threads, below the kernel's threaded IRQs (50); the systemd unit
+            // must allow it (LimitRTPRIO), otherwise playout carries on without it.
+            realtime_priority: Some(20),
+        }
+    }
+}
+
+/// What happened to one utterance, reported when it finished or was interrupted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UtteranceReport {
+    /// When the first sample was written to the sink (`None` if nothing was played).
+    pub started_at: Option<Instant>,
+    /// Frames of the utterance written (excluding inserted silence).
+    pub frames_played: u64,
+    /// Times the buffer ran dry mid-utterance.
+    pub stalls: u32,
+    /// Silence inserted by those stalls, in milliseconds.
+    pub stall_ms: u64,
+    /// Audio buffered when playback started, in milliseconds.
+    pub prebuffer_ms: u32,
+    /// Device underruns the sink recovered from during the utterance.
+    pub xruns: u64,
+    /// The utterance was cut short by `interrupt` (or replaced by a new `begin`).
+    pub interrupted: bool,
+}
+
+/// Progress of the current utterance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlayoutEvent {
+    /// The first sample of the utterance was written to the sink.
+    Started {
+        /// When it was written.
+        at: Instant,
+    },
+    /// The buffer ran dry; the device is being fed silence.
+    StallBegan {
+        /// When the fade-out was written.
+        at: Instant,
+    },
+    /// Playback resumed after a stall.
+    StallEnded {
+        /// Length of the inserted silence.
+        ms: u32,
+    },
+}
+
+/// Whether the audio thread runs with real-time priority.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RealtimeStatus {
+    /// `realtime_priority` was `None`.
+    NotRequested,
+    /// SCHED_FIFO at this priority.
+    Granted {
+        /// The SCHED_FIFO priority.
+        priority: i32,
+    },
+    /// The system refused (typically EPERM: no CAP_SYS_NICE / RLIMIT_RTPRIO).
+    Denied {
+        /// The priority asked for.
+        priority: i32,
+        /// Why the system refused.
+        reason: String,
+    },
+}
+
+/// Errors of the playout buffer.
+#[derive(Debug, thiserror::Error)]
+pub enum PlayoutError {
+    /// A configuration value is out of range.
+    #[error("playout setting {field} = {value} is not allowed: {allowed}")]
+    Config {
+        field: &'static str,
+        value: i64,
+        allowed: &'static str,
+    },
+    /// The sink granted a format playout cannot use.
+    #[error("audio device '{device}' granted an unusable format: {detail}")]
+    Format { device: String, detail: String },
+    /// The audio thread or its wake-up channel could not be created.
+    #[error("cannot start the audio thread: {detail}")]
+    Spawn { detail: String },
+    /// The device failed; the audio thread has stopped.
+    #[error("playback stopped: {0}")]
+    Device(#[source] SinkError),
+    /// The audio thread stopped earlier (its error was already returned once).
+    #[error("the audio thread has stopped after an earlier error; open the device again")]
+    Stopped,
+    /// The audio thread panicked (a bug).
+    #[error("the audio thread panicked")]
+    Panicked,
+    /// A call that needs an utterance came without one.
+    #[error("{op}() needs an utterance in progress: call begin() first (the last one has finished or was interrupted)")]
+    NoUtterance { op: &'static str },
+    /// `finished()` without `end()` would wait forever.
+    #[error("finished() needs end() first: without it the utterance never finishes")]
+    NotEnded,
+    /// `push` got a partial frame.
+    #[error("push() got {len} samples, which is not a whole number of {channels}-channel frames")]
+    Misaligned { len: usize, channels: u16 },
+    /// Awaiting playout outside a Tokio runtime.
+    #[error("playout must be awaited inside a Tokio runtime with I/O enabled: {detail}")]
+    NoRuntime { detail: String },
+    /// The wake-up socket between the audio thread and the async side failed.
+    #[error("audio thread wake-up channel failed: {detail}")]
+    Wakeup { detail: String },
+}
+
+#[derive(Debug)]
+struct Utterance {
+    expected: Duration,
+    stats: ArrivalStats,
+    /// More `push`es are accepted.
+    open: bool,
+    ended: bool,
+}
+
+enum Wake {
+    Std(StdUnixStream),
+    Tokio(UnixStream),
+    /// Transient while converting.
+    None,
+}
+
+/// The playout buffer: owns the audio thread, which owns the sink. Dropping it stops the
+/// thread like `shutdown` (blocking until any fade-out has played).
+pub struct Playout {
+    shared: Arc<Shared>,
+    ring: Producer<i16>,
+    events: Consumer<RawEvent>,
+    wake: Wake,
+    thread: Option<JoinHandle<()>>,
+    audio_thread: thread::Thread,
+    format: DeviceFormat,
+    policy: PolicyParams,
+    realtime: RealtimeStatus,
+    gen: u64,
+    pushed: u64,
+    utt: Option<Utterance>,
+    done: Option<RawReport>,
+    pending: VecDeque<PlayoutEvent>,
+    failed: bool,
+    error_taken: bool,
+}
+
+fn check(
+    field: &'static str,
+    value: u32,
+    ok: bool,
+    allowed: &'static str,
+) -> Result<(), PlayoutError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(PlayoutError::Config {
+            field,
+            value: i64::from(value),
+            allowed,
+        })
+    }
+}
+
+fn ms_to_frames(ms: u32, rate: u32) -> usize {
+    (u64::from(ms) * u64::from(rate) / 1000) as usize
+}
+
+impl Playout {
+    /// Starts the audio thread, which takes the sink; fails on a bad config or format.
+    pub fn spawn(sink: Box<dyn Sink>, cfg: PlayoutConfig) -> Result<Playout, PlayoutError> {
+        check(
+            "stall_fade_ms",
+            cfg.stall_fade_ms,
+            cfg.stall_fade_ms <= 10,
+            "0 to 10 ms",
+        )?;
+        check(
+            "interrupt_fade_ms",
+            cfg.interrupt_fade_ms,
+            cfg.interrupt_fade_ms <= 20,
+            "0 to 20 ms",
+        )?;
+        check(
+            "max_buffer_ms",
+            cfg.max_buffer_ms,
+            (500..=120_000).contains(&cfg.max_buffer_ms),
+            "500 to 120000 ms",
+        )?;
+        check(
+            "min_prebuffer_ms",
+            cfg.min_prebuffer_ms,
+            cfg.min_prebuffer_ms < cfg.max_buffer_ms,
+            "less than max_buffer_ms",
+        )?;
+        check(
+            "jitter_reserve_ms",
+            cfg.jitter_reserve_ms,
+            cfg.jitter_reserve_ms <= 60_000,
+            "0 to 60000 ms",
+        )?;
+        if let Some(p) = cfg.realtime_priority {
+            if !(1..=99).contains(&p) {
+                return Err(PlayoutError::Config {
+                    field: "realtime_priority",
+                    value: i64::from(p),
+                    allowed: "1 to 99 (SCHED_FIFO), or none",
+                });
+            }
+        }
+
+        let format = sink.format();
+        let bad = |detail: String| PlayoutError::Format {
+            device: sink.name().to_string(),
+            detail,
+        };
+        if format.rate == 0 || format.channels == 0 || format.period_frames == 0 {
+            return Err(bad(format!(
+                "rate {} Hz, {} channels, {} frames per period (all must be above zero)",
+                format.rate, format.channels, format.period_frames
+            )));
+        }
+        let ch = usize::from(format.channels);
+        let period_ms = format.period_frames as u64 * 1000 / u64::from(format.rate);
+        if period_ms > 500 {
+            return Err(bad(format!(
+                "period of {period_ms} ms (at most 500 ms is usable)"
+            )));
+        }
+        let stall_fade = ms_to_frames(cfg.stall_fade_ms, format.rate);
+        let interrupt_fade = ms_to_frames(cfg.interrupt_fade_ms, format.rate);
+        // Room for the largest prebuffer plus the fade lookahead and a period in flight.
+        let capacity_frames = ms_to_frames(cfg.max_buffer_ms, format.rate)
+            .max(4 * format.period_frames + stall_fade.max(interrupt_fade));
+        let (ring_tx, ring_rx) = RingBuffer::<i16>::new(capacity_frames * ch);
+        let (ev_tx, ev_rx) = RingBuffer::<RawEvent>::new(EVENT_SLOTS);
+        let (wake_rx, wake_tx) = StdUnixStream::pair().map_err(|e| PlayoutError::Spawn {
+            detail: format!("socketpair: {e}"),
+        })?;
+        for s in [&wake_rx, &wake_tx] {
+            s.set_nonblocking(true).map_err(|e| PlayoutError::Spawn {
+                detail: format!("non-blocking wake-up socket: {e}"),
+            })?;
+        }
+
+        let shared = Arc::new(Shared::new());
+        let params = ThreadParams {
+            stall_fade,
+            interrupt_fade,
+            capacity_frames,
+            realtime_priority: cfg.realtime_priority,
+        };
+        let audio = AudioThread::new(
+            sink,
+            format,
+            shared.clone(),
+            ring_rx,
+            ev_tx,
+            wake_tx,
+            thread::current(),
+            params,
+        );
+        let handle = thread::Builder::new()
+            .name("herald-audio".into())
+            .spawn(move || audio.run())
+            .map_err(|e| PlayoutError::Spawn {
+                detail: e.to_string(),
+            })?;
+
+        // The thread reports its real-time status before entering its loop.
+        let mut status = shared.realtime.load(Ordering::Acquire);
+        while status == RT_PENDING && !handle.is_finished() {
+            thread::park_timeout(Duration::from_millis(10));
+            status = shared.realtime.load(Ordering::Acquire);
+        }
+        let realtime = match (status, cfg.realtime_priority) {
+            (RT_GRANTED, Some(priority)) => RealtimeStatus::Granted { priority },
+            (RT_NOT_REQUESTED, _) | (_, None) => RealtimeStatus::NotRequested,
+            (errno, Some(priority)) => RealtimeStatus::Denied {
+                priority,
+                reason: std::io::Error::from_raw_os_error(errno).to_string(),
+            },
+        };
+        match &realtime {
+            RealtimeStatus::Granted { priority } => {
+                tracing::info!(priority, "audio thread runs SCHED_FIFO")
+            }
+            RealtimeStatus::Denied { priority, reason } => tracing::warn!(
+                priority,
+                %reason,
+                "audio thread runs without real-time priority (allow it with LimitRTPRIO or CAP_SYS_NICE)"
+            ),
+            RealtimeStatus::NotRequested => {}
+        }
+
+        let audio_thread = handle.thread().clone();
+        Ok(Playout {
+            shared,
+            ring: ring_tx,
+            events: ev_rx,
+            wake: Wake::Std(wake_rx),
+            thread: Some(handle),
+            audio_thread,
+            format,
+            policy: PolicyParams {
+                rate: format.rate,
+                min_prebuffer_ms: cfg.min_prebuffer_ms,
+                jitter_reserve_ms: cfg.jitter_reserve_ms,
+                min_remaining_ms: MIN_REMAINING_MS,
+                capacity_frames: capacity_frames as u64,
+            },
+            realtime,
+            gen: 0,
+            pushed: 0,
+            utt: None,
+            done: None,
+            pending: VecDeque::new(),
+            failed: false,
+            error_taken: false,
+        })
+    }
+
+    /// The sink's granted format: `push` takes samples at this rate and channel count.
+    pub fn format(&self) -> DeviceFormat {
+        self.format
+    }
+
+    /// Whether the audio thread got real-time priority.
+    pub fn realtime(&self) -> &RealtimeStatus {
+        &self.realtime
+    }
+
+    /// Starts a new utterance lasting about `expected` (estimated from its text). One still
+    /// in flight is faded out and dropped (its report is discarded).
+    pub fn begin(&mut self, expected: Duration) {
+        self.gen += 1;
+        let stats = ArrivalStats::new(self.format.rate);
+        let target = prebuffer_needed(&stats, expected, &self.policy, Instant::now());
+        self.utt = Some(Utterance {
+            expected,
+            stats,
+            open: true,
+            ended: false,
+        });
+        self.done = None;
+        self.pending.clear();
+        // Order matters: the thread reads the generation first, then these.
+        self.shared.target_frames.store(target, Ordering::Release);
+        self.shared.start_pos.store(self.pushed, Ordering::Release);
+        self.shared.generation.store(self.gen, Ordering::Release);
+        self.audio_thread.unpark();
+    }
+
+    /// Queues interleaved samples at the device's rate and channel count, waiting for ring
+    /// space when the buffer is full. Fails if the audio thread died (device error).
+    pub async fn push(&mut self, samples: &[i16]) -> Result<(), PlayoutError> {
+        self.pump();
+        self.check_alive()?;
+        let ch = usize::from(self.format.channels);
+        if samples.len() % ch != 0 {
+            return Err(PlayoutError::Misaligned {
+                len: samples.len(),
+                channels: self.format.channels,
+            });
+        }
+        let Some(utt) = self.utt.as_mut().filter(|u| u.open) else {
+            return Err(PlayoutError::NoUtterance { op: "push" });
+        };
+        if samples.is_empty() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        utt.stats.record((samples.len() / ch) as u64, now);
+        let target = prebuffer_needed(&utt.stats, utt.expected, &self.policy, now);
+        self.shared.target_frames.store(target, Ordering::Release);
+
+        let mut rest = samples;
+        while !rest.is_empty() {
+            // Whole frames only, so the thread never sees half a frame.
+            let fit = (self.ring.slots() / ch * ch).min(rest.len());
+            if fit > 0 {
+                let (pushed, remainder) = self.ring.push_partial_slice(&rest[..fit]);
+                self.pushed += (pushed.len() / ch) as u64;
+                rest = &rest[pushed.len()..];
+                debug_assert!(remainder.is_empty());
+                self.audio_thread.unpark();
+                continue;
+            }
+            self.shared.space_wanted.store(true, Ordering::SeqCst);
+            // Pairs with the fence in the audio thread's `wake_writer`.
+            fence(Ordering::SeqCst);
+            if self.ring.slots() >= ch {
+                continue;
+            }
+            self.wait_wakeup().await?;
+            self.pump();
+            self.check_alive()?;
+        }
+        Ok(())
+    }
+
+    /// Marks all audio of the utterance as pushed: playback starts now if it has not yet.
+    pub fn end(&mut self) {
+        if let Some(utt) = self.utt.as_mut().filter(|u| u.open) {
+            utt.open = false;
+            utt.ended = true;
+            self.shared.end_pos.store(self.pushed, Ordering::Release);
+            self.shared.ended_gen.store(self.gen, Ordering::Release);
+            self.audio_thread.unpark();
+        }
+    }
+
+    /// Resolves once the last sample of the utterance has been played (after the sink drained).
+    pub async fn finished(&mut self) -> Result<UtteranceReport, PlayoutError> {
+        match &self.utt {
+            None => return Err(PlayoutError::NoUtterance { op: "finished" }),
+            Some(u) if !u.ended => return Err(PlayoutError::NotEnded),
+            Some(_) => {}
+        }
+        self.wait_done().await
+    }
+
+    /// Fades out what is playing (≤ interrupt_fade_ms), drops the rest, and resolves once
+    /// the fade has played. Returns the utterance's report with `interrupted` set — unless
+    /// it had already finished, in which case that report is returned.
+    pub async fn interrupt(&mut self) -> Result<UtteranceReport, PlayoutError> {
+        match self.utt.as_mut() {
+            None => return Err(PlayoutError::NoUtterance { op: "interrupt" }),
+            Some(u) => u.open = false,
+        }
+        self.shared.interrupt_gen.store(self.gen, Ordering::Release);
+        self.audio_thread.unpark();
+        self.wait_done().await
+    }
+
+    /// Events of the current utterance since the last call (never blocks).
+    pub fn events(&mut self) -> impl Iterator<Item = PlayoutEvent> + '_ {
+        self.pump();
+        self.pending.drain(..)
+    }
+
+    /// Feeds the device silence until the next utterance starts playing, keeping about
+    /// one period queued, so an amplifier wakes up while the first audio is fetched.
+    pub fn lead_in(&mut self) {
+        self.shared.lead_in.store(true, Ordering::Release);
+        self.audio_thread.unpark();
+    }
+
+    /// Stops a lead-in (e.g. the job failed before any audio came).
+    pub fn cancel_lead_in(&mut self) {
+        self.shared.lead_in.store(false, Ordering::Release);
+    }
+
+    /// Stops the audio thread (fading out anything playing) and waits for it.
+    pub fn shutdown(mut self) -> Result<(), PlayoutError> {
+        self.stop_thread()
+    }
+
+    fn stop_thread(&mut self) -> Result<(), PlayoutError> {
+        let Some(handle) = self.thread.take() else {
+            return Ok(());
+        };
+        self.shared.shutdown.store(true, Ordering::Release);
+        self.audio_thread.unpark();
+        if handle.join().is_err() {
+            return Err(PlayoutError::Panicked);
+        }
+        self.pump();
+        if self.error_taken {
+            // Already returned by push/finished/interrupt.
+            return Ok(());
+        }
+        self.check_alive()
+    }
+
+    async fn wait_done(&mut self) -> Result<UtteranceReport, PlayoutError> {
+        loop {
+            self.pump();
+            if let Some(raw) = self.done.take() {
+                self.utt = None;
+                return Ok(self.report(raw));
+            }
+            self.check_alive()?;
+            self.wait_wakeup().await?;
+        }
+    }
+
+    fn report(&self, raw: RawReport) -> UtteranceReport {
+        let rate = u64::from(self.format.rate);
+        UtteranceReport {
+            started_at: raw.started_at,
+            frames_played: raw.frames_played,
+            stalls: raw.stalls,
+            stall_ms: raw.stall_frames * 1000 / rate,
+            prebuffer_ms: u32::try_from(raw.prebuffer_frames * 1000 / rate).unwrap_or(u32::MAX),
+            xruns: raw.xruns,
+            interrupted: raw.interrupted,
+        }
+    }
+
+    /// Moves events from the audio thread's ring into `pending` / `done`.
+    fn pump(&mut self) {
+        let rate = u64::from(self.format.rate);
+        while let Ok(ev) = self.events.pop() {
+            match ev {
+                RawEvent::Started { gen, at } if gen == self.gen => {
+                    self.pending.push_back(PlayoutEvent::Started { at })
+                }
+                RawEvent::StallBegan { gen, at } if gen == self.gen => {
+                    self.pending.push_back(PlayoutEvent::StallBegan { at })
+                }
+                RawEvent::StallEnded { gen, frames } if gen == self.gen => {
+                    let ms = u32::try_from(frames * 1000 / rate).unwrap_or(u32::MAX);
+                    self.pending.push_back(PlayoutEvent::StallEnded { ms })
+                }
+                RawEvent::Done { gen, report } if gen == self.gen => self.done = Some(report),
+                RawEvent::Failed => self.failed = true,
+                // Events of utterances already replaced.
+                _ => {}
+            }
+        }
+    }
+
+    /// Errors once the audio thread has died: its device error first, then `Stopped`.
+    fn check_alive(&mut self) -> Result<(), PlayoutError> {
+        let dead = self.failed || self.thread.as_ref().is_some_and(|h| h.is_finished());
+        if !dead {
+            return Ok(());
+        }
+        if self.error_taken {
+            return Err(PlayoutError::Stopped);
+        }
+        self.error_taken = true;
+        let err = self.shared.error.lock().ok().and_then(|mut e| e.take());
+        match err {
+            Some(e) => Err(PlayoutError::Device(e)),
+            None if self.failed => Err(PlayoutError::Stopped),
+            // Finished without a device error while we still hold the ring: it panicked.
+            None => Err(PlayoutError::Panicked),
+        }
+    }
+
+    /// Awaits one wake-up from the audio thread (an event, or ring space).
+    async fn wait_wakeup(&mut self) -> Result<(), PlayoutError> {
+        if let Wake::Std(_) = self.wake {
+            // Converted lazily: `spawn` is sync and may run outside the runtime.
+            tokio::runtime::Handle::try_current().map_err(|e| PlayoutError::NoRuntime {
+                detail: e.to_string(),
+            })?;
+            if let Wake::Std(std) = std::mem::replace(&mut self.wake, Wake::None) {
+                let stream = UnixStream::from_std(std).map_err(|e| PlayoutError::Wakeup {
+                    detail: e.to_string(),
+                })?;
+                self.wake = Wake::Tokio(stream);
+            }
+        }
+        let Wake::Tokio(stream) = &self.wake else {
+            return Err(PlayoutError::Wakeup {
+                detail: "wake-up socket lost after a failed setup".into(),
+            });
+        };
+        let mut buf = [0u8; 64];
+        loop {
+            stream.readable().await.map_err(|e| PlayoutError::Wakeup {
+                detail: e.to_string(),
+            })?;
+            let mut woke = false;
+            loop {
+                match stream.try_read(&mut buf) {
+                    Ok(0) => {
+                        // The thread is gone: its events and error say why.
+                        self.failed = true;
+                        return Ok(());
+                    }
+                    Ok(_) => woke = true,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        return Err(PlayoutError::Wakeup {
+                            detail: e.to_string(),
+                        })
+                    }
+                }
+            }
+            if woke {
+                return Ok(());
+            }
+        }
+    }
+}
+
+impl Drop for Playout {
+    fn drop(&mut self) {
+        // Best effort: fade out, stop the thread; errors have nowhere to go.
+        let _ = self.stop_thread();
+    }
+}

@@ -1,0 +1,341 @@
+//! Start policy: how much audio to hold before playing so that starting cannot cause an
+//! underrun later.
+//!
+//! Audio arrives in bursts (OpenAI's Ogg Opus: one 1 s page at a time; raw PCM: small chunks)
+//! at a generation speed `R` (audio seconds per wall second) that may be below 1. Starting
+//! with `B` buffered cannot underrun later if
+//!
+//! ```text
+//! B ≥ deficit + wait + reserve
+//! deficit = remaining × max(0, 1 − R) / R      (what playback eats faster than it arrives)
+//! wait    = the longest gap between pushes seen (the wait for the next burst)
+//! reserve = jitter_reserve_ms                   (WiFi stalls)
+//! ```
+//!
+//! Before a second burst there is no rate and no gap yet. The prior is then `R = 1` (no
+//! deficit) and `wait` = the first burst's own length at real time. That prior never starts
+//! on the first burst alone (the need always exceeds what arrived), so a real measurement
+//! decides; it only matters through the cap for utterances that are already complete.
+//!
+//! The need is capped at the audio still expected in total (a short utterance is not held
+//! back by a reserve longer than itself), floored at `min_prebuffer_ms` (unless the whole
+//! utterance is shorter) and capped at the ring's capacity (a fuller ring could never fill).
+//! If the text's estimate was too short, `remaining` never drops below `min_remaining_ms`
+//! until `end()` says everything is in.
+
+use std::time::{Duration, Instant};
+
+/// Pushes closer together than this belong to one burst (one Ogg page decodes as a quick
+/// run of pushes; page gaps are hundreds of milliseconds).
+pub const BURST_GAP: Duration = Duration::from_millis(10);
+/// A run of pushes longer than this counts as several bursts, so a continuous stream
+/// (small PCM chunks) still yields a rate.
+pub const MAX_BURST: Duration = Duration::from_millis(250);
+
+/// Parameters of the start policy (from `PlayoutConfig` and the device format).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PolicyParams {
+    /// Device frames per second.
+    pub rate: u32,
+    /// Floor for the prebuffer unless the whole utterance is shorter.
+    pub min_prebuffer_ms: u32,
+    /// Extra audio held for WiFi stalls on top of the measured burst wait.
+    pub jitter_reserve_ms: u32,
+    /// Audio still assumed to be coming until `end()`, whatever the text's estimate says.
+    pub min_remaining_ms: u32,
+    /// Frames the ring can hold: a larger need could never be met.
+    pub capacity_frames: u64,
+}
+
+/// What has arrived so far for one utterance, measured at each push.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArrivalStats {
+    rate: u32,
+    received: u64,
+    first_at: Option<Instant>,
+    last_push_at: Option<Instant>,
+    burst_start_at: Option<Instant>,
+    bursts: u32,
+    frames_before_burst: u64,
+    max_gap: Duration,
+}
+
+impl ArrivalStats {
+    /// Empty statistics for a stream of `rate` frames per second.
+    pub fn new(rate: u32) -> Self {
+        ArrivalStats {
+            rate: rate.max(1),
+            received: 0,
+            first_at: None,
+            last_push_at: None,
+            burst_start_at: None,
+            bursts: 0,
+            frames_before_burst: 0,
+            max_gap: Duration::ZERO,
+        }
+    }
+
+    /// Records `frames` arriving at `at` (times must not go backwards; if they do they are
+    /// treated as simultaneous).
+    pub fn record(&mut self, frames: u64, at: Instant) {
+        match (self.last_push_at, self.burst_start_at) {
+            (Some(last), Some(burst_start)) => {
+                let gap = at.saturating_duration_since(last);
+                self.max_gap = self.max_gap.max(gap);
+                if gap >= BURST_GAP || at.saturating_duration_since(burst_start) >= MAX_BURST {
+                    self.bursts += 1;
+                    self.burst_start_at = Some(at);
+                    self.frames_before_burst = self.received;
+                }
+            }
+            _ => {
+                self.first_at = Some(at);
+                self.burst_start_at = Some(at);
+                self.bursts = 1;
+            }
+        }
+        self.last_push_at = Some(at);
+        self.received += frames;
+    }
+
+    /// Frames received so far.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// Bursts seen so far.
+    pub fn bursts(&self) -> u32 {
+        self.bursts
+    }
+
+    /// Measured generation speed (audio seconds per wall second), once a second burst has
+    /// arrived: the audio that had arrived before the latest burst began, over the time from
+    /// the first burst to it (so the first burst's size does not inflate the rate).
+    pub fn rate(&self) -> Option<f64> {
+        if self.bursts < 2 {
+            return None;
+        }
+        let (first, burst) = (self.first_at?, self.burst_start_at?);
+        let elapsed = burst
+            .saturating_duration_since(first)
+            .as_secs_f64()
+            .max(0.001);
+        Some(self.frames_before_burst as f64 / f64::from(self.rate) / elapsed)
+    }
+
+    /// How long the next burst may take to come: the longest gap seen (or the current one,
+    /// if already longer). Prior before a second burst: the first burst's length at real time.
+    pub fn burst_wait(&self, now: Instant) -> Duration {
+        if self.bursts < 2 {
+            return Duration::from_secs_f64(self.received as f64 / f64::from(self.rate));
+        }
+        let current = self
+            .last_push_at
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+        self.max_gap.max(current)
+    }
+}
+
+/// Frames to hold before playing (or before resuming after a stall) so that playback, once
+/// started, does not run dry; see the module doc for the reasoning.
+pub fn prebuffer_needed(
+    stats: &ArrivalStats,
+    expected_total: Duration,
+    p: &PolicyParams,
+    now: Instant,
+) -> u64 {
+    let rate = f64::from(p.rate.max(1));
+    let received = stats.received() as f64 / rate;
+    let min_remaining = f64::from(p.min_remaining_ms) / 1000.0;
+    let expected = expected_total.as_secs_f64();
+    let remaining = (expected - received).max(min_remaining);
+    // A rate far below real time would ask for the whole utterance; the total cap handles that.
+    let r = stats.rate().unwrap_or(1.0).max(0.01);
+    let deficit = if r >= 1.0 {
+        0.0
+    } else {
+        remaining * (1.0 - r) / r
+    };
+    let wait = stats.burst_wait(now).as_secs_f64();
+    let reserve = f64::from(p.jitter_reserve_ms) / 1000.0;
+    let total = expected.max(received + min_remaining);
+    let floor = (f64::from(p.min_prebuffer_ms) / 1000.0).min(total);
+    let need = (deficit + wait + reserve).min(total).max(floor);
+    // The epsilon keeps float noise (e.g. 1.3 × 48000) from rounding up a whole frame.
+    ((need * rate - 1e-6).ceil().max(0.0) as u64).min(p.capacity_frames)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RATE: u32 = 48_000;
+
+    fn params() -> PolicyParams {
+        PolicyParams {
+            rate: RATE,
+            min_prebuffer_ms: 150,
+            jitter_reserve_ms: 1000,
+            min_remaining_ms: 500,
+            capacity_frames: 20 * RATE as u64,
+        }
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn secs(frames: u64) -> f64 {
+        frames as f64 / f64::from(RATE)
+    }
+
+    /// One Ogg page: 50 packets of 20 ms decoded back to back, 1 ms apart.
+    fn page(stats: &mut ArrivalStats, at: Instant) -> Instant {
+        let mut t = at;
+        for _ in 0..50 {
+            stats.record(960, t);
+            t += ms(1);
+        }
+        t
+    }
+
+    #[test]
+    fn first_burst_alone_never_starts_a_long_utterance() {
+        let t0 = Instant::now();
+        let mut s = ArrivalStats::new(RATE);
+        let end = page(&mut s, t0);
+        assert_eq!(s.rate(), None);
+        let need = prebuffer_needed(&s, Duration::from_secs(10), &params(), end);
+        assert!(
+            need > s.received(),
+            "need {need} must exceed the first page {}",
+            s.received()
+        );
+    }
+
+    #[test]
+    fn fast_bursty_opus_starts_at_the_second_page() {
+        // 2× real time: a 1 s page every 0.5 s.
+        let t0 = Instant::now();
+        let mut s = ArrivalStats::new(RATE);
+        page(&mut s, t0);
+        let end = page(&mut s, t0 + ms(500));
+        let r = s.rate().unwrap();
+        assert!((r - 2.0).abs() < 0.05, "rate {r}");
+        let need = prebuffer_needed(&s, Duration::from_secs(10), &params(), end);
+        // wait ≈ 0.45 s (gap between pages) + 1 s reserve, no deficit.
+        assert!((1.40..1.50).contains(&secs(need)), "need {} s", secs(need));
+        assert!(need <= s.received());
+    }
+
+    #[test]
+    fn slow_opus_at_1_15x_starts_at_the_second_page_with_no_deficit() {
+        let t0 = Instant::now();
+        let mut s = ArrivalStats::new(RATE);
+        page(&mut s, t0);
+        let end = page(&mut s, t0 + ms(870));
+        let r = s.rate().unwrap();
+        assert!((r - 1.15).abs() < 0.02, "rate {r}");
+        let need = prebuffer_needed(&s, Duration::from_secs(30), &params(), end);
+        // wait ≈ 0.82 s + 1 s reserve: two pages (2 s) are enough.
+        assert!((1.78..1.86).contains(&secs(need)), "need {} s", secs(need));
+        assert!(need <= s.received());
+    }
+
+    #[test]
+    fn slow_pcm_at_half_real_time_waits_for_the_deficit() {
+        // 100 ms chunks every 200 ms, 20 s expected. Start needs (20 − x) + 0.2 + 1 ≤ x → x ≥ 10.6 s.
+        let t0 = Instant::now();
+        let mut s = ArrivalStats::new(RATE);
+        let mut ready_at = None;
+        for k in 0..200u64 {
+            let at = t0 + ms(200 * k);
+            s.record(4800, at);
+            if prebuffer_needed(&s, Duration::from_secs(20), &params(), at) <= s.received() {
+                ready_at = Some(secs(s.received()));
+                break;
+            }
+        }
+        let ready = ready_at.unwrap();
+        assert!(
+            (10.6..10.8).contains(&ready),
+            "started with {ready} s buffered"
+        );
+        assert!((s.rate().unwrap() - 0.5).abs() < 0.01);
+    }
+
+    #[test]
+    fn short_utterance_need_is_capped_below_the_reserve() {
+        // 1 s expected, fast PCM: the 1 s reserve plus the gap would exceed the utterance.
+        let t0 = Instant::now();
+        let mut s = ArrivalStats::new(RATE);
+        s.record(4800, t0);
+        s.record(4800, t0 + ms(50));
+        let need = prebuffer_needed(&s, Duration::from_secs(1), &params(), t0 + ms(50));
+        assert_eq!(need, 48_000, "capped at the expected total");
+    }
+
+    #[test]
+    fn wrong_estimate_keeps_a_minimum_remaining() {
+        // Expected 1 s, but 3 s have come at 0.5×: still assume 0.5 s to come, so the deficit
+        // is 0.5 s (not 0): need = 0.5 + 0.2 (gap) + 1 (reserve).
+        let t0 = Instant::now();
+        let mut s = ArrivalStats::new(RATE);
+        for k in 0..30u64 {
+            s.record(4800, t0 + ms(200 * k));
+        }
+        let now = t0 + ms(200 * 29);
+        let need = prebuffer_needed(&s, Duration::from_secs(1), &params(), now);
+        assert!((1.69..1.71).contains(&secs(need)), "need {} s", secs(need));
+    }
+
+    #[test]
+    fn floor_applies_but_never_beyond_the_whole_utterance() {
+        let t0 = Instant::now();
+        let mut p = params();
+        p.jitter_reserve_ms = 0;
+        let mut s = ArrivalStats::new(RATE);
+        // Continuous fast stream: 20 ms chunks every 12 ms.
+        for k in 0..40u64 {
+            s.record(960, t0 + ms(12 * k));
+        }
+        let now = t0 + ms(12 * 39);
+        assert_eq!(
+            prebuffer_needed(&s, Duration::from_secs(5), &p, now),
+            150 * 48
+        );
+        // The floor never exceeds the total assumed (received + min_remaining).
+        p.min_prebuffer_ms = 5000;
+        let need = prebuffer_needed(&s, ms(100), &p, now);
+        assert_eq!(need, s.received() + 500 * 48);
+    }
+
+    #[test]
+    fn need_never_exceeds_the_ring() {
+        let t0 = Instant::now();
+        let mut p = params();
+        p.capacity_frames = 48_000;
+        let mut s = ArrivalStats::new(RATE);
+        s.record(4800, t0);
+        s.record(4800, t0 + ms(400));
+        assert_eq!(
+            prebuffer_needed(&s, Duration::from_secs(60), &p, t0 + ms(400)),
+            48_000
+        );
+    }
+
+    #[test]
+    fn a_long_gap_raises_the_need() {
+        let t0 = Instant::now();
+        let mut s = ArrivalStats::new(RATE);
+        for k in 0..10u64 {
+            s.record(960, t0 + ms(10 * k));
+        }
+        let calm = prebuffer_needed(&s, Duration::from_secs(10), &params(), t0 + ms(90));
+        let stalled = prebuffer_needed(&s, Duration::from_secs(10), &params(), t0 + ms(1090));
+        assert!(
+            stalled >= calm + 48_000 * 9 / 10,
+            "calm {calm} stalled {stalled}"
+        );
+    }
+}

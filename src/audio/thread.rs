@@ -1,0 +1,567 @@
+//! The audio thread: owns the sink, writes whole periods, applies fades, and talks to the
+//! async side only through atomics, two wait-free rings and a wake-up socket.
+//!
+//! Its loop never allocates, locks, logs or touches the network: the period buffer is
+//! allocated before the loop, samples come from an `rtrb` ring, control comes from atomics,
+//! and events go back through a second `rtrb` ring plus one byte on a non-blocking socket.
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{fence, AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rtrb::{Consumer, Producer};
+
+use super::{DeviceFormat, Sink, SinkError};
+
+/// Real-time status before the thread has tried.
+pub(super) const RT_PENDING: i32 = i32::MIN;
+/// Real-time priority was not requested.
+pub(super) const RT_NOT_REQUESTED: i32 = -1;
+/// Real-time priority was granted (positive values are the errno of a refusal).
+pub(super) const RT_GRANTED: i32 = 0;
+
+/// How long the idle thread sleeps between looks at the control atomics (a `begin`,
+/// `lead_in` or `push` unparks it at once; this is only a safety net).
+const IDLE_PARK: Duration = Duration::from_millis(50);
+/// Same while waiting for the prebuffer to fill (every push unparks it).
+const PREBUFFER_PARK: Duration = Duration::from_millis(20);
+/// Event slots kept free for the one terminal event of an utterance.
+const TERMINAL_RESERVE: usize = 4;
+
+/// Control and status shared between the async side and the audio thread.
+#[derive(Debug)]
+pub(super) struct Shared {
+    /// Utterance generation; `begin()` bumps it (after storing `start_pos` and `target`).
+    pub generation: AtomicU64,
+    /// Frame position (over the ring's lifetime) where the current generation's audio starts.
+    pub start_pos: AtomicU64,
+    /// Frame position just past the last frame of `ended_gen`.
+    pub end_pos: AtomicU64,
+    /// The generation whose audio is all pushed (`end()`).
+    pub ended_gen: AtomicU64,
+    /// The generation to interrupt.
+    pub interrupt_gen: AtomicU64,
+    /// Prebuffer target in frames, recomputed by the async side at every push.
+    pub target_frames: AtomicU64,
+    /// Feed the device silence while idle or prebuffering (wakes amplifiers).
+    pub lead_in: AtomicBool,
+    /// Stop the thread.
+    pub shutdown: AtomicBool,
+    /// The async side waits for ring space: wake it after consuming.
+    pub space_wanted: AtomicBool,
+    /// One of the `RT_*` values or the errno of a refused real-time request.
+    pub realtime: AtomicI32,
+    /// The sink error that stopped the thread; written once, outside the loop.
+    pub error: Mutex<Option<SinkError>>,
+}
+
+impl Shared {
+    /// Fresh control state: no utterance yet (generation 0).
+    pub fn new() -> Self {
+        Shared {
+            generation: AtomicU64::new(0),
+            start_pos: AtomicU64::new(0),
+            end_pos: AtomicU64::new(0),
+            ended_gen: AtomicU64::new(0),
+            interrupt_gen: AtomicU64::new(0),
+            target_frames: AtomicU64::new(0),
+            lead_in: AtomicBool::new(false),
+            shutdown: AtomicBool::new(false),
+            space_wanted: AtomicBool::new(false),
+            realtime: AtomicI32::new(RT_PENDING),
+            error: Mutex::new(None),
+        }
+    }
+}
+
+/// What the audio thread measured for one utterance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(super) struct RawReport {
+    pub started_at: Option<Instant>,
+    pub frames_played: u64,
+    pub stalls: u32,
+    pub stall_frames: u64,
+    pub prebuffer_frames: u64,
+    pub xruns: u64,
+    pub interrupted: bool,
+}
+
+/// Events from the audio thread, tagged with the generation they belong to.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum RawEvent {
+    Started { gen: u64, at: Instant },
+    StallBegan { gen: u64, at: Instant },
+    StallEnded { gen: u64, frames: u64 },
+    Done { gen: u64, report: RawReport },
+    Failed,
+}
+
+/// Fade lengths and limits, in frames.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ThreadParams {
+    pub stall_fade: usize,
+    pub interrupt_fade: usize,
+    pub capacity_frames: usize,
+    pub realtime_priority: Option<i32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Idle,
+    Prebuffering,
+    Playing,
+    Stalled,
+}
+
+/// Where the current utterance's audio stops in the ring.
+#[derive(Debug, Clone, Copy)]
+enum Boundary {
+    /// More may still be pushed.
+    Open,
+    /// All pushed; the utterance ends at this frame position.
+    Ended(u64),
+    /// A newer utterance begins at this frame position.
+    Superseded(u64),
+}
+
+/// Lead-in pacing: silence is written against the wall clock so that at most about two
+/// periods are queued and the first real sample waits at most about one period.
+#[derive(Debug, Default)]
+struct LeadIn {
+    since: Option<Instant>,
+    written: u64,
+}
+
+/// The audio thread's state; everything is allocated before `run` enters its loop.
+pub(super) struct AudioThread {
+    sink: Box<dyn Sink>,
+    shared: Arc<Shared>,
+    ring: Consumer<i16>,
+    events: Producer<RawEvent>,
+    wake: UnixStream,
+    spawner: thread::Thread,
+    params: ThreadParams,
+    rate: u32,
+    channels: usize,
+    period: usize,
+    buf: Vec<i16>,
+    consumed: u64,
+    gen: u64,
+    state: State,
+    report: RawReport,
+    xruns_at_begin: u64,
+    stall_frames_now: u64,
+    lookahead: usize,
+    fade_in: Option<usize>,
+    lead: LeadIn,
+}
+
+impl AudioThread {
+    /// Prepares the thread state (allocates the period buffer once).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        sink: Box<dyn Sink>,
+        format: DeviceFormat,
+        shared: Arc<Shared>,
+        ring: Consumer<i16>,
+        events: Producer<RawEvent>,
+        wake: UnixStream,
+        spawner: thread::Thread,
+        params: ThreadParams,
+    ) -> Self {
+        let channels = usize::from(format.channels);
+        AudioThread {
+            sink,
+            shared,
+            ring,
+            events,
+            wake,
+            spawner,
+            params,
+            rate: format.rate,
+            channels,
+            period: format.period_frames,
+            buf: vec![0; format.period_frames * channels],
+            consumed: 0,
+            gen: 0,
+            state: State::Idle,
+            report: RawReport::default(),
+            xruns_at_begin: 0,
+            stall_frames_now: 0,
+            // Keep enough audio ahead that a stall or an interrupt can always fade it out.
+            lookahead: params.stall_fade.max(params.interrupt_fade),
+            fade_in: None,
+            lead: LeadIn::default(),
+        }
+    }
+
+    /// Thread body: real-time request, the loop, then (on a device error) the error report.
+    pub fn run(mut self) {
+        self.request_realtime();
+        if let Err(e) = self.main_loop() {
+            // Outside the loop: the thread is ending, so taking a lock here is fine.
+            if let Ok(mut slot) = self.shared.error.lock() {
+                *slot = Some(e);
+            }
+            self.emit(RawEvent::Failed);
+        }
+        // Dropping `wake` gives the async side end-of-file, so nothing waits forever.
+    }
+
+    fn request_realtime(&mut self) {
+        let status = match self.params.realtime_priority {
+            None => RT_NOT_REQUESTED,
+            Some(priority) => {
+                let param = libc::sched_param {
+                    sched_priority: priority,
+                };
+                // SAFETY: pthread_self() is always valid for the calling thread and `param`
+                // outlives the call.
+                let rc = unsafe {
+                    libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &param)
+                };
+                if rc == 0 {
+                    RT_GRANTED
+                } else {
+                    rc
+                }
+            }
+        };
+        self.shared.realtime.store(status, Ordering::Release);
+        self.spawner.unpark();
+    }
+
+    fn main_loop(&mut self) -> Result<(), SinkError> {
+        loop {
+            if self.shared.shutdown.load(Ordering::Acquire) || self.ring.is_abandoned() {
+                self.interrupt_current()?;
+                return Ok(());
+            }
+            self.check_generation()?;
+            if self.shared.interrupt_gen.load(Ordering::Acquire) == self.gen {
+                self.interrupt_current()?;
+            }
+            match self.state {
+                State::Idle => self.idle()?,
+                State::Prebuffering => self.prebuffer()?,
+                State::Playing => self.play_period()?,
+                State::Stalled => self.stalled()?,
+            }
+        }
+    }
+
+    fn boundary(&self) -> Boundary {
+        loop {
+            let g = self.shared.generation.load(Ordering::Acquire);
+            let ended = self.shared.ended_gen.load(Ordering::Acquire);
+            let end = self.shared.end_pos.load(Ordering::Acquire);
+            let start = self.shared.start_pos.load(Ordering::Acquire);
+            // A `begin()` in between could pair another utterance's end with ours: re-read.
+            if self.shared.generation.load(Ordering::Acquire) != g {
+                continue;
+            }
+            return if g != self.gen {
+                Boundary::Superseded(start)
+            } else if ended == g {
+                Boundary::Ended(end)
+            } else {
+                Boundary::Open
+            };
+        }
+    }
+
+    /// Frames of the current utterance in the ring, and whether that is all of it.
+    fn available(&self) -> (usize, bool) {
+        let in_ring = self.ring.slots() / self.channels;
+        match self.boundary() {
+            Boundary::Open => (in_ring, false),
+            Boundary::Ended(end) | Boundary::Superseded(end) => {
+                let left = end.saturating_sub(self.consumed);
+                let left = usize::try_from(left).unwrap_or(usize::MAX);
+                (in_ring.min(left), in_ring >= left)
+            }
+        }
+    }
+
+    fn ring_full(&self) -> bool {
+        self.ring.slots() / self.channels + self.period >= self.params.capacity_frames
+    }
+
+    fn check_generation(&mut self) -> Result<(), SinkError> {
+        let g = self.shared.generation.load(Ordering::Acquire);
+        if g == self.gen {
+            return Ok(());
+        }
+        // A newer utterance replaces one still in flight: fade that one out first.
+        self.interrupt_current()?;
+        self.gen = g;
+        let start = self.shared.start_pos.load(Ordering::Acquire);
+        // Everything before `start` was pushed before `begin()`, so it is in the ring.
+        let stale = usize::try_from(start.saturating_sub(self.consumed)).unwrap_or(usize::MAX);
+        self.discard(stale);
+        self.consumed = self.consumed.max(start);
+        self.report = RawReport::default();
+        self.xruns_at_begin = self.sink.xruns();
+        self.fade_in = None;
+        self.stall_frames_now = 0;
+        self.state = State::Prebuffering;
+        Ok(())
+    }
+
+    fn idle(&mut self) -> Result<(), SinkError> {
+        if self.shared.lead_in.load(Ordering::Acquire) {
+            self.lead_in_tick()
+        } else {
+            self.lead = LeadIn::default();
+            thread::park_timeout(IDLE_PARK);
+            Ok(())
+        }
+    }
+
+    fn lead_in_tick(&mut self) -> Result<(), SinkError> {
+        let now = Instant::now();
+        let since = *self.lead.since.get_or_insert(now);
+        let played = now.saturating_duration_since(since).as_secs_f64() * f64::from(self.rate);
+        let queued = self.lead.written as f64 - played;
+        let period = self.period as f64;
+        if queued <= period {
+            self.buf.fill(0);
+            self.sink.write(&self.buf)?;
+            self.lead.written += self.period as u64;
+        } else {
+            // Unparked early by `push`/`begin`; otherwise wake when one period is left.
+            thread::park_timeout(Duration::from_secs_f64(
+                (queued - period) / f64::from(self.rate),
+            ));
+        }
+        Ok(())
+    }
+
+    fn prebuffer(&mut self) -> Result<(), SinkError> {
+        let (avail, all_in) = self.available();
+        if all_in && avail == 0 {
+            // An empty utterance: nothing to play.
+            return self.finish();
+        }
+        let target = self.shared.target_frames.load(Ordering::Acquire);
+        let target = target.max((self.period + self.lookahead) as u64);
+        if all_in || avail as u64 >= target || self.ring_full() {
+            self.report.prebuffer_frames = avail as u64;
+            self.shared.lead_in.store(false, Ordering::Release);
+            self.lead = LeadIn::default();
+            self.state = State::Playing;
+            return Ok(());
+        }
+        if self.shared.lead_in.load(Ordering::Acquire) {
+            self.lead_in_tick()
+        } else {
+            thread::park_timeout(PREBUFFER_PARK);
+            Ok(())
+        }
+    }
+
+    fn play_period(&mut self) -> Result<(), SinkError> {
+        let (avail, all_in) = self.available();
+        let p = self.period;
+        if avail >= p + self.lookahead || (all_in && avail >= p) {
+            self.pop(p);
+            self.apply_fade_in(0, p);
+            self.write_audio(p)
+        } else if all_in {
+            // The last, partial period: pad with silence, then wait until it has played.
+            self.pop(avail);
+            self.apply_fade_in(0, avail);
+            self.buf[avail * self.channels..].fill(0);
+            if avail > 0 {
+                self.write_audio(avail)?;
+            }
+            self.finish()
+        } else {
+            // Running dry mid-utterance: play out what is there, fading its end to zero,
+            // then keep the device fed with silence until the buffer refills.
+            let fade = self.params.stall_fade.min(avail);
+            self.emit(RawEvent::StallBegan {
+                gen: self.gen,
+                at: Instant::now(),
+            });
+            self.state = State::Stalled;
+            let pad = self.write_fading(avail, fade)?;
+            self.stall_frames_now = pad as u64;
+            Ok(())
+        }
+    }
+
+    fn stalled(&mut self) -> Result<(), SinkError> {
+        let (avail, all_in) = self.available();
+        let target = self.shared.target_frames.load(Ordering::Acquire);
+        let target = target.max((self.period + self.lookahead) as u64);
+        if all_in || avail as u64 >= target || self.ring_full() {
+            self.report.stalls += 1;
+            self.report.stall_frames += self.stall_frames_now;
+            self.emit(RawEvent::StallEnded {
+                gen: self.gen,
+                frames: self.stall_frames_now,
+            });
+            self.stall_frames_now = 0;
+            self.fade_in = Some(0);
+            self.state = State::Playing;
+            return Ok(());
+        }
+        // The blocking write of silence keeps the clock and keeps ALSA from underrunning.
+        self.buf.fill(0);
+        self.sink.write(&self.buf)?;
+        self.stall_frames_now += self.period as u64;
+        Ok(())
+    }
+
+    /// Fades out from the current position (≤ interrupt_fade), drops the rest of the
+    /// utterance, drains, and reports it interrupted. No-op when idle.
+    fn interrupt_current(&mut self) -> Result<(), SinkError> {
+        match self.state {
+            State::Idle => return Ok(()),
+            State::Playing => {
+                let (avail, _) = self.available();
+                let n = avail.min(self.params.interrupt_fade);
+                self.write_fading(n, n)?;
+            }
+            State::Stalled | State::Prebuffering => {}
+        }
+        let (rest, _) = self.available();
+        self.discard(rest);
+        if self.state != State::Prebuffering {
+            self.sink.drain()?;
+        }
+        self.report.interrupted = true;
+        self.done();
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), SinkError> {
+        self.sink.drain()?;
+        self.done();
+        Ok(())
+    }
+
+    fn done(&mut self) {
+        self.report.xruns = self.sink.xruns().saturating_sub(self.xruns_at_begin);
+        self.emit(RawEvent::Done {
+            gen: self.gen,
+            report: self.report,
+        });
+        self.lead = LeadIn::default();
+        self.state = State::Idle;
+    }
+
+    /// Writes the period buffer holding `audio` frames of the utterance (rest silence).
+    fn write_audio(&mut self, audio: usize) -> Result<(), SinkError> {
+        if self.report.started_at.is_none() {
+            let at = Instant::now();
+            self.report.started_at = Some(at);
+            self.emit(RawEvent::Started { gen: self.gen, at });
+        }
+        self.sink.write(&self.buf)?;
+        self.report.frames_played += audio as u64;
+        Ok(())
+    }
+
+    /// Pops `frames` frames into the start of the period buffer.
+    fn pop(&mut self, frames: usize) {
+        let want = frames * self.channels;
+        let (popped, _) = self.ring.pop_partial_slice(&mut self.buf[..want]);
+        let got = popped.len();
+        // `available()` said they were there; zero anything missing rather than repeat audio.
+        self.buf[got..want].fill(0);
+        self.consumed += (got / self.channels) as u64;
+        self.wake_writer();
+    }
+
+    fn discard(&mut self, frames: usize) {
+        let samples = frames.saturating_mul(self.channels).min(self.ring.slots());
+        if samples == 0 {
+            return;
+        }
+        if let Ok(chunk) = self.ring.read_chunk(samples) {
+            chunk.commit_all();
+            self.consumed += (samples / self.channels) as u64;
+        }
+        self.wake_writer();
+    }
+
+    fn wake_writer(&mut self) {
+        // Pairs with the fence in `Playout::push`: either it sees the space we just freed,
+        // or we see its request (no lost wake-up).
+        fence(Ordering::SeqCst);
+        if self.shared.space_wanted.swap(false, Ordering::SeqCst) {
+            self.wake();
+        }
+    }
+
+    /// Fade-in after a stall: gain rises linearly over `stall_fade` frames.
+    fn apply_fade_in(&mut self, from: usize, to: usize) {
+        let Some(mut pos) = self.fade_in else { return };
+        let len = self.params.stall_fade.max(1);
+        let ch = self.channels;
+        for frame in self.buf[from * ch..to * ch].chunks_exact_mut(ch) {
+            if pos >= len {
+                break;
+            }
+            let gain = (pos + 1) as f32 / len as f32;
+            for s in frame {
+                *s = scale(*s, gain);
+            }
+            pos += 1;
+        }
+        self.fade_in = if pos >= len { None } else { Some(pos) };
+    }
+
+    /// Writes the next `frames` frames of the utterance in whole periods, the last `fade`
+    /// of them fading to exactly zero; returns the silent frames padding the last period.
+    fn write_fading(&mut self, frames: usize, fade: usize) -> Result<usize, SinkError> {
+        let p = self.period;
+        let fade_from = frames - fade.min(frames);
+        let mut done = 0;
+        loop {
+            let k = (frames - done).min(p);
+            self.pop(k);
+            self.apply_fade_in(0, k);
+            let ch = self.channels;
+            for (j, frame) in self.buf[..k * ch].chunks_exact_mut(ch).enumerate() {
+                let pos = done + j;
+                if pos >= fade_from {
+                    let gain = (frames - 1 - pos) as f32 / fade as f32;
+                    for s in frame {
+                        *s = scale(*s, gain);
+                    }
+                }
+            }
+            self.buf[k * ch..].fill(0);
+            self.write_audio(k)?;
+            done += k;
+            if done >= frames {
+                return Ok(p - k);
+            }
+        }
+    }
+
+    fn emit(&mut self, ev: RawEvent) {
+        let terminal = matches!(ev, RawEvent::Done { .. } | RawEvent::Failed);
+        // Progress events may be dropped when the async side is not reading; the
+        // utterance's end never is (its report carries the counts anyway).
+        if terminal || self.events.slots() > TERMINAL_RESERVE {
+            let _ = self.events.push(ev);
+        }
+        self.wake();
+    }
+
+    fn wake(&mut self) {
+        // Non-blocking: a full socket already holds a pending wake-up, so WouldBlock is fine.
+        let _ = self.wake.write(&[1]);
+    }
+}
+
+fn scale(s: i16, gain: f32) -> i16 {
+    (f32::from(s) * gain).round() as i16
+}

@@ -1,0 +1,689 @@
+//! Playout buffer, start policy and audio thread, driven through the public API against a
+//! sink clocked by wall time. Assertions are on what the "device" received, never on timing.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::f64::consts::PI;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use herald::audio::playout::{
+    Playout, PlayoutConfig, PlayoutError, PlayoutEvent, RealtimeStatus, UtteranceReport,
+};
+use herald::audio::{DeviceFormat, Sink, SinkError};
+
+const RATE: u32 = 8000;
+const PERIOD: usize = 80; // 10 ms
+const BUFFER: usize = 4 * PERIOD;
+/// Largest sample-to-sample step allowed anywhere: the test tone's own steepest step is
+/// ~471, a fade adds at most ~9000/64 ≈ 141; a cut without a fade would step by ≥ 3000.
+const MAX_STEP: i32 = 800;
+const HANG_GUARD: Duration = Duration::from_secs(60);
+
+/// Counts heap allocations per thread, so the sink can tell whether the audio thread's loop
+/// allocated between two of its calls (the loop must never allocate).
+struct CountingAlloc;
+
+thread_local! {
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn allocs() -> u64 {
+    ALLOCS.try_with(Cell::get).unwrap_or(0)
+}
+
+// SAFETY: delegates every operation to the system allocator unchanged.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static COUNTING: CountingAlloc = CountingAlloc;
+
+/// What the stand-in device received.
+#[derive(Debug, Default)]
+struct Recording {
+    samples: Vec<i16>,
+    write_lens: Vec<usize>,
+    /// Frames queued in the device when each write was issued.
+    queued_at_write: Vec<u64>,
+    drains: usize,
+    /// `samples.len()` when each drain completed.
+    drained_at: Vec<usize>,
+    xruns: u64,
+    /// Allocations the audio thread made between sink calls (in its loop): must stay 0.
+    loop_allocs: u64,
+}
+
+/// Stands in for a sound card, which this machine does not have: it plays `RATE` frames per
+/// wall-clock second from a `BUFFER`-frame device buffer. `write` blocks while the buffer is
+/// full, as ALSA's blocking write does, so the audio thread is clocked as by real hardware;
+/// `drain` blocks until everything written has "played". It records every sample and write.
+struct ClockedSink {
+    format: DeviceFormat,
+    rec: Arc<Mutex<Recording>>,
+    /// When the device started consuming, and frames written since then.
+    running: Option<(Instant, u64)>,
+    writes: usize,
+    /// Fail (as an unplugged USB DAC does) on this write.
+    fail_on_write: Option<usize>,
+    /// The audio thread's allocation count when the previous sink call returned.
+    allocs_after_last_call: Option<u64>,
+}
+
+impl ClockedSink {
+    fn new(channels: u16) -> (Self, Arc<Mutex<Recording>>) {
+        let rec = Arc::new(Mutex::new(Recording::default()));
+        let sink = ClockedSink {
+            format: DeviceFormat {
+                rate: RATE,
+                channels,
+                period_frames: PERIOD,
+                buffer_frames: BUFFER,
+            },
+            rec: rec.clone(),
+            running: None,
+            writes: 0,
+            fail_on_write: None,
+            allocs_after_last_call: None,
+        };
+        (sink, rec)
+    }
+
+    /// Charges allocations since the previous sink call to the audio thread's loop.
+    fn enter(&mut self) {
+        if let Some(before) = self.allocs_after_last_call {
+            let n = allocs() - before;
+            self.rec.lock().unwrap().loop_allocs += n;
+        }
+    }
+
+    fn leave(&mut self) {
+        self.allocs_after_last_call = Some(allocs());
+    }
+
+    fn played(start: Instant, now: Instant) -> u64 {
+        (now.duration_since(start).as_secs_f64() * f64::from(RATE)) as u64
+    }
+}
+
+impl Sink for ClockedSink {
+    fn format(&self) -> DeviceFormat {
+        self.format
+    }
+
+    fn name(&self) -> &str {
+        "clocked-test-sink"
+    }
+
+    fn write(&mut self, period: &[i16]) -> Result<(), SinkError> {
+        self.enter();
+        self.writes += 1;
+        if self.fail_on_write == Some(self.writes) {
+            return Err(SinkError::Gone {
+                device: "clocked-test-sink".into(),
+                detail: "unplugged".into(),
+            });
+        }
+        let now = Instant::now();
+        if let Some((start, written)) = self.running {
+            if Self::played(start, now) >= written {
+                // The buffer ran empty: a real device would have underrun here.
+                self.rec.lock().unwrap().xruns += 1;
+                self.running = None;
+            }
+        }
+        let (start, written) = *self.running.get_or_insert((now, 0));
+        let frames = (period.len() / usize::from(self.format.channels)) as u64;
+        let queued = written.saturating_sub(Self::played(start, now));
+        // Block until this period fits into the device buffer.
+        loop {
+            let played = Self::played(start, Instant::now());
+            let free = BUFFER as u64 - written.saturating_sub(played).min(BUFFER as u64);
+            if free >= frames {
+                break;
+            }
+            thread::sleep(Duration::from_secs_f64(
+                (frames - free) as f64 / f64::from(RATE),
+            ));
+        }
+        self.running = Some((start, written + frames));
+        let mut rec = self.rec.lock().unwrap();
+        rec.samples.extend_from_slice(period);
+        rec.write_lens.push(period.len());
+        rec.queued_at_write.push(queued);
+        drop(rec);
+        self.leave();
+        Ok(())
+    }
+
+    fn drain(&mut self) -> Result<(), SinkError> {
+        self.enter();
+        if let Some((start, written)) = self.running.take() {
+            let played = Self::played(start, Instant::now());
+            if played < written {
+                thread::sleep(Duration::from_secs_f64(
+                    (written - played) as f64 / f64::from(RATE) + 0.001,
+                ));
+            }
+        }
+        let mut rec = self.rec.lock().unwrap();
+        rec.drains += 1;
+        let n = rec.samples.len();
+        rec.drained_at.push(n);
+        drop(rec);
+        self.leave();
+        Ok(())
+    }
+
+    fn xruns(&self) -> u64 {
+        self.rec.lock().map(|r| r.xruns).unwrap_or(0)
+    }
+}
+
+fn config() -> PlayoutConfig {
+    PlayoutConfig {
+        min_prebuffer_ms: 200,
+        jitter_reserve_ms: 100,
+        max_buffer_ms: 5000,
+        stall_fade_ms: 8,
+        interrupt_fade_ms: 15,
+        realtime_priority: None,
+    }
+}
+
+/// A 200 Hz tone riding on a DC offset: never zero, so zeros in the output are inserted
+/// silence or the end of a fade.
+fn tone(frames: usize) -> Vec<i16> {
+    (0..frames)
+        .map(|n| (6000.0 + 3000.0 * (2.0 * PI * 200.0 * n as f64 / f64::from(RATE)).sin()) as i16)
+        .collect()
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn frames_of(ms: usize) -> usize {
+    ms * RATE as usize / 1000
+}
+
+/// Pushes `audio` in `chunk`-frame pieces, sleeping `every` between them.
+async fn feed(p: &mut Playout, audio: &[i16], chunk: usize, every: Duration) {
+    for piece in audio.chunks(chunk) {
+        p.push(piece).await.unwrap();
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Also checks the loop's no-allocation rule: every test that plays audio calls this.
+fn assert_whole_periods(rec: &Recording, channels: usize) {
+    assert_eq!(rec.loop_allocs, 0, "the audio thread allocated in its loop");
+    assert!(!rec.write_lens.is_empty());
+    assert!(
+        rec.write_lens.iter().all(|&n| n == PERIOD * channels),
+        "short or long write: {:?}",
+        rec.write_lens
+            .iter()
+            .filter(|&&n| n != PERIOD * channels)
+            .collect::<Vec<_>>()
+    );
+}
+
+fn max_step(s: &[i16]) -> i32 {
+    s.windows(2)
+        .map(|w| (i32::from(w[1]) - i32::from(w[0])).abs())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Asserts `out` is exactly `input` followed by nothing but silence (the last period's pad).
+fn assert_played_exactly(out: &[i16], input: &[i16]) {
+    assert!(
+        out.len() >= input.len(),
+        "only {} of {} samples written",
+        out.len(),
+        input.len()
+    );
+    let first_diff = out.iter().zip(input).position(|(a, b)| a != b);
+    assert_eq!(
+        first_diff, None,
+        "output differs from the input (something inserted, lost or reordered)"
+    );
+    assert!(
+        out[input.len()..].iter().all(|&s| s == 0),
+        "audio after the end"
+    );
+    assert!(
+        out.len() - input.len() < PERIOD,
+        "more than one period of padding"
+    );
+}
+
+async fn guarded<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(HANG_GUARD, f)
+        .await
+        .expect("hang guard: playout did not complete")
+}
+
+#[tokio::test]
+async fn fast_source_starts_near_the_floor_and_plays_everything_in_order() {
+    guarded(async {
+        let (sink, rec) = ClockedSink::new(1);
+        let mut cfg = config();
+        cfg.realtime_priority = Some(10);
+        let mut p = Playout::spawn(Box::new(sink), cfg).unwrap();
+        // Real-time priority is asked for; granted or not, playout must work.
+        assert_ne!(*p.realtime(), RealtimeStatus::NotRequested);
+        let input = tone(frames_of(1500));
+        p.begin(ms(1500));
+        // 40 ms of audio every 12 ms: about 3.3× real time.
+        feed(&mut p, &input, frames_of(40), ms(12)).await;
+        p.end();
+        let report = p.finished().await.unwrap();
+
+        let rec = rec.lock().unwrap();
+        // "finished" only after the device drained everything written.
+        assert_eq!(rec.drains, 1);
+        assert_eq!(rec.drained_at, vec![rec.samples.len()]);
+        assert_played_exactly(&rec.samples, &input);
+        assert_whole_periods(&rec, 1);
+        assert_eq!(report.frames_played, input.len() as u64);
+        assert_eq!(
+            (report.stalls, report.stall_ms, report.interrupted),
+            (0, 0, false)
+        );
+        assert!(report.started_at.is_some());
+        // Started at about the floor (200 ms), far below the 1.5 s utterance.
+        assert!(
+            (200..=400).contains(&report.prebuffer_ms),
+            "prebuffer {} ms",
+            report.prebuffer_ms
+        );
+        let started: Vec<_> = p
+            .events()
+            .filter(|e| matches!(e, PlayoutEvent::Started { .. }))
+            .collect();
+        assert_eq!(
+            started,
+            vec![PlayoutEvent::Started {
+                at: report.started_at.unwrap()
+            }]
+        );
+        p.shutdown().unwrap();
+    })
+    .await
+}
+
+#[tokio::test]
+async fn slow_source_waits_for_its_deficit_and_never_stalls() {
+    guarded(async {
+        let (sink, rec) = ClockedSink::new(1);
+        let mut cfg = config();
+        cfg.jitter_reserve_ms = 300;
+        let mut p = Playout::spawn(Box::new(sink), cfg).unwrap();
+        let input = tone(frames_of(2000));
+        p.begin(ms(2000));
+        // 40 ms of audio every 80 ms: half real time. Playing 2 s needs ≥ 1 s buffered.
+        feed(&mut p, &input, frames_of(40), ms(80)).await;
+        p.end();
+        let report = p.finished().await.unwrap();
+        let rec = rec.lock().unwrap();
+        assert!(
+            report.prebuffer_ms >= 1000,
+            "started with only {} ms",
+            report.prebuffer_ms
+        );
+        assert_eq!(report.stalls, 0);
+        assert_played_exactly(&rec.samples, &input);
+        assert_whole_periods(&rec, 1);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn stream_pause_gives_one_faded_stall_with_silence_between() {
+    guarded(async {
+        let (sink, rec) = ClockedSink::new(1);
+        let mut p = Playout::spawn(Box::new(sink), config()).unwrap();
+        let input = tone(frames_of(1200));
+        let half = frames_of(600);
+        p.begin(ms(1200));
+        feed(&mut p, &input[..half], frames_of(40), ms(12)).await;
+        // The network stalls for a second: the 0.6 s already here runs out first.
+        tokio::time::sleep(ms(1000)).await;
+        feed(&mut p, &input[half..], frames_of(40), ms(12)).await;
+        p.end();
+        let report = p.finished().await.unwrap();
+        let events: Vec<_> = p.events().collect();
+
+        let rec = rec.lock().unwrap();
+        let out = &rec.samples;
+        assert_whole_periods(&rec, 1);
+        // The fade-out ends in the first zero; everything before its last 10 ms is untouched.
+        let z = out.iter().position(|&s| s == 0).unwrap();
+        let k = z + 1; // input frames played before the gap
+        let fade_max = frames_of(10);
+        assert_eq!(
+            &out[..k - fade_max],
+            &input[..k - fade_max],
+            "audio before the fade changed"
+        );
+        for i in k - fade_max..k {
+            assert!(
+                out[i].abs() <= input[i].abs(),
+                "fade-out louder than the input at {i}"
+            );
+        }
+        // Silence, then the rest of the input, faded in over ≤ 10 ms, then only padding.
+        let resume = z + out[z..].iter().position(|&s| s != 0).unwrap();
+        assert!(resume - k >= PERIOD, "gap shorter than a period");
+        let rest = &input[k..];
+        for (j, (&o, &i)) in out[resume..].iter().zip(rest).enumerate() {
+            if j < fade_max {
+                assert!(o.abs() <= i.abs(), "fade-in louder than the input at {j}");
+            } else {
+                assert_eq!(o, i, "audio after the fade-in changed at {j}");
+            }
+        }
+        assert!(
+            out.len() - resume >= rest.len(),
+            "audio lost after the stall"
+        );
+        assert!(out[resume + rest.len()..].iter().all(|&s| s == 0));
+        assert!(
+            max_step(out) <= MAX_STEP,
+            "click: step of {}",
+            max_step(out)
+        );
+
+        assert_eq!(report.stalls, 1);
+        assert_eq!(
+            report.stall_ms,
+            ((resume - k) * 1000 / RATE as usize) as u64
+        );
+        assert_eq!(report.frames_played, input.len() as u64);
+        let stall_events: Vec<_> = events
+            .iter()
+            .filter(|e| !matches!(e, PlayoutEvent::Started { .. }))
+            .collect();
+        assert_eq!(stall_events.len(), 2, "{events:?}");
+        assert!(matches!(stall_events[0], PlayoutEvent::StallBegan { .. }));
+        assert_eq!(
+            *stall_events[1],
+            PlayoutEvent::StallEnded {
+                ms: report.stall_ms as u32
+            }
+        );
+    })
+    .await
+}
+
+async fn wait_started(p: &mut Playout) {
+    loop {
+        if p.events()
+            .any(|e| matches!(e, PlayoutEvent::Started { .. }))
+        {
+            return;
+        }
+        tokio::time::sleep(ms(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn interrupt_fades_out_within_20_ms_and_drops_the_rest() {
+    guarded(async {
+        let (sink, rec) = ClockedSink::new(1);
+        let mut p = Playout::spawn(Box::new(sink), config()).unwrap();
+        let input = tone(frames_of(3000));
+        p.begin(ms(3000));
+        feed(&mut p, &input, frames_of(40), ms(12)).await;
+        wait_started(&mut p).await;
+        tokio::time::sleep(ms(100)).await;
+        let report = p.interrupt().await.unwrap();
+
+        {
+            let rec = rec.lock().unwrap();
+            let out = &rec.samples;
+            assert!(report.interrupted);
+            assert!(report.frames_played < input.len() as u64);
+            assert_eq!(rec.drains, 1, "interrupt waits until the fade has played");
+            assert_whole_periods(&rec, 1);
+            let z = out.iter().position(|&s| s == 0).unwrap();
+            let fade_max = frames_of(20);
+            assert_eq!(&out[..z + 1 - fade_max], &input[..z + 1 - fade_max]);
+            assert!(
+                out[z..].iter().all(|&s| s == 0),
+                "audio after the interrupt fade"
+            );
+            assert_eq!(report.frames_played, (z + 1) as u64);
+            assert!(
+                max_step(out) <= MAX_STEP,
+                "click: step of {}",
+                max_step(out)
+            );
+        }
+        // The utterance is over: more audio for it is refused, a new one plays.
+        assert!(matches!(
+            p.push(&input[..8]).await,
+            Err(PlayoutError::NoUtterance { .. })
+        ));
+        p.begin(ms(200));
+        p.push(&input[..frames_of(200)]).await.unwrap();
+        p.end();
+        let second = p.finished().await.unwrap();
+        assert_eq!(second.frames_played, frames_of(200) as u64);
+        assert!(!second.interrupted);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn sink_error_fails_the_utterance_instead_of_hanging() {
+    guarded(async {
+        let (mut sink, _rec) = ClockedSink::new(1);
+        sink.fail_on_write = Some(10);
+        let mut p = Playout::spawn(Box::new(sink), config()).unwrap();
+        let input = tone(frames_of(1000));
+        p.begin(ms(1000));
+        let pushed = p.push(&input).await;
+        p.end();
+        let err = match pushed {
+            Err(e) => e,
+            Ok(()) => p.finished().await.unwrap_err(),
+        };
+        match &err {
+            PlayoutError::Device(SinkError::Gone { device, .. }) => {
+                assert_eq!(device, "clocked-test-sink")
+            }
+            other => panic!("unexpected error: {other}"),
+        }
+        assert!(err.to_string().contains("unplugged"));
+        // Later calls keep failing clearly rather than hanging.
+        p.begin(ms(100));
+        assert!(matches!(
+            p.push(&input[..80]).await,
+            Err(PlayoutError::Stopped)
+        ));
+        p.shutdown().unwrap();
+    })
+    .await
+}
+
+#[tokio::test]
+async fn lead_in_feeds_silence_with_a_shallow_device_queue() {
+    guarded(async {
+        let (sink, rec) = ClockedSink::new(2);
+        let mut p = Playout::spawn(Box::new(sink), config()).unwrap();
+        assert_eq!(p.format().channels, 2);
+        p.lead_in();
+        tokio::time::sleep(ms(150)).await;
+        let mono = tone(frames_of(300));
+        let mut stereo = Vec::new();
+        herald::audio::channels::map_channels(&mono, 1, 2, &mut stereo);
+        p.begin(ms(300));
+        p.push(&stereo).await.unwrap();
+        p.end();
+        let report = p.finished().await.unwrap();
+
+        let rec = rec.lock().unwrap();
+        assert_whole_periods(&rec, 2);
+        let first_audio = rec.samples.iter().position(|&s| s != 0).unwrap();
+        assert!(first_audio >= 2 * PERIOD, "no lead-in silence was written");
+        assert_eq!(
+            first_audio % (2 * PERIOD),
+            0,
+            "audio must start on a period boundary"
+        );
+        // Silence queued ahead of the first real sample: about one period, never the whole buffer.
+        let write_index = first_audio / (2 * PERIOD);
+        let queued = rec.queued_at_write[write_index];
+        assert!(
+            queued <= 2 * PERIOD as u64,
+            "{queued} frames of silence queued before the audio"
+        );
+        assert_played_exactly(&rec.samples[first_audio..], &stereo);
+        assert_eq!(report.frames_played, mono.len() as u64);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn utterances_follow_each_other_on_one_thread() {
+    guarded(async {
+        let (sink, rec) = ClockedSink::new(1);
+        let mut p = Playout::spawn(Box::new(sink), config()).unwrap();
+        let a = tone(frames_of(250));
+        let b: Vec<i16> = tone(frames_of(330)).iter().map(|s| -s).collect();
+        let mut reports: Vec<UtteranceReport> = Vec::new();
+        for input in [&a, &b] {
+            p.begin(ms(300));
+            feed(&mut p, input, frames_of(40), ms(12)).await;
+            p.end();
+            reports.push(p.finished().await.unwrap());
+        }
+        let rec = rec.lock().unwrap();
+        assert_eq!(rec.drains, 2);
+        let split = rec.drained_at[0];
+        assert_played_exactly(&rec.samples[..split], &a);
+        assert_played_exactly(&rec.samples[split..], &b);
+        assert_eq!(reports[1].frames_played, b.len() as u64);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn misuse_is_an_error_not_a_hang() {
+    let (sink, _rec) = ClockedSink::new(2);
+    let mut p = Playout::spawn(Box::new(sink), config()).unwrap();
+    assert!(matches!(
+        p.push(&[1, 2]).await,
+        Err(PlayoutError::NoUtterance { op: "push" })
+    ));
+    assert!(matches!(
+        p.finished().await,
+        Err(PlayoutError::NoUtterance { .. })
+    ));
+    p.begin(ms(100));
+    assert!(matches!(
+        p.push(&[1, 2, 3]).await,
+        Err(PlayoutError::Misaligned {
+            len: 3,
+            channels: 2
+        })
+    ));
+    assert!(matches!(p.finished().await, Err(PlayoutError::NotEnded)));
+    p.end();
+    // Nothing pushed: finishes at once without playing.
+    let r = p.finished().await.unwrap();
+    assert_eq!((r.frames_played, r.started_at), (0, None));
+
+    let (sink, _rec) = ClockedSink::new(1);
+    let bad = PlayoutConfig {
+        stall_fade_ms: 11,
+        ..config()
+    };
+    let err = Playout::spawn(Box::new(sink), bad).err().unwrap();
+    assert!(err.to_string().contains("stall_fade_ms = 11"), "{err}");
+}
+
+#[tokio::test]
+async fn push_beyond_the_ring_waits_for_space_and_loses_nothing() {
+    guarded(async {
+        let (sink, rec) = ClockedSink::new(1);
+        let cfg = PlayoutConfig {
+            max_buffer_ms: 500,
+            ..config()
+        };
+        let mut p = Playout::spawn(Box::new(sink), cfg).unwrap();
+        let input = tone(frames_of(2000));
+        p.begin(ms(2000));
+        // Four times what the ring holds, in one call: it must wait for the device.
+        p.push(&input).await.unwrap();
+        p.end();
+        let report = p.finished().await.unwrap();
+        let rec = rec.lock().unwrap();
+        assert_played_exactly(&rec.samples, &input);
+        assert_whole_periods(&rec, 1);
+        assert_eq!(report.stalls, 0);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn interrupt_before_playback_starts_plays_nothing() {
+    guarded(async {
+        let (sink, rec) = ClockedSink::new(1);
+        let mut p = Playout::spawn(Box::new(sink), config()).unwrap();
+        p.begin(ms(5000));
+        // One burst of a long utterance is not enough to start.
+        p.push(&tone(frames_of(100))).await.unwrap();
+        let report = p.interrupt().await.unwrap();
+        assert!(report.interrupted);
+        assert_eq!((report.frames_played, report.started_at), (0, None));
+        assert!(rec.lock().unwrap().samples.is_empty());
+    })
+    .await
+}
+
+#[tokio::test]
+async fn begin_during_playback_fades_the_old_utterance_out_and_plays_the_new_one() {
+    guarded(async {
+        let (sink, rec) = ClockedSink::new(1);
+        let mut p = Playout::spawn(Box::new(sink), config()).unwrap();
+        let a = tone(frames_of(3000));
+        let b: Vec<i16> = tone(frames_of(400)).iter().map(|s| -s).collect();
+        p.begin(ms(3000));
+        feed(&mut p, &a[..frames_of(1000)], frames_of(40), ms(12)).await;
+        wait_started(&mut p).await;
+        p.begin(ms(400));
+        p.push(&b).await.unwrap();
+        p.end();
+        let report = p.finished().await.unwrap();
+        assert_eq!(report.frames_played, b.len() as u64);
+        assert!(!report.interrupted);
+
+        let rec = rec.lock().unwrap();
+        let out = &rec.samples;
+        // A's prefix, a fade to zero (≤ 20 ms), then B exactly: no click at the switch.
+        let z = out.iter().position(|&s| s == 0).unwrap();
+        assert_eq!(&out[..z + 1 - frames_of(20)], &a[..z + 1 - frames_of(20)]);
+        let b_start = z + out[z..].iter().position(|&s| s != 0).unwrap();
+        assert_played_exactly(&out[b_start..], &b);
+        // (B itself starts at full level: only the switch-over is checked.)
+        let step = max_step(&out[..b_start]);
+        assert!(step <= MAX_STEP, "click: step of {step}");
+    })
+    .await
+}
