@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::audio::playout::PlayoutConfig;
 use crate::audio::SinkRequest;
@@ -17,7 +17,7 @@ pub const DEFAULT_PATH: &str = "/etc/herald/herald.toml";
 pub const CREDENTIAL_NAME: &str = "openai_api_key";
 
 /// The whole configuration. Every field has a default; see `deploy/herald.toml`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default)]
 pub struct Config {
     /// How to reach the speech API.
@@ -29,8 +29,8 @@ pub struct Config {
 }
 
 /// `[api]`: endpoint, key, timeouts and retries.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default)]
 pub struct ApiSection {
     /// Base URL of an OpenAI-compatible API; `OPENAI_BASE_URL` overrides it.
     pub api_base: String,
@@ -47,8 +47,8 @@ pub struct ApiSection {
 }
 
 /// `[speech]`: defaults for every request.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default)]
 pub struct SpeechSection {
     /// Model name.
     pub model: String,
@@ -67,8 +67,8 @@ pub struct SpeechSection {
 }
 
 /// `[audio]`: the device and the playout buffer.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default)]
 pub struct AudioSection {
     /// ALSA PCM name.
     pub device: String,
