@@ -139,7 +139,8 @@ fn open_nonblocking(device: &str) -> Result<PCM, SinkError> {
 fn offered_formats(hwp: &HwParams) -> Vec<String> {
     Format::all()
         .iter()
-        .filter(|f| hwp.test_format(**f).is_ok())
+        // Unknown is -1: alsa-lib asserts (aborts) on it instead of returning an error.
+        .filter(|f| **f != Format::Unknown && hwp.test_format(**f).is_ok())
         .map(|f| f.to_string())
         .collect()
 }
