@@ -39,7 +39,12 @@ fn defaults_on_a_permissive_device_give_20ms_periods_and_4_periods_at_48k() {
     let sink = open("herald_null", &SinkRequest::default());
     assert_eq!(
         sink.format(),
-        DeviceFormat { rate: 48_000, channels: 1, period_frames: 960, buffer_frames: 3840 }
+        DeviceFormat {
+            rate: 48_000,
+            channels: 1,
+            period_frames: 960,
+            buffer_frames: 3840
+        }
     );
     assert_eq!(sink.name(), "herald_null");
     assert_eq!(sink.sample_format(), alsa::pcm::Format::s16().to_string());
@@ -47,7 +52,11 @@ fn defaults_on_a_permissive_device_give_20ms_periods_and_4_periods_at_48k() {
 
 #[test]
 fn odd_period_and_buffer_requests_are_read_back_as_granted() {
-    let req = SinkRequest { period_ms: 7, buffer_periods: 3, ..SinkRequest::default() };
+    let req = SinkRequest {
+        period_ms: 7,
+        buffer_periods: 3,
+        ..SinkRequest::default()
+    };
     let sink = open("herald_null", &req);
     // 7 ms at 48 kHz = 336 frames; 3 of them.
     assert_eq!(sink.format().period_frames, 336);
@@ -58,7 +67,10 @@ fn odd_period_and_buffer_requests_are_read_back_as_granted() {
 fn mono_stream_on_a_stereo_only_device_is_granted_two_channels() {
     let mut sink = open("herald_stereo", &SinkRequest::default());
     let fmt = sink.format();
-    assert_eq!(fmt.channels, 2, "the audio thread must up-mix to what the device needs");
+    assert_eq!(
+        fmt.channels, 2,
+        "the audio thread must up-mix to what the device needs"
+    );
     assert_eq!(fmt.rate, 48_000);
     for p in pattern(fmt, 3, 1) {
         sink.write(&p).unwrap();
@@ -70,7 +82,10 @@ fn mono_stream_on_a_stereo_only_device_is_granted_two_channels() {
 fn a_device_that_only_takes_44k1_is_opened_at_44100() {
     let mut sink = open("herald_44k", &SinkRequest::default());
     let fmt = sink.format();
-    assert_eq!(fmt.rate, 44_100, "the pipeline resamples to what the device grants");
+    assert_eq!(
+        fmt.rate, 44_100,
+        "the pipeline resamples to what the device grants"
+    );
     assert_eq!(fmt.channels, 1);
     // 20 ms at 44.1 kHz.
     assert_eq!(fmt.period_frames, 882);
@@ -92,12 +107,28 @@ fn a_fixed_period_device_grants_its_own_period_size() {
 }
 
 #[test]
-fn a_period_refused_by_the_driver_falls_back_to_the_device_defaults_and_plays() {
+fn a_period_refused_by_the_driver_is_replaced_by_a_nearby_power_of_two() {
     let mut sink = open("herald_reject_period", &SinkRequest::default());
     let fmt = sink.format();
+    // 960-frame mono periods are advertised but fail hw_params; 1024 is the next choice.
     assert_eq!(fmt.rate, 48_000);
-    assert_ne!(fmt.period_frames, 960, "960-frame mono periods are what this driver rejects");
+    assert_eq!(fmt.period_frames, 1024);
+    assert_eq!(fmt.buffer_frames, 4096);
     for p in pattern(fmt, 3, 3) {
+        sink.write(&p).unwrap();
+    }
+    sink.drain().unwrap();
+}
+
+#[test]
+fn when_no_period_near_the_request_is_taken_the_device_defaults_are_used_and_play() {
+    let mut sink = open("herald_reject_small_periods", &SinkRequest::default());
+    let fmt = sink.format();
+    assert_eq!(fmt.rate, 48_000);
+    // Whatever the device chose, it is read back and writes use it.
+    assert!(fmt.period_frames * 2 > 8192, "{fmt:?}");
+    assert!(fmt.buffer_frames >= 2 * fmt.period_frames, "{fmt:?}");
+    for p in pattern(fmt, 2, 3) {
         sink.write(&p).unwrap();
     }
     sink.drain().unwrap();
@@ -117,8 +148,10 @@ fn an_s32_only_device_receives_the_samples_converted_exactly() {
         periods.concat()
     };
     let raw = std::fs::read(env.s32_capture()).unwrap();
-    let got: Vec<i32> =
-        raw.chunks_exact(4).map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let got: Vec<i32> = raw
+        .chunks_exact(4)
+        .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
     let want: Vec<i32> = written.iter().map(|s| i32::from(*s) << 16).collect();
     assert_eq!(got, want);
 }
@@ -127,7 +160,16 @@ fn an_s32_only_device_receives_the_samples_converted_exactly() {
 fn a_device_without_a_usable_format_is_refused_naming_the_formats_it_offers() {
     alsa_env();
     let err = AlsaSink::open("herald_no_s16", &SinkRequest::default()).unwrap_err();
-    assert!(matches!(err, SinkError::Params { param: "format", .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            SinkError::Params {
+                param: "format",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     let msg = err.to_string();
     assert!(msg.contains("herald_no_s16"), "{msg}");
     assert!(msg.contains("MU_LAW"), "{msg}");
@@ -174,8 +216,15 @@ fn fifo_capture_is_bit_exact_and_gapless_while_the_writer_keeps_up() {
     let cap = clock.finish(IDLE);
     assert!(cap.eof, "the writer closed the FIFO");
     assert_eq!(cap.samples.len(), written.len());
-    assert!(cap.samples == written, "captured samples differ from what was written");
-    assert!(cap.gaps.is_empty(), "gaps while the writer kept up: {:?}", cap.gaps);
+    assert!(
+        cap.samples == written,
+        "captured samples differ from what was written"
+    );
+    assert!(
+        cap.gaps.is_empty(),
+        "gaps while the writer kept up: {:?}",
+        cap.gaps
+    );
 }
 
 #[test]
@@ -200,7 +249,10 @@ fn a_writer_pause_shows_up_as_a_gap() {
     assert!(!cap.gaps.is_empty(), "a 500 ms stall was not detected");
     assert!(cap.gap_frames() > 0);
     // The stall loses time, not data.
-    assert!(cap.samples == written, "captured samples differ from what was written");
+    assert!(
+        cap.samples == written,
+        "captured samples differ from what was written"
+    );
 }
 
 #[test]
@@ -233,7 +285,10 @@ fn drain_returns_only_after_the_reader_has_taken_the_data_and_the_sink_is_reusab
     let cap = clock.finish(IDLE);
     let mut all = first.concat();
     all.extend(second.concat());
-    assert!(cap.samples == all, "captured samples differ from what was written");
+    assert!(
+        cap.samples == all,
+        "captured samples differ from what was written"
+    );
 }
 
 #[test]
@@ -243,7 +298,12 @@ fn wav_sink_writes_exactly_what_it_was_given() {
     let mut sink = WavSink::create(&path, 24_000, 2, 480).unwrap();
     assert_eq!(
         sink.format(),
-        DeviceFormat { rate: 24_000, channels: 2, period_frames: 480, buffer_frames: 480 }
+        DeviceFormat {
+            rate: 24_000,
+            channels: 2,
+            period_frames: 480,
+            buffer_frames: 480
+        }
     );
     let periods = pattern(sink.format(), 4, 10);
     for p in &periods[..2] {
@@ -251,8 +311,11 @@ fn wav_sink_writes_exactly_what_it_was_given() {
     }
     sink.drain().unwrap();
     // After a drain the file is already a complete WAV.
-    let early: Vec<i16> =
-        hound::WavReader::open(&path).unwrap().samples::<i16>().map(|s| s.unwrap()).collect();
+    let early: Vec<i16> = hound::WavReader::open(&path)
+        .unwrap()
+        .samples::<i16>()
+        .map(|s| s.unwrap())
+        .collect();
     assert_eq!(early, periods[..2].concat());
     for p in &periods[2..] {
         sink.write(p).unwrap();
@@ -262,7 +325,10 @@ fn wav_sink_writes_exactly_what_it_was_given() {
 
     let mut reader = hound::WavReader::open(&path).unwrap();
     let spec = reader.spec();
-    assert_eq!((spec.sample_rate, spec.channels, spec.bits_per_sample), (24_000, 2, 16));
+    assert_eq!(
+        (spec.sample_rate, spec.channels, spec.bits_per_sample),
+        (24_000, 2, 16)
+    );
     let got: Vec<i16> = reader.samples::<i16>().map(|s| s.unwrap()).collect();
     assert_eq!(got, periods.concat());
 }
@@ -273,7 +339,10 @@ fn wav_sink_in_a_missing_directory_names_the_path() {
     let path = dir.path().join("no-such-dir").join("out.wav");
     let err = WavSink::create(&path, 48_000, 1, 960).unwrap_err();
     assert!(matches!(err, SinkError::Wav { .. }), "{err:?}");
-    assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
 }
 
 #[test]
@@ -281,15 +350,21 @@ fn listing_shows_the_test_devices_with_what_they_accept() {
     alsa_env();
     let devices = list_devices();
     let find = |name: &str| {
-        devices
-            .iter()
-            .find(|d| d.name == name)
-            .unwrap_or_else(|| panic!("{name} not listed in {:?}", devices.iter().map(|d| &d.name).collect::<Vec<_>>()))
+        devices.iter().find(|d| d.name == name).unwrap_or_else(|| {
+            panic!(
+                "{name} not listed in {:?}",
+                devices.iter().map(|d| &d.name).collect::<Vec<_>>()
+            )
+        })
     };
     assert!(devices.iter().any(|d| d.name == "default"));
 
     let k44 = find("herald_44k");
-    assert!(k44.description.contains("44.1 kHz"), "{:?}", k44.description);
+    assert!(
+        k44.description.contains("44.1 kHz"),
+        "{:?}",
+        k44.description
+    );
     let caps = k44.caps.as_ref().unwrap();
     assert_eq!(caps.rates, (44_100, 44_100));
     assert_eq!(caps.common_rates, vec![44_100]);

@@ -4,7 +4,7 @@
 
 use std::ffi::CString;
 
-use alsa::pcm::{Access, Format, HwParams, PCM};
+use alsa::pcm::{Access, Format, Frames, HwParams, PCM};
 use alsa::{Direction, ValueOr};
 
 use super::{DeviceFormat, Sink, SinkError, SinkRequest};
@@ -162,34 +162,65 @@ struct Wanted {
     buffer_periods: u32,
 }
 
-/// What negotiation settled on before `hw_params` is applied, plus notes for the log.
-struct Negotiated {
-    kind: SampleKind,
-    timing_fallback: Option<&'static str>,
+/// How period and buffer sizes are asked for; tried in order until the device takes one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timing {
+    /// Period near `period_ms`, buffer near `buffer_periods` periods.
+    Requested,
+    /// The same with the period rounded up to a power of two (which many drivers prefer).
+    PowerOfTwo,
+    /// Only the total buffer; the device picks its period.
+    BufferOnly,
+    /// Nothing: the device's own defaults.
+    DeviceDefaults,
 }
 
-/// Applies access, format, channels and rate (which the sink cannot work without), then period
-/// and buffer near the wanted sizes, falling back to the device's defaults for those two if the
-/// device refuses them. `with_timing = false` skips period/buffer entirely.
+impl Timing {
+    const ORDER: [Timing; 4] = [
+        Timing::Requested,
+        Timing::PowerOfTwo,
+        Timing::BufferOnly,
+        Timing::DeviceDefaults,
+    ];
+
+    fn describe(self) -> &'static str {
+        match self {
+            Timing::Requested => "as requested",
+            Timing::PowerOfTwo => "period rounded to a power of two",
+            Timing::BufferOnly => "buffer only; the device chose the period",
+            Timing::DeviceDefaults => "the device's default period and buffer",
+        }
+    }
+}
+
+/// Why one negotiation attempt failed: fatal (format, channels, rate: no timing choice helps)
+/// or only for this timing strategy.
+enum Attempt {
+    Fatal(SinkError),
+    Timing(SinkError),
+}
+
+/// Applies access, format, channels and rate (which the sink cannot work without), then
+/// period and buffer as `timing` says.
 fn negotiate(
     device: &str,
-    hwp: &mut HwParams,
+    hwp: &HwParams,
     want: Wanted,
-    with_timing: bool,
-) -> Result<Negotiated, SinkError> {
+    timing: Timing,
+) -> Result<SampleKind, Attempt> {
     hwp.set_access(Access::RWInterleaved).map_err(|e| {
-        params_error(
+        Attempt::Fatal(params_error(
             device,
             "access",
             format!("interleaved read/write access refused: {e}"),
-        )
+        ))
     })?;
 
     let kind = SampleKind::PREFERENCE
         .into_iter()
         .find(|k| hwp.test_format(k.alsa()).is_ok())
         .ok_or_else(|| {
-            params_error(
+            Attempt::Fatal(params_error(
                 device,
                 "format",
                 format!(
@@ -199,65 +230,89 @@ fn negotiate(
                     Format::s32(),
                     Format::float()
                 ),
-            )
+            ))
         })?;
-    hwp.set_format(kind.alsa())
-        .map_err(|e| params_error(device, "format", format!("{}: {e}", kind.alsa())))?;
+    hwp.set_format(kind.alsa()).map_err(|e| {
+        Attempt::Fatal(params_error(
+            device,
+            "format",
+            format!("{}: {e}", kind.alsa()),
+        ))
+    })?;
 
     if hwp.test_channels(want.channels).is_ok() {
-        hwp.set_channels(want.channels)
-            .map_err(|e| params_error(device, "channels", format!("{}: {e}", want.channels)))?;
+        hwp.set_channels(want.channels).map_err(|e| {
+            Attempt::Fatal(params_error(
+                device,
+                "channels",
+                format!("{}: {e}", want.channels),
+            ))
+        })?;
     } else {
         let range = (hwp.get_channels_min().ok(), hwp.get_channels_max().ok());
         hwp.set_channels_near(want.channels).map_err(|e| {
-            params_error(
+            Attempt::Fatal(params_error(
                 device,
                 "channels",
                 format!(
                     "{} refused and no nearby count accepted (device range {range:?}): {e}",
                     want.channels
                 ),
-            )
+            ))
         })?;
     }
 
     hwp.set_rate_near(want.rate, ValueOr::Nearest)
         .map_err(|e| {
             let range = (hwp.get_rate_min().ok(), hwp.get_rate_max().ok());
-            params_error(
+            Attempt::Fatal(params_error(
                 device,
                 "rate",
                 format!("near {} Hz (device range {range:?}): {e}", want.rate),
-            )
+            ))
         })?;
 
-    let mut timing_fallback = None;
-    if with_timing {
-        let rate = hwp.get_rate().unwrap_or(want.rate);
-        let period = (u64::from(rate) * u64::from(want.period_ms) / 1000).max(1);
-        let period = alsa::pcm::Frames::try_from(period).unwrap_or(alsa::pcm::Frames::MAX);
-        // Keep a copy so a refused period/buffer leaves the device's defaults in place.
-        let before_period = hwp.clone();
-        match hwp.set_period_size_near(period, ValueOr::Nearest) {
-            Ok(granted) => {
-                let before_buffer = hwp.clone();
-                let buffer =
-                    granted.saturating_mul(alsa::pcm::Frames::from(want.buffer_periods.max(2)));
-                if hwp.set_buffer_size_near(buffer).is_err() {
-                    hwp.copy_from(&before_buffer);
-                    timing_fallback = Some("buffer size refused; using the device's default");
-                }
-            }
-            Err(_) => {
-                hwp.copy_from(&before_period);
-                timing_fallback = Some("period size refused; using the device's defaults");
-            }
+    let rate = hwp.get_rate().unwrap_or(want.rate);
+    let period = (u64::from(rate) * u64::from(want.period_ms) / 1000).max(1);
+    let period = match timing {
+        Timing::PowerOfTwo => period.next_power_of_two(),
+        _ => period,
+    };
+    let period = Frames::try_from(period).unwrap_or(Frames::MAX);
+    let periods = Frames::from(want.buffer_periods.max(2));
+    match timing {
+        Timing::Requested | Timing::PowerOfTwo => {
+            let granted = hwp
+                .set_period_size_near(period, ValueOr::Nearest)
+                .map_err(|e| {
+                    Attempt::Timing(params_error(
+                        device,
+                        "period size",
+                        format!("near {period} frames: {e}"),
+                    ))
+                })?;
+            let buffer = granted.saturating_mul(periods);
+            hwp.set_buffer_size_near(buffer).map_err(|e| {
+                Attempt::Timing(params_error(
+                    device,
+                    "buffer size",
+                    format!("near {buffer} frames: {e}"),
+                ))
+            })?;
         }
+        Timing::BufferOnly => {
+            let buffer = period.saturating_mul(periods);
+            hwp.set_buffer_size_near(buffer).map_err(|e| {
+                Attempt::Timing(params_error(
+                    device,
+                    "buffer size",
+                    format!("near {buffer} frames: {e}"),
+                ))
+            })?;
+        }
+        Timing::DeviceDefaults => {}
     }
-    Ok(Negotiated {
-        kind,
-        timing_fallback,
-    })
+    Ok(kind)
 }
 
 impl AlsaSink {
@@ -279,20 +334,31 @@ impl AlsaSink {
             buffer_periods: req.buffer_periods,
         };
 
-        let (kind, fallback) = match apply(device, &pcm, want, true) {
-            Ok(n) => (n.kind, n.timing_fallback),
-            // Some devices accept each setting alone but not the combination; the device's
-            // own period/buffer defaults are better than no sound.
-            Err(first) => match apply(device, &pcm, want, false) {
-                Ok(n) => {
-                    tracing::warn!(device, error = %first, "period/buffer request refused; using the device's defaults");
-                    (
-                        n.kind,
-                        Some("period/buffer refused by hw_params; using the device's defaults"),
-                    )
+        // Some drivers advertise sizes in their hw-params space and then refuse them when
+        // applied; a less exact period is better than no sound.
+        let mut first_error = None;
+        let mut chosen = None;
+        for timing in Timing::ORDER {
+            match apply(device, &pcm, want, timing) {
+                Ok(kind) => {
+                    chosen = Some((kind, timing));
+                    break;
                 }
-                Err(_) => return Err(first),
-            },
+                Err(Attempt::Fatal(e)) => return Err(e),
+                Err(Attempt::Timing(e)) => {
+                    tracing::warn!(device, strategy = timing.describe(), error = %e, "period/buffer refused; trying the next choice");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        let Some((kind, timing)) = chosen else {
+            return Err(first_error.unwrap_or_else(|| {
+                params_error(
+                    device,
+                    "hw params",
+                    "no period/buffer choice was accepted".to_string(),
+                )
+            }));
         };
 
         let hwp = pcm
@@ -376,7 +442,7 @@ impl AlsaSink {
             granted.period_frames = period_frames,
             granted.buffer_frames = buffer_frames,
             granted.format = %granted_format.map(|f| f.to_string()).unwrap_or_else(|| kind.alsa().to_string()),
-            fallback = fallback.unwrap_or("none"),
+            timing = timing.describe(),
             "ALSA device opened"
         );
 
@@ -398,18 +464,13 @@ impl AlsaSink {
 }
 
 /// Negotiates into a fresh hw-params space and applies it to the PCM.
-fn apply(
-    device: &str,
-    pcm: &PCM,
-    want: Wanted,
-    with_timing: bool,
-) -> Result<Negotiated, SinkError> {
-    let mut hwp =
-        HwParams::any(pcm).map_err(|e| params_error(device, "hw params", e.to_string()))?;
-    let n = negotiate(device, &mut hwp, want, with_timing)?;
+fn apply(device: &str, pcm: &PCM, want: Wanted, timing: Timing) -> Result<SampleKind, Attempt> {
+    let hwp = HwParams::any(pcm)
+        .map_err(|e| Attempt::Fatal(params_error(device, "hw params", e.to_string())))?;
+    let kind = negotiate(device, &hwp, want, timing)?;
     pcm.hw_params(&hwp)
-        .map_err(|e| params_error(device, "hw params", e.to_string()))?;
-    Ok(n)
+        .map_err(|e| Attempt::Timing(params_error(device, "hw params", e.to_string())))?;
+    Ok(kind)
 }
 
 /// Converts one chunk of S16 samples into `out` in the device's sample format.

@@ -87,8 +87,18 @@ impl FifoClock {
     pub fn start(path: &Path, rate: u32, channels: u16) -> FifoClock {
         let c = CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
         // SAFETY: c is a valid path; the returned fd is checked and owned below.
-        let raw = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC) };
-        assert!(raw >= 0, "open FIFO {}: {}", path.display(), std::io::Error::last_os_error());
+        let raw = unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC,
+            )
+        };
+        assert!(
+            raw >= 0,
+            "open FIFO {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
         // SAFETY: raw is a freshly opened fd nobody else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         // SAFETY: fcntl on our own fd with integer arguments.
@@ -101,13 +111,20 @@ impl FifoClock {
         // Drop anything a previous writer left (the FIFO may be reused within a process).
         drain_stale(&fd);
 
-        let shared = Arc::new(Shared { finish: Mutex::new(None), consumed: AtomicU64::new(0) });
+        let shared = Arc::new(Shared {
+            finish: Mutex::new(None),
+            consumed: AtomicU64::new(0),
+        });
         let s = Arc::clone(&shared);
         let handle = std::thread::Builder::new()
             .name("fifo-clock".into())
             .spawn(move || run(fd, rate, channels, pipe_capacity, &s))
             .unwrap();
-        FifoClock { shared, handle: Some(handle), pipe_capacity }
+        FifoClock {
+            shared,
+            handle: Some(handle),
+            pipe_capacity,
+        }
     }
 
     /// Bytes read from the pipe so far.
@@ -231,8 +248,12 @@ fn run(fd: OwnedFd, rate: u32, channels: u16, pipe_capacity: usize, shared: &Sha
         // Frames a DAC started at `started` would have taken by now (one tick ahead, as a
         // DAC fetches before it plays), minus what is forgiven for our own lateness.
         let elapsed = now.duration_since(started);
-        let due_frames = (elapsed.as_nanos() * u128::from(rate) / 1_000_000_000) as u64 + tick_frames;
-        let due_bytes = due_frames.saturating_sub(forgiven_frames).saturating_sub(gap_frames) * bpf;
+        let due_frames =
+            (elapsed.as_nanos() * u128::from(rate) / 1_000_000_000) as u64 + tick_frames;
+        let due_bytes = due_frames
+            .saturating_sub(forgiven_frames)
+            .saturating_sub(gap_frames)
+            * bpf;
         let have = raw.len() as u64;
         if due_bytes <= have {
             continue;
@@ -275,11 +296,17 @@ fn run(fd: OwnedFd, rate: u32, channels: u16, pipe_capacity: usize, shared: &Sha
         gap_frames += missing;
         match cap.gaps.last_mut() {
             Some(g) if in_gap => g.frames += missing,
-            _ => cap.gaps.push(Gap { at: elapsed, frames: missing }),
+            _ => cap.gaps.push(Gap {
+                at: elapsed,
+                frames: missing,
+            }),
         }
         in_gap = true;
     }
 
-    cap.samples = raw.chunks_exact(2).map(|b| i16::from_ne_bytes([b[0], b[1]])).collect();
+    cap.samples = raw
+        .chunks_exact(2)
+        .map(|b| i16::from_ne_bytes([b[0], b[1]]))
+        .collect();
     cap
 }

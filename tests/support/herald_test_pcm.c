@@ -11,6 +11,7 @@
  *   format "S32_LE"      the only sample format (default S16_LE)
  *   period_bytes N       the only period size in bytes (default 64..1 MiB)
  *   reject_period_bytes N  advertise it, but fail hw_params with EINVAL if it is chosen
+ *   reject_period_bytes_max N  advertise them, but fail hw_params for periods of <= N bytes
  *   xrun_after_frames N  report an underrun (-EPIPE) once N frames were played since prepare
  */
 #include <errno.h>
@@ -26,6 +27,7 @@ typedef struct {
 	snd_pcm_ioplug_t io;
 	snd_pcm_uframes_t hw_ptr;
 	long reject_period_bytes;
+	long reject_period_bytes_max;
 	long xrun_after_frames;
 	int xrun_fired;
 } herald_test_t;
@@ -86,6 +88,8 @@ static int ht_hw_params(snd_pcm_ioplug_t *io, snd_pcm_hw_params_t *params)
 	bytes = (long)period * channels * snd_pcm_format_physical_width(format) / 8;
 	if (t->reject_period_bytes > 0 && bytes == t->reject_period_bytes)
 		return -EINVAL;
+	if (bytes <= t->reject_period_bytes_max)
+		return -EINVAL;
 	return 0;
 }
 
@@ -102,7 +106,7 @@ static const snd_pcm_ioplug_callback_t ht_callback = {
 SND_PCM_PLUGIN_DEFINE_FUNC(herald_test)
 {
 	snd_config_iterator_t i, next;
-	long rate = 0, cmin = 1, cmax = 8, period_bytes = 0, reject = 0, xrun = 0;
+	long rate = 0, cmin = 1, cmax = 8, period_bytes = 0, reject = 0, reject_max = 0, xrun = 0;
 	const char *fmt = "S16_LE";
 	snd_pcm_format_t format;
 	herald_test_t *t;
@@ -129,6 +133,7 @@ SND_PCM_PLUGIN_DEFINE_FUNC(herald_test)
 		else if (!strcmp(id, "channels_max")) dst = &cmax;
 		else if (!strcmp(id, "period_bytes")) dst = &period_bytes;
 		else if (!strcmp(id, "reject_period_bytes")) dst = &reject;
+		else if (!strcmp(id, "reject_period_bytes_max")) dst = &reject_max;
 		else if (!strcmp(id, "xrun_after_frames")) dst = &xrun;
 		if (!dst || snd_config_get_integer(n, dst) < 0) {
 			SNDERR("Unknown or non-integer field %s", id);
@@ -147,6 +152,7 @@ SND_PCM_PLUGIN_DEFINE_FUNC(herald_test)
 	if (!t)
 		return -ENOMEM;
 	t->reject_period_bytes = reject;
+	t->reject_period_bytes_max = reject_max;
 	t->xrun_after_frames = xrun;
 	t->io.version = SND_PCM_IOPLUG_VERSION;
 	t->io.name = "herald test PCM";
