@@ -256,6 +256,34 @@ fn a_writer_pause_shows_up_as_a_gap() {
 }
 
 #[test]
+fn silence_after_the_last_sample_is_not_reported_as_a_gap() {
+    // The audio thread keeps the device open between utterances; the clock must not call
+    // that idle time a gap, or every test would need to close the sink at once.
+    let fifo = claim_fifo();
+    let clock = FifoClock::start(&fifo.path, 48_000, 1);
+    let mut sink = open(&fifo.pcm, &SinkRequest::default());
+    let periods = pattern(sink.format(), 10, 11);
+    for p in &periods {
+        sink.write(p).unwrap();
+    }
+    sink.drain().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // Still open: the clock stops on the idle timeout instead of EOF.
+    let cap = clock.finish(Duration::from_millis(200));
+    drop(sink);
+    assert!(!cap.eof);
+    assert!(
+        cap.samples == periods.concat(),
+        "captured samples differ from what was written"
+    );
+    assert!(
+        cap.gaps.is_empty(),
+        "idle time after the end counted as a gap: {:?}",
+        cap.gaps
+    );
+}
+
+#[test]
 fn drain_returns_only_after_the_reader_has_taken_the_data_and_the_sink_is_reusable() {
     let fifo = claim_fifo();
     let clock = FifoClock::start(&fifo.path, 48_000, 1);

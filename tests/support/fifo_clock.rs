@@ -37,7 +37,8 @@ pub struct Gap {
 pub struct Capture {
     /// Interleaved samples exactly as the writer produced them (native-endian S16).
     pub samples: Vec<i16>,
-    /// Gaps while data was due (consecutive empty ticks merged into one gap).
+    /// Gaps while data was due and more data followed (consecutive empty ticks merged; silence
+    /// after the last sample is the end, not a gap).
     pub gaps: Vec<Gap>,
     /// When the first data arrived.
     pub started_at: Option<Instant>,
@@ -213,6 +214,7 @@ fn run(fd: OwnedFd, rate: u32, channels: u16, pipe_capacity: usize, shared: &Sha
     let mut gap_frames: u64 = 0; // silence "played" so far
     let mut forgiven_frames: u64 = 0; // reader lateness not charged to the writer
     let mut in_gap = false;
+    let mut last_gap_tick: Option<Instant> = None;
     let mut next = Instant::now();
 
     loop {
@@ -261,6 +263,7 @@ fn run(fd: OwnedFd, rate: u32, channels: u16, pipe_capacity: usize, shared: &Sha
         let mut want = (due_bytes - have) as usize;
         let avail_before = readable(&fd);
         let mut eof = false;
+        let mut got_any = false;
         while want > 0 {
             let n = want.min(buf.len());
             match read_some(&fd, &mut buf[..n]) {
@@ -269,6 +272,7 @@ fn run(fd: OwnedFd, rate: u32, channels: u16, pipe_capacity: usize, shared: &Sha
                     shared.consumed.fetch_add(n as u64, Ordering::SeqCst);
                     cap.last_data_at = Some(now);
                     want -= n;
+                    got_any = true;
                 }
                 Read::Empty => break,
                 Read::Eof => {
@@ -295,13 +299,23 @@ fn run(fd: OwnedFd, rate: u32, channels: u16, pipe_capacity: usize, shared: &Sha
         }
         gap_frames += missing;
         match cap.gaps.last_mut() {
-            Some(g) if in_gap => g.frames += missing,
+            // A tick that brought some data starts a new gap, so a trailing one can be told apart.
+            Some(g) if in_gap && !got_any => g.frames += missing,
             _ => cap.gaps.push(Gap {
                 at: elapsed,
                 frames: missing,
             }),
         }
         in_gap = true;
+        last_gap_tick = Some(now);
+    }
+
+    // Silence after the last sample is the end of the stream, not a gap in it (the writer may
+    // hold the FIFO open a while after its last write, e.g. between utterances).
+    if let (Some(gap_tick), Some(data)) = (last_gap_tick, cap.last_data_at) {
+        if data <= gap_tick {
+            cap.gaps.pop();
+        }
     }
 
     cap.samples = raw
