@@ -190,6 +190,30 @@ fn a_missing_device_is_not_found_and_named() {
 }
 
 #[test]
+fn a_busy_device_is_reported_as_busy_naming_it() {
+    alsa_env();
+    let err = AlsaSink::open("herald_busy", &SinkRequest::default()).unwrap_err();
+    assert!(matches!(err, SinkError::Busy { .. }), "{err:?}");
+    assert!(err.to_string().contains("herald_busy"), "{err}");
+    let listed = list_devices()
+        .into_iter()
+        .find(|d| d.name == "herald_busy")
+        .unwrap();
+    assert_eq!(listed.caps.unwrap_err(), "busy");
+}
+
+#[test]
+fn a_float_only_device_is_fed_float_samples() {
+    let mut sink = open("herald_float", &SinkRequest::default());
+    assert_eq!(sink.sample_format(), alsa::pcm::Format::float().to_string());
+    assert_eq!(sink.format().period_frames, 960);
+    for p in pattern(sink.format(), 3, 12) {
+        sink.write(&p).unwrap();
+    }
+    sink.drain().unwrap();
+}
+
+#[test]
 fn underruns_are_recovered_and_counted() {
     let mut sink = open("herald_xrun", &SinkRequest::default());
     // The device underruns after every 4800 frames (5 periods) since its last prepare.

@@ -1,6 +1,14 @@
 //! The ALSA sink: opens a playback PCM, negotiates rate/channels/period/buffer defensively,
 //! reads back what the device granted, and writes whole periods with xrun recovery.
 //! Also device listing (`herald devices`) and capability probing.
+//!
+//! Negotiation in [`AlsaSink::open`]: RW interleaved; S16 native-endian, else S32, else float
+//! (converted in `write`, into a buffer allocated at open); the requested channel count if
+//! accepted, else the nearest (the audio thread up-mixes to `format().channels`); the rate
+//! nearest the request (a 44.1 kHz-only DAC gives 44100; the pipeline resamples); period and
+//! buffer near `period_ms` × `buffer_periods`, and if `hw_params` refuses that, a power-of-two
+//! period, then the buffer alone, then the device's defaults. Everything is read back into
+//! [`DeviceFormat`] and logged once. Start threshold and avail_min are one period.
 
 use std::ffi::CString;
 
@@ -316,8 +324,8 @@ fn negotiate(
 }
 
 impl AlsaSink {
-    /// Opens `device` for playback and negotiates the format (see module docs); logs one line
-    /// with what was requested and what the device granted.
+    /// Opens `device` for playback and negotiates the format (see the module docs); logs one
+    /// line with what was requested and what the device granted.
     pub fn open(device: &str, req: &SinkRequest) -> Result<AlsaSink, SinkError> {
         // Fail fast on busy/missing devices without blocking (see `open_nonblocking`), then
         // reopen in blocking mode so writes are clocked by the device. The tiny window between
@@ -676,4 +684,42 @@ pub fn list_devices() -> Vec<DeviceInfo> {
         });
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conversion_keeps_full_scale_and_sign() {
+        let samples = [i16::MIN, -1, 0, 1, 16_384, i16::MAX];
+        let mut out = [0u8; 24];
+        convert(SampleKind::S32, &samples, &mut out);
+        let s32: Vec<i32> = out
+            .chunks_exact(4)
+            .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        assert_eq!(
+            s32,
+            vec![i32::MIN, -65_536, 0, 65_536, 1 << 30, 0x7fff_0000]
+        );
+
+        convert(SampleKind::F32, &samples, &mut out);
+        let f: Vec<f32> = out
+            .chunks_exact(4)
+            .map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        assert_eq!(f[0], -1.0);
+        assert_eq!(f[2], 0.0);
+        assert_eq!(f[4], 0.5);
+        assert!(f[5] < 1.0 && f[5] > 0.9999);
+
+        let mut out16 = [0u8; 12];
+        convert(SampleKind::S16, &samples, &mut out16);
+        let s16: Vec<i16> = out16
+            .chunks_exact(2)
+            .map(|b| i16::from_ne_bytes([b[0], b[1]]))
+            .collect();
+        assert_eq!(s16, samples);
+    }
 }

@@ -12,6 +12,8 @@
 //! | `herald_44k` | a DAC that only runs at 44.1 kHz (1–2 channels, S16) |
 //! | `herald_s32` | an I2S DAC that only takes S32_LE |
 //! | `herald_s32_file` | `herald_s32` with its input captured to [`AlsaTestEnv::s32_capture`] |
+//! | `herald_float` | a device that only takes FLOAT_LE |
+//! | `herald_busy` | a device another program holds (every open fails with EBUSY) |
 //! | `herald_no_s16` | a device herald cannot feed (µ-law only) |
 //! | `herald_fixed_period` | a device with one fixed period size (4096 bytes) |
 //! | `herald_reject_period` | a driver that advertises 1920-byte periods but fails `hw_params` with them |
@@ -214,6 +216,14 @@ fn conf_text(plugin: &Path, fifos: &[PathBuf], s32_capture: &Path) -> String {
     s += &format!(
         "pcm.herald_reject_small_periods {{ type herald_test reject_period_bytes_max 8192 {} }}\n",
         hint("herald test: hw_params refuses periods up to 8192 bytes")
+    );
+    s += &format!(
+        "pcm.herald_float {{ type herald_test format \"FLOAT_LE\" {} }}\n",
+        hint("herald test: FLOAT_LE only")
+    );
+    s += &format!(
+        "pcm.herald_busy {{ type herald_test open_errno 16 {} }}\n",
+        hint("herald test: always busy")
     );
     s += &format!(
         "pcm.herald_xrun {{ type herald_test xrun_after_frames 4800 {} }}\n",

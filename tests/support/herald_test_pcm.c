@@ -12,6 +12,7 @@
  *   period_bytes N       the only period size in bytes (default 64..1 MiB)
  *   reject_period_bytes N  advertise it, but fail hw_params with EINVAL if it is chosen
  *   reject_period_bytes_max N  advertise them, but fail hw_params for periods of <= N bytes
+ *   open_errno N         fail every open with -N (e.g. 16 = EBUSY: a device another program holds)
  *   xrun_after_frames N  report an underrun (-EPIPE) once N frames were played since prepare
  */
 #include <errno.h>
@@ -106,7 +107,7 @@ static const snd_pcm_ioplug_callback_t ht_callback = {
 SND_PCM_PLUGIN_DEFINE_FUNC(herald_test)
 {
 	snd_config_iterator_t i, next;
-	long rate = 0, cmin = 1, cmax = 8, period_bytes = 0, reject = 0, reject_max = 0, xrun = 0;
+	long rate = 0, cmin = 1, cmax = 8, period_bytes = 0, reject = 0, reject_max = 0, xrun = 0, open_errno = 0;
 	const char *fmt = "S16_LE";
 	snd_pcm_format_t format;
 	herald_test_t *t;
@@ -135,6 +136,7 @@ SND_PCM_PLUGIN_DEFINE_FUNC(herald_test)
 		else if (!strcmp(id, "reject_period_bytes")) dst = &reject;
 		else if (!strcmp(id, "reject_period_bytes_max")) dst = &reject_max;
 		else if (!strcmp(id, "xrun_after_frames")) dst = &xrun;
+		else if (!strcmp(id, "open_errno")) dst = &open_errno;
 		if (!dst || snd_config_get_integer(n, dst) < 0) {
 			SNDERR("Unknown or non-integer field %s", id);
 			return -EINVAL;
@@ -142,6 +144,8 @@ SND_PCM_PLUGIN_DEFINE_FUNC(herald_test)
 	}
 	if (stream != SND_PCM_STREAM_PLAYBACK)
 		return -EINVAL;
+	if (open_errno > 0)
+		return -(int)open_errno;
 	format = snd_pcm_format_value(fmt);
 	if (format == SND_PCM_FORMAT_UNKNOWN) {
 		SNDERR("unknown format %s", fmt);
