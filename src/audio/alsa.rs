@@ -527,7 +527,8 @@ impl AlsaSink {
     fn io_error(&self, op: &'static str, e: alsa::Error) -> SinkError {
         let device = self.device.clone();
         match errno(&e) {
-            libc::ENODEV | libc::ENXIO | libc::EIO => SinkError::Gone {
+            // An unplugged USB DAC fails writes with ENODEV.
+            libc::ENODEV | libc::ENXIO => SinkError::Gone {
                 device,
                 detail: e.to_string(),
             },
