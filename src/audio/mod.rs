@@ -34,12 +34,7 @@ pub struct SinkRequest {
 
 impl Default for SinkRequest {
     fn default() -> Self {
-        SinkRequest {
-            rate: 48_000,
-            channels: 1,
-            period_ms: 20,
-            buffer_periods: 4,
-        }
+        SinkRequest { rate: 48_000, channels: 1, period_ms: 20, buffer_periods: 4 }
     }
 }
 
@@ -54,18 +49,10 @@ pub enum SinkError {
     Busy { device: String },
     /// A hardware parameter could not be set.
     #[error("audio device '{device}': cannot set {param}: {detail}")]
-    Params {
-        device: String,
-        param: &'static str,
-        detail: String,
-    },
+    Params { device: String, param: &'static str, detail: String },
     /// Writing or draining failed and could not be recovered.
     #[error("audio device '{device}': {op} failed: {detail}")]
-    Io {
-        device: String,
-        op: &'static str,
-        detail: String,
-    },
+    Io { device: String, op: &'static str, detail: String },
     /// The device went away (e.g. a USB DAC was unplugged).
     #[error("audio device '{device}' disappeared: {detail}")]
     Gone { device: String, detail: String },

@@ -141,30 +141,16 @@ pub enum TtsError {
     Rejected { status: u16, message: String },
     /// 5xx after all retries.
     #[error("the API failed (HTTP {status}) after {attempts} attempts: {message}")]
-    Server {
-        status: u16,
-        attempts: u32,
-        message: String,
-    },
+    Server { status: u16, attempts: u32, message: String },
     /// A 200 whose body is not the requested audio.
     #[error("the response is not {expected} audio: {detail}")]
-    NotAudio {
-        expected: &'static str,
-        detail: String,
-    },
+    NotAudio { expected: &'static str, detail: String },
     /// Could not connect (DNS, TCP, TLS) after all retries.
     #[error("cannot reach {base}: {detail} (after {attempts} attempts)")]
-    Connect {
-        base: String,
-        attempts: u32,
-        detail: String,
-    },
+    Connect { base: String, attempts: u32, detail: String },
     /// A timeout (connect, first byte, or no progress mid-stream).
     #[error("timed out {phase} after {after:?}")]
-    Timeout {
-        phase: &'static str,
-        after: Duration,
-    },
+    Timeout { phase: &'static str, after: Duration },
     /// The connection broke after audio had started.
     #[error("the audio stream broke after {received} bytes: {detail}")]
     Broken { received: u64, detail: String },
