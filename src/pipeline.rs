@@ -142,7 +142,12 @@ struct Feeder {
 impl Feeder {
     fn new(playout: &Playout) -> Self {
         let f = playout.format();
-        Feeder { device_rate: f.rate, device_channels: f.channels, pcm: Vec::new(), mapped: Vec::new() }
+        Feeder {
+            device_rate: f.rate,
+            device_channels: f.channels,
+            pcm: Vec::new(),
+            mapped: Vec::new(),
+        }
     }
 
     /// A decoder whose output is at the device rate: Opus decodes at the device rate when
@@ -158,7 +163,9 @@ impl Feeder {
                     Box::new(ResampledDecoder::new(dec, rate))
                 }
             }
-            AudioFormat::Pcm => Box::new(ResampledDecoder::new(RawPcmDecoder::new(PCM_RATE, 1), rate)),
+            AudioFormat::Pcm => {
+                Box::new(ResampledDecoder::new(RawPcmDecoder::new(PCM_RATE, 1), rate))
+            }
         })
     }
 
@@ -181,7 +188,12 @@ impl Feeder {
             playout.push(&self.pcm).await?;
         } else {
             self.mapped.clear();
-            map_channels(&self.pcm, fmt.channels, self.device_channels, &mut self.mapped);
+            map_channels(
+                &self.pcm,
+                fmt.channels,
+                self.device_channels,
+                &mut self.mapped,
+            );
             playout.push(&self.mapped).await?;
         }
         Ok(())

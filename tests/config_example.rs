@@ -10,17 +10,29 @@ fn example_config_parses_without_unknown_keys_and_matches_the_defaults() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/herald.toml");
     let src = std::fs::read_to_string(&path).unwrap();
     let (config, warnings) = Config::parse(&src, &path).unwrap();
-    assert!(warnings.is_empty(), "unknown keys in the example config: {warnings:?}");
-    assert_eq!(config, Config::default(), "the example config and the defaults disagree");
+    assert!(
+        warnings.is_empty(),
+        "unknown keys in the example config: {warnings:?}"
+    );
+    assert_eq!(
+        config,
+        Config::default(),
+        "the example config and the defaults disagree"
+    );
 }
 
 #[test]
 fn every_option_of_the_config_appears_in_the_example() {
-    let src = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/herald.toml")).unwrap();
+    let src =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/herald.toml"))
+            .unwrap();
     // Serialising the defaults lists every key the config knows.
     let defaults = toml::Value::try_from(herald::config::Config::default()).unwrap();
     for (section, table) in defaults.as_table().unwrap() {
-        assert!(src.contains(&format!("[{section}]")), "section [{section}] is not documented");
+        assert!(
+            src.contains(&format!("[{section}]")),
+            "section [{section}] is not documented"
+        );
         for key in table.as_table().unwrap().keys() {
             let documented = src.lines().any(|l| {
                 let l = l.trim_start_matches(['#', ' ']);

@@ -87,6 +87,11 @@ pub trait Sink: Send {
     fn write(&mut self, period: &[i16]) -> Result<(), SinkError>;
     /// Blocks until every written sample has been played.
     fn drain(&mut self) -> Result<(), SinkError>;
+    /// Whether writes are paced by a real clock (a device). A file is not: the audio
+    /// thread then waits for data instead of inserting silence for stalls or lead-in.
+    fn is_clocked(&self) -> bool {
+        true
+    }
     /// Underruns/suspends recovered so far (for stats).
     fn xruns(&self) -> u64 {
         0

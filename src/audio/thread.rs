@@ -155,6 +155,9 @@ pub(super) struct AudioThread {
     xruns_at_begin: u64,
     stall_frames_now: u64,
     lookahead: usize,
+    /// False for a file: it has no clock to keep, so nothing waits on a prebuffer and no
+    /// silence is inserted — the thread waits for data instead.
+    clocked: bool,
     fade_in: Option<usize>,
     lead: LeadIn,
 }
@@ -173,7 +176,9 @@ impl AudioThread {
         params: ThreadParams,
     ) -> Self {
         let channels = usize::from(format.channels);
+        let clocked = sink.is_clocked();
         AudioThread {
+            clocked,
             sink,
             shared,
             ring,
@@ -192,7 +197,11 @@ impl AudioThread {
             xruns_at_begin: 0,
             stall_frames_now: 0,
             // Keep enough audio ahead that a stall or an interrupt can always fade it out.
-            lookahead: params.stall_fade.max(params.interrupt_fade),
+            lookahead: if clocked {
+                params.stall_fade.max(params.interrupt_fade)
+            } else {
+                0
+            },
             fade_in: None,
             lead: LeadIn::default(),
         }
@@ -322,6 +331,10 @@ impl AudioThread {
     }
 
     fn lead_in_tick(&mut self) -> Result<(), SinkError> {
+        if !self.clocked {
+            thread::park_timeout(PREBUFFER_PARK);
+            return Ok(());
+        }
         let now = Instant::now();
         let since = *self.lead.since.get_or_insert(now);
         let played = now.saturating_duration_since(since).as_secs_f64() * f64::from(self.rate);
@@ -348,7 +361,8 @@ impl AudioThread {
         }
         let target = self.shared.target_frames.load(Ordering::Acquire);
         let target = target.max((self.period + self.lookahead) as u64);
-        if all_in || avail as u64 >= target || self.ring_full() {
+        let ready = !self.clocked && avail >= self.period;
+        if ready || all_in || avail as u64 >= target || self.ring_full() {
             self.report.prebuffer_frames = avail as u64;
             self.shared.lead_in.store(false, Ordering::Release);
             self.lead = LeadIn::default();
@@ -379,6 +393,9 @@ impl AudioThread {
                 self.write_audio(avail)?;
             }
             self.finish()
+        } else if !self.clocked {
+            thread::park_timeout(PREBUFFER_PARK);
+            Ok(())
         } else {
             // Running dry mid-utterance: play out what is there, fading its end to zero,
             // then keep the device fed with silence until the buffer refills.

@@ -79,6 +79,10 @@ impl Sink for WavSink {
         &self.path
     }
 
+    fn is_clocked(&self) -> bool {
+        false
+    }
+
     fn write(&mut self, period: &[i16]) -> Result<(), SinkError> {
         let channels = usize::from(self.format.channels);
         if period.len() % channels != 0 {

@@ -8,6 +8,7 @@
 
 pub mod alsa_env;
 pub mod fifo_clock;
+pub mod reference;
 
 #[allow(unused_imports)]
 pub use alsa_env::{alsa_env, claim_fifo, AlsaTestEnv, FifoPcm};

@@ -10,12 +10,16 @@ use std::path::Path;
 /// Decodes a whole Ogg Opus file at `rate` (an Opus rate) into interleaved samples.
 pub fn decode_ogg_opus(bytes: &[u8], rate: u32) -> Vec<i16> {
     let mut reader = ogg::PacketReader::new(Cursor::new(bytes));
-    let head = reader.read_packet_expect().unwrap();
+    let head = reader.read_packet_expected().unwrap();
     assert_eq!(&head.data[..8], b"OpusHead");
     let channels = head.data[9] as usize;
     let pre_skip = u16::from_le_bytes([head.data[10], head.data[11]]) as u64;
-    let _tags = reader.read_packet_expect().unwrap();
-    let ch = if channels == 2 { opus::Channels::Stereo } else { opus::Channels::Mono };
+    let _tags = reader.read_packet_expected().unwrap();
+    let ch = if channels == 2 {
+        opus::Channels::Stereo
+    } else {
+        opus::Channels::Mono
+    };
     let mut dec = opus::Decoder::new(rate, ch).unwrap();
     let scale = 48_000 / rate as u64;
     let mut out = Vec::new();
