@@ -44,7 +44,11 @@ fn run(stream: &[u8], sizes: &[usize], max: usize) -> (Vec<Packet>, usize) {
         let n = sizes[k % sizes.len()].min(stream.len() - at);
         k += 1;
         let result = d.push(&stream[at..at + n], &mut |p| {
-            assert!(p.data.len() <= max, "packet of {} > limit {max}", p.data.len());
+            assert!(
+                p.data.len() <= max,
+                "packet of {} > limit {max}",
+                p.data.len()
+            );
             packets.push(p);
         });
         if let Err(e) = result {
@@ -82,7 +86,10 @@ fn fix_crcs(stream: &mut [u8]) {
         if at + 27 + nseg > stream.len() {
             return;
         }
-        let body: usize = stream[at + 27..at + 27 + nseg].iter().map(|&l| usize::from(l)).sum();
+        let body: usize = stream[at + 27..at + 27 + nseg]
+            .iter()
+            .map(|&l| usize::from(l))
+            .sum();
         let end = at + 27 + nseg + body;
         if end > stream.len() {
             return;
@@ -101,7 +108,11 @@ fn crc32(bytes: &[u8]) -> u32 {
     for &b in bytes {
         crc ^= u32::from(b) << 24;
         for _ in 0..8 {
-            crc = if crc & 0x8000_0000 != 0 { (crc << 1) ^ 0x04c1_1db7 } else { crc << 1 };
+            crc = if crc & 0x8000_0000 != 0 {
+                (crc << 1) ^ 0x04c1_1db7
+            } else {
+                crc << 1
+            };
         }
     }
     crc
