@@ -435,8 +435,6 @@ fn lost_page_with_a_packet_spanning_out_of_it_is_concealed() {
 }
 
 #[test]
-#[ignore = "fails on h/ogg e5525ae: the demuxer continues the packet cut by a lost page with \
-            the next page's unrelated continuation fragment (reported to the lead)"]
 fn demuxer_never_glues_packets_across_a_lost_page() {
     // Every packet the demuxer hands the Opus decoder must be one the encoder made; a glued
     // packet decodes as 60 ms of garbage audio instead of being concealed.

@@ -563,7 +563,13 @@ impl Demuxer {
         self.state = State::Body;
 
         let continued = self.page.flags & FLAG_CONTINUED != 0;
-        if self.in_packet && (!continued || self.last_serial() != Some(self.page.serial)) {
+        // A pending packet continues only onto the very next page of its stream: after a
+        // lost page the continuation belongs to some other packet, and gluing the two
+        // would hand the decoder a well-formed but wrong packet.
+        let next_page = self.last_page.is_some_and(|(serial, seq, _)| {
+            serial == self.page.serial && seq.wrapping_add(1) == self.page.sequence
+        });
+        if self.in_packet && (!continued || !next_page) {
             // The packet in progress can never be completed: a page went missing.
             if self.keep {
                 self.stats.dropped_packets += 1;
@@ -577,10 +583,6 @@ impl Demuxer {
             self.in_packet = true;
             self.keep = false;
         }
-    }
-
-    fn last_serial(&self) -> Option<u32> {
-        self.last_page.map(|(serial, _, _)| serial)
     }
 
     /// Reads body bytes; returns bytes consumed, or the bytes consumed and an error.
