@@ -6,5 +6,6 @@ pub mod codec;
 pub mod config;
 pub mod emulator;
 pub mod pipeline;
+pub mod systemd;
 pub mod text;
 pub mod tts;
