@@ -17,7 +17,7 @@ pub const DEFAULT_PATH: &str = "/etc/herald/herald.toml";
 pub const CREDENTIAL_NAME: &str = "openai_api_key";
 
 /// The whole configuration. Every field has a default; see `deploy/herald.toml`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default)]
 pub struct Config {
     /// How to reach the speech API.
@@ -129,16 +129,6 @@ impl Default for AudioSection {
             jitter_reserve_ms: p.jitter_reserve_ms,
             max_buffer_ms: p.max_buffer_ms,
             realtime_priority: p.realtime_priority.unwrap_or(0),
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            api: ApiSection::default(),
-            speech: SpeechSection::default(),
-            audio: AudioSection::default(),
         }
     }
 }

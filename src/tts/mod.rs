@@ -248,6 +248,15 @@ fn is_snapshot_suffix(s: &str) -> bool {
     }
 }
 
+/// "1 attempt" / "3 attempts".
+fn attempts_text(n: u32) -> String {
+    if n == 1 {
+        "1 attempt".into()
+    } else {
+        format!("{n} attempts")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,14 +362,5 @@ mod tests {
         }
         r.instructions = Some("  ".into());
         assert!(r.validate().is_ok(), "blank instructions are not sent");
-    }
-}
-
-/// "1 attempt" / "3 attempts".
-fn attempts_text(n: u32) -> String {
-    if n == 1 {
-        "1 attempt".into()
-    } else {
-        format!("{n} attempts")
     }
 }
