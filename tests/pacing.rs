@@ -1,0 +1,153 @@
+//! Real-time pacing through the real alsa-lib: `herald speak` plays on a FIFO-backed `file`
+//! PCM whose FIFO a reader drains at exactly the sample rate (support::FifoClock), so herald
+//! is clocked like a sound card and an empty pipe at a read tick is an audible gap. The
+//! emulator (standing in for OpenAI) streams with WiFi-like stalls or barely faster than
+//! real time; the utterance must play without a single gap and sample-exact.
+
+mod support;
+
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use herald::emulator::{expected_body, Emulator, EmulatorConfig, EmulatorHandle};
+use herald::tts::AudioFormat;
+use support::reference::decode_ogg_opus;
+use support::{alsa_env, claim_fifo, FifoClock};
+
+const KEY: &str = "sk-pacing-0123456789abcdef";
+/// About nine seconds of speech: long enough for several stalls and bursts.
+const TEXT: &str = "The train to the airport leaves from platform four in ten minutes. \
+    Please take your luggage with you and mind the gap between the train and the platform.";
+
+fn emu() -> &'static EmulatorHandle {
+    static EMU: OnceLock<(tokio::runtime::Runtime, EmulatorHandle)> = OnceLock::new();
+    let (_, handle) = EMU.get_or_init(|| {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let cfg = EmulatorConfig {
+            api_key: KEY.into(),
+            ..Default::default()
+        };
+        let handle = rt.block_on(Emulator::start(cfg)).unwrap();
+        (rt, handle)
+    });
+    handle
+}
+
+/// Speaks `TEXT` from `scenario` on a FIFO-clocked device; returns herald's output and
+/// what the "DAC" received.
+fn speak_clocked(scenario: &str, extra: &[&str]) -> (Output, support::Capture) {
+    let env = alsa_env();
+    let fifo = claim_fifo();
+    let clock = FifoClock::start(&fifo.path, 48_000, 1);
+    let (var, value) = env.env_var();
+    let base = emu().base_url(scenario);
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["speak", "--api-base", &base, "--device", &fifo.pcm])
+        .args(extra)
+        .arg(TEXT)
+        .env("OPENAI_API_KEY", KEY)
+        .env(var, value)
+        .env_remove("OPENAI_BASE_URL")
+        .output()
+        .unwrap();
+    let capture = clock.finish(Duration::from_secs(3));
+    (out, capture)
+}
+
+fn assert_gapless(scenario: &str, out: &Output, capture: &support::Capture, expected: &[i16]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{scenario}: herald failed: {err}");
+    assert!(
+        err.contains("stalls 0 (0 ms)"),
+        "{scenario}: herald reports stalls: {err}"
+    );
+    assert!(
+        capture.gaps.is_empty(),
+        "{scenario}: audible gaps at the DAC: {:?}",
+        capture.gaps
+    );
+    let got = &capture.samples;
+    assert!(
+        got.len() >= expected.len(),
+        "{scenario}: {} of {} samples reached the DAC",
+        got.len(),
+        expected.len()
+    );
+    assert!(
+        got[..expected.len()] == *expected,
+        "{scenario}: the DAC received other audio than the reference decode"
+    );
+    assert!(
+        got[expected.len()..].iter().all(|&s| s == 0),
+        "{scenario}: noise after the end"
+    );
+}
+
+#[test]
+fn wifi_stalls_up_to_a_second_cause_no_gap() {
+    let sc = "wifi,seed=7,id=pace-wifi";
+    let (out, capture) = speak_clocked(sc, &[]);
+    let body = expected_body(sc, TEXT, "alloy", 1.0, AudioFormat::Opus).unwrap();
+    assert_gapless(sc, &out, &capture, &decode_ogg_opus(&body, 48_000));
+}
+
+#[test]
+fn generation_barely_faster_than_real_time_causes_no_gap() {
+    let sc = "slow,id=pace-slow";
+    let (out, capture) = speak_clocked(sc, &[]);
+    let body = expected_body(sc, TEXT, "alloy", 1.0, AudioFormat::Opus).unwrap();
+    assert_gapless(sc, &out, &capture, &decode_ogg_opus(&body, 48_000));
+}
+
+#[test]
+fn pcm_under_wifi_stalls_causes_no_gap() {
+    let sc = "wifi,seed=11,id=pace-pcm";
+    let (out, capture) = speak_clocked(sc, &["--format", "pcm"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("stalls 0 (0 ms)"), "{err}");
+    assert!(capture.gaps.is_empty(), "audible gaps: {:?}", capture.gaps);
+}
+
+/// Devices that cannot take what herald prefers: only 44.1 kHz (resampled from the 48 kHz
+/// decode), only stereo (mono up-mixed). Both are alsa-lib external plugins from
+/// tests/support that swallow data like `null`.
+#[test]
+fn devices_with_fixed_rate_or_channels_play_the_whole_text() {
+    let env = alsa_env();
+    let (var, value) = env.env_var();
+    for device in ["herald_44k", "herald_stereo"] {
+        let base = emu().base_url(&format!("fast,id=dev-{device}"));
+        let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args([
+                "-v",
+                "speak",
+                "--api-base",
+                &base,
+                "--device",
+                device,
+                "Dinner is ready.",
+            ])
+            .env("OPENAI_API_KEY", KEY)
+            .env(var, value)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{device}: {err}");
+        let granted = if device == "herald_44k" {
+            "granted.rate=44100"
+        } else {
+            "granted.channels=2"
+        };
+        assert!(
+            err.contains(granted),
+            "{device}: granted format not logged: {err}"
+        );
+        assert!(err.contains("audio 0."), "{device}: {err}");
+    }
+}
