@@ -85,6 +85,7 @@ struct Output {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
+    herald::audio::alsa::route_alsa_lib_errors();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

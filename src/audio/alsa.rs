@@ -724,3 +724,60 @@ mod tests {
         assert_eq!(s16, samples);
     }
 }
+
+/// alsa-lib prints its own diagnostics ("ALSA lib pcm.c:2666:(snd_pcm_open_noupdate)
+/// Unknown PCM …") straight to stderr, burying herald's clear error under noise. This
+/// routes them to `tracing` at debug level instead (`-vv` shows them). Call once at start.
+pub fn route_alsa_lib_errors() {
+    type Handler = unsafe extern "C" fn(
+        *const std::os::raw::c_char,
+        std::os::raw::c_int,
+        *const std::os::raw::c_char,
+        std::os::raw::c_int,
+        *const std::os::raw::c_char,
+    );
+    unsafe extern "C" fn to_tracing(
+        file: *const std::os::raw::c_char,
+        line: std::os::raw::c_int,
+        function: *const std::os::raw::c_char,
+        err: std::os::raw::c_int,
+        fmt: *const std::os::raw::c_char,
+    ) {
+        let text = |p: *const std::os::raw::c_char| {
+            if p.is_null() {
+                String::new()
+            } else {
+                // SAFETY: alsa-lib passes NUL-terminated static strings.
+                unsafe { std::ffi::CStr::from_ptr(p) }
+                    .to_string_lossy()
+                    .into_owned()
+            }
+        };
+        tracing::debug!(
+            "alsa-lib {}:{line} ({}) err={err}: {}",
+            text(file),
+            text(function),
+            text(fmt)
+        );
+    }
+    // SAFETY: alsa-lib calls the handler as a C variadic function. Stable Rust cannot
+    // define one, so this handler takes only the five named arguments and never reads the
+    // variadic ones; on the System V x86-64, AAPCS64 (Linux) and AAPCS (armhf) calling
+    // conventions the named arguments are passed identically either way and the caller
+    // cleans up, so ignoring the rest is sound.
+    unsafe {
+        let handler: Handler = to_tracing;
+        let handler: alsa_sys::snd_lib_error_handler_t = Some(std::mem::transmute::<
+            Handler,
+            unsafe extern "C" fn(
+                *const std::os::raw::c_char,
+                std::os::raw::c_int,
+                *const std::os::raw::c_char,
+                std::os::raw::c_int,
+                *const std::os::raw::c_char,
+                ...
+            ),
+        >(handler));
+        alsa_sys::snd_lib_error_set_handler(handler);
+    }
+}
