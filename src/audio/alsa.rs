@@ -687,44 +687,6 @@ pub fn list_devices() -> Vec<DeviceInfo> {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn conversion_keeps_full_scale_and_sign() {
-        let samples = [i16::MIN, -1, 0, 1, 16_384, i16::MAX];
-        let mut out = [0u8; 24];
-        convert(SampleKind::S32, &samples, &mut out);
-        let s32: Vec<i32> = out
-            .chunks_exact(4)
-            .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        assert_eq!(
-            s32,
-            vec![i32::MIN, -65_536, 0, 65_536, 1 << 30, 0x7fff_0000]
-        );
-
-        convert(SampleKind::F32, &samples, &mut out);
-        let f: Vec<f32> = out
-            .chunks_exact(4)
-            .map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        assert_eq!(f[0], -1.0);
-        assert_eq!(f[2], 0.0);
-        assert_eq!(f[4], 0.5);
-        assert!(f[5] < 1.0 && f[5] > 0.9999);
-
-        let mut out16 = [0u8; 12];
-        convert(SampleKind::S16, &samples, &mut out16);
-        let s16: Vec<i16> = out16
-            .chunks_exact(2)
-            .map(|b| i16::from_ne_bytes([b[0], b[1]]))
-            .collect();
-        assert_eq!(s16, samples);
-    }
-}
-
 /// alsa-lib prints its own diagnostics ("ALSA lib pcm.c:2666:(snd_pcm_open_noupdate)
 /// Unknown PCM …") straight to stderr, burying herald's clear error under noise. This
 /// routes them to `tracing` at debug level instead (`-vv` shows them). Call once at start.
@@ -779,5 +741,43 @@ pub fn route_alsa_lib_errors() {
             ),
         >(handler));
         alsa_sys::snd_lib_error_set_handler(handler);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conversion_keeps_full_scale_and_sign() {
+        let samples = [i16::MIN, -1, 0, 1, 16_384, i16::MAX];
+        let mut out = [0u8; 24];
+        convert(SampleKind::S32, &samples, &mut out);
+        let s32: Vec<i32> = out
+            .chunks_exact(4)
+            .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        assert_eq!(
+            s32,
+            vec![i32::MIN, -65_536, 0, 65_536, 1 << 30, 0x7fff_0000]
+        );
+
+        convert(SampleKind::F32, &samples, &mut out);
+        let f: Vec<f32> = out
+            .chunks_exact(4)
+            .map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        assert_eq!(f[0], -1.0);
+        assert_eq!(f[2], 0.0);
+        assert_eq!(f[4], 0.5);
+        assert!(f[5] < 1.0 && f[5] > 0.9999);
+
+        let mut out16 = [0u8; 12];
+        convert(SampleKind::S16, &samples, &mut out16);
+        let s16: Vec<i16> = out16
+            .chunks_exact(2)
+            .map(|b| i16::from_ne_bytes([b[0], b[1]]))
+            .collect();
+        assert_eq!(s16, samples);
     }
 }
