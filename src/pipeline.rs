@@ -55,7 +55,8 @@ pub struct Limits {
 pub struct SpeakReport {
     /// Request sent → first sample written to the sink.
     pub time_to_first_audio: Option<Duration>,
-    /// First audio byte received → first sample written to the sink.
+    /// Bytes of the first audio received → first sample written to the sink (the start
+    /// policy's deliberate wait included).
     pub overhead: Option<Duration>,
     /// Audio played.
     pub audio: Duration,
@@ -137,6 +138,8 @@ struct Feeder {
     device_channels: u16,
     pcm: Vec<i16>,
     mapped: Vec<i16>,
+    /// When the bytes that decoded to the first audio arrived (start of "overhead").
+    first_audio_at: Option<Instant>,
 }
 
 impl Feeder {
@@ -147,6 +150,7 @@ impl Feeder {
             device_channels: f.channels,
             pcm: Vec::new(),
             mapped: Vec::new(),
+            first_audio_at: None,
         }
     }
 
@@ -176,6 +180,7 @@ impl Feeder {
         bytes: Option<&[u8]>,
         playout: &mut Playout,
     ) -> Result<(), FeedError> {
+        let arrived = Instant::now();
         self.pcm.clear();
         match bytes {
             Some(b) => dec.push(b, &mut self.pcm)?,
@@ -184,6 +189,7 @@ impl Feeder {
         let Some(fmt) = dec.format().filter(|_| !self.pcm.is_empty()) else {
             return Ok(());
         };
+        self.first_audio_at.get_or_insert(arrived);
         if fmt.channels == self.device_channels {
             playout.push(&self.pcm).await?;
         } else {
@@ -219,7 +225,7 @@ impl From<PlayoutError> for FeedError {
 
 /// Messages from a segment's fetch task.
 enum Fetched {
-    Opened { at: Instant, attempts: u32 },
+    Opened { attempts: u32 },
     Chunk(Bytes),
     Failed(TtsError),
 }
@@ -237,7 +243,6 @@ fn spawn_fetch(source: Arc<dyn SpeechSource>, req: SpeechRequest) -> mpsc::Recei
         };
         if tx
             .send(Fetched::Opened {
-                at: Instant::now(),
                 attempts: stream.attempts,
             })
             .await
@@ -295,7 +300,6 @@ pub async fn speak(
         segments: of,
         ..SpeakReport::default()
     };
-    let mut first_byte_at = None;
     let mut feeder = Feeder::new(playout);
     let mut pending = std::collections::VecDeque::new();
     let mut next = 0;
@@ -322,8 +326,7 @@ pub async fn speak(
             let mut dec = feeder.decoder(voice.format).map_err(codec_err)?;
             while let Some(msg) = rx.recv().await {
                 match msg {
-                    Fetched::Opened { at, attempts } => {
-                        first_byte_at.get_or_insert(at);
+                    Fetched::Opened { attempts } => {
                         report.attempts += attempts;
                     }
                     Fetched::Chunk(b) => {
@@ -356,7 +359,7 @@ pub async fn speak(
         report,
         &done,
         t0,
-        first_byte_at,
+        feeder.first_audio_at,
         playout.format().rate,
     ))
 }
@@ -416,7 +419,7 @@ pub async fn play_file(
         report,
         &done,
         t0,
-        Some(t0),
+        feeder.first_audio_at,
         playout.format().rate,
     ))
 }
@@ -436,13 +439,13 @@ fn fill_report(
     mut report: SpeakReport,
     done: &UtteranceReport,
     t0: Instant,
-    first_byte_at: Option<Instant>,
+    first_audio_at: Option<Instant>,
     rate: u32,
 ) -> SpeakReport {
     report.time_to_first_audio = done.started_at.map(|s| s.saturating_duration_since(t0));
     report.overhead = done
         .started_at
-        .zip(first_byte_at)
+        .zip(first_audio_at)
         .map(|(s, f)| s.saturating_duration_since(f));
     report.audio = Duration::from_secs_f64(done.frames_played as f64 / rate.max(1) as f64);
     report.stalls = done.stalls;
