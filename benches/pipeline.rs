@@ -202,10 +202,12 @@ fn main() {
         }
     }
 
-    // CPU per second of audio: herald play (demux + decode + playout into a `null` PCM)
-    // of a long and a one-sentence file; the difference removes process start-up, so the
-    // figure is the per-second cost of the pipeline itself. Compared with bare libopus.
-    let (var, value) = alsa_env().env_var();
+    // CPU per second of audio: herald play (demux + decode + playout into the WAV sink,
+    // which takes periods as fast as they come) of a long and a one-sentence file; the
+    // difference removes process start-up, so the figure is the per-second cost of the
+    // pipeline itself. Compared with bare libopus. (A `null` PCM would not do: it never
+    // blocks, so the audio thread would spin on silence whenever the decoder is behind.)
+    let wav = dir.path().join("play.wav");
     let mut runs = Vec::new();
     for text in [TEXT.to_string(), TEXT.repeat(6)] {
         let pcm = synthesize(&text, "alloy", 1.0).unwrap();
@@ -214,8 +216,13 @@ fn main() {
         std::fs::write(&path, &file).unwrap();
         let t = Instant::now();
         let (err, rss, cpu, ok) = run_measured(
-            &["play", "--device", "herald_null", path.to_str().unwrap()],
-            &[(var, value)],
+            &[
+                "play",
+                "--out",
+                wav.to_str().unwrap(),
+                path.to_str().unwrap(),
+            ],
+            &[],
         );
         assert!(ok, "herald play failed: {err}");
         runs.push((pcm.len() as f64 / 24_000.0, cpu, rss, t.elapsed(), file));
