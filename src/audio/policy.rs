@@ -32,6 +32,9 @@ pub const BURST_GAP: Duration = Duration::from_millis(10);
 /// (small PCM chunks) still yields a rate.
 pub const MAX_BURST: Duration = Duration::from_millis(250);
 
+/// The longest burst one Ogg page delivers (OpenAI's pages hold 1 s of audio).
+pub const MAX_PAGE: Duration = Duration::from_secs(1);
+
 /// Parameters of the start policy (from `PlayoutConfig` and the device format).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PolicyParams {
@@ -124,10 +127,13 @@ impl ArrivalStats {
     }
 
     /// How long the next burst may take to come: the longest gap seen (or the current one,
-    /// if already longer). Prior before a second burst: the first burst's length at real time.
+    /// if already longer). Prior before a second burst: the first burst's length at real
+    /// time, at most `MAX_PAGE` — a longer first "burst" is a continuous stream arriving
+    /// faster than real time, not one page, and must not hold its own start back forever.
     pub fn burst_wait(&self, now: Instant) -> Duration {
         if self.bursts < 2 {
-            return Duration::from_secs_f64(self.received as f64 / f64::from(self.rate));
+            let first = Duration::from_secs_f64(self.received as f64 / f64::from(self.rate));
+            return first.min(MAX_PAGE);
         }
         let current = self
             .last_push_at
@@ -308,6 +314,29 @@ mod tests {
         p.min_prebuffer_ms = 5000;
         let need = prebuffer_needed(&s, ms(100), &p, now);
         assert_eq!(need, s.received() + 500 * 48);
+    }
+
+    #[test]
+    fn continuous_fast_pcm_starts_long_before_it_is_all_in() {
+        // 50× real time in 85 ms chunks every 1.7 ms: one "burst" shorter than MAX_BURST.
+        // It must start once reserve + one page-length prior are buffered (≈ 2 s), not wait
+        // for the whole 8 s utterance.
+        let t0 = Instant::now();
+        let mut s = ArrivalStats::new(RATE);
+        let mut started = None;
+        for k in 0..100u64 {
+            let at = t0 + Duration::from_micros(1700 * k);
+            s.record(4080, at);
+            if prebuffer_needed(&s, Duration::from_secs(8), &params(), at) <= s.received() {
+                started = Some(secs(s.received()));
+                break;
+            }
+        }
+        let started = started.expect("never started");
+        assert!(
+            (2.0..2.2).contains(&started),
+            "started with {started} s buffered"
+        );
     }
 
     #[test]
