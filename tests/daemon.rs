@@ -439,10 +439,7 @@ fn a_full_queue_refuses_clearly_and_loses_nothing() {
 
 #[test]
 fn every_bad_input_gets_a_failed_reply_and_the_daemon_serves_on() {
-    let d = null(
-        "fast,tone,id=bad",
-        "[speech]\nmax_text_chars = 50\n",
-    );
+    let d = null("fast,tone,id=bad", "[speech]\nmax_text_chars = 50\n");
     let mut c = d.conn();
     let mut long = vec![b'a'; 70 * 1024];
     long.push(b'\n');
@@ -456,7 +453,10 @@ fn every_bad_input_gets_a_failed_reply_and_the_daemon_serves_on() {
             "unknown field `volume`",
         ),
         (b"{\"cmd\":\"shout\"}\n".to_vec(), "unknown command 'shout'"),
-        (b"{\"cmd\":\"speak\",\"text\":\"\"}\n".to_vec(), "text is empty"),
+        (
+            b"{\"cmd\":\"speak\",\"text\":\"\"}\n".to_vec(),
+            "text is empty",
+        ),
         (
             format!("{{\"cmd\":\"speak\",\"text\":\"{too_long_text}\"}}\n").into_bytes(),
             "at most 50 are allowed",
@@ -473,10 +473,7 @@ fn every_bad_input_gets_a_failed_reply_and_the_daemon_serves_on() {
             b"{\"text\":\"x\",\"format\":\"mp3\"}\n".to_vec(),
             "expected `opus` or `pcm`",
         ),
-        (
-            b"{\"text\":\"x\",\"speed\":9}\n".to_vec(),
-            "0.25 to 4.0",
-        ),
+        (b"{\"text\":\"x\",\"speed\":9}\n".to_vec(), "0.25 to 4.0"),
         (
             b"{\"text\":\"x\",\"priority\":\"urgent\"}\n".to_vec(),
             "expected one of `normal`, `high`, `interrupt`",
@@ -551,7 +548,11 @@ fn herald_say_and_status_clients() {
     let d = null("fast,tone,id=cli", "");
     let out = d.herald(&["say", "Hello from the client."]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         stdout.contains("finished: time to first audio") && stdout.contains("stalls 0"),
         "{stdout}"
@@ -638,7 +639,10 @@ fn sigterm_while_speaking_fades_out_and_exits_0_within_2_s() {
 
 #[test]
 fn load_50_clients_x_20_requests_each_end_in_exactly_one_terminal_reply() {
-    let d = null("fast,tone,id=load", "queue_size = 2000\nmax_connections = 64\n");
+    let d = null(
+        "fast,tone,id=load",
+        "queue_size = 2000\nmax_connections = 64\n",
+    );
     let clients = 50;
     let per = 20;
     let t = Instant::now();
@@ -679,23 +683,24 @@ fn load_50_clients_x_20_requests_each_end_in_exactly_one_terminal_reply() {
         finished += replies.iter().filter(|r| r["event"] == "finished").count();
         rejected += replies
             .iter()
-            .filter(|r| r["event"] == "failed" && !accepted.contains(r["id"].as_str().unwrap_or("")))
+            .filter(|r| {
+                r["event"] == "failed" && !accepted.contains(r["id"].as_str().unwrap_or(""))
+            })
             .count();
     }
     assert_eq!(finished + rejected, clients * per);
-    assert_eq!(finished, clients * per, "nothing should be refused with queue_size 2000");
+    assert_eq!(
+        finished,
+        clients * per,
+        "nothing should be refused with queue_size 2000"
+    );
     let status = std::fs::read_to_string(format!("/proc/{}/status", d.child.id())).unwrap();
     let hwm = status
         .lines()
         .find(|l| l.starts_with("VmHWM"))
         .unwrap()
         .to_string();
-    let kb: u64 = hwm
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
+    let kb: u64 = hwm.split_whitespace().nth(1).unwrap().parse().unwrap();
     eprintln!(
         "load: {} jobs from {clients} clients in {:.1} s; daemon peak RSS {hwm}",
         clients * per,

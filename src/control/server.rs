@@ -98,6 +98,7 @@ fn group_id(name: &str) -> Option<u32> {
         return Some(n);
     }
     let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: `group` is plain old data; all-zero is a valid value that getgrnam_r overwrites.
     let mut grp: libc::group = unsafe { std::mem::zeroed() };
     let mut buf = vec![0 as libc::c_char; 16 * 1024];
     let mut out: *mut libc::group = std::ptr::null_mut();
