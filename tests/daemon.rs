@@ -55,6 +55,7 @@ struct Setup<'a> {
     scenario: &'a str,
     device: Device,
     extra: &'a str,
+    env: Vec<(&'a str, String)>,
 }
 
 enum Device {
@@ -103,8 +104,8 @@ impl Daemon {
         .unwrap();
         let log = std::fs::File::create(dir.path().join("herald.log")).unwrap();
         let (k, v) = env.env_var();
-        let child = Command::new(env!("CARGO_BIN_EXE_herald"))
-            .arg("--config")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+        cmd.arg("--config")
             .arg(&config)
             .arg("serve")
             .env(k, v)
@@ -112,7 +113,12 @@ impl Daemon {
             .env("HERALD_LOG", "herald=debug")
             .env_remove("OPENAI_BASE_URL")
             .env_remove("NOTIFY_SOCKET")
-            .env_remove("LISTEN_FDS")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("LISTEN_FDS");
+        for (k, v) in &setup.env {
+            cmd.env(k, v);
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -270,6 +276,7 @@ fn null(scenario: &str, extra: &str) -> Daemon {
         scenario,
         device: Device::Null,
         extra,
+        env: Vec::new(),
     })
 }
 
@@ -278,6 +285,7 @@ fn fifo(scenario: &str, extra: &str) -> Daemon {
         scenario,
         device: Device::Fifo,
         extra,
+        env: Vec::new(),
     })
 }
 
@@ -708,4 +716,150 @@ fn load_50_clients_x_20_requests_each_end_in_exactly_one_terminal_reply() {
     );
     // Generous bound: a leak of per-job buffers (≥ 20 s of ring each) would blow far past it.
     assert!(kb < 200 * 1024, "daemon peak RSS {kb} kB");
+}
+
+/// What the daemon sent to `NOTIFY_SOCKET` (stands in for systemd's notify socket).
+fn notifications(sock: &std::os::unix::net::UnixDatagram, until: &str, seen: &mut Vec<String>) {
+    let deadline = Instant::now() + REPLY_TIMEOUT;
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        if let Ok(n) = sock.recv(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let done = msg.contains(until);
+            seen.push(msg);
+            if done {
+                return;
+            }
+        }
+    }
+    panic!("no '{until}' from the daemon; got {seen:?}");
+}
+
+#[test]
+fn tells_systemd_ready_status_watchdog_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let d = Daemon::start(Setup {
+        scenario: "fast,tone,id=notify",
+        device: Device::Null,
+        extra: "",
+        env: vec![
+            ("NOTIFY_SOCKET", path.display().to_string()),
+            // 400 ms: pings every 200 ms.
+            ("WATCHDOG_USEC", "400000".to_string()),
+        ],
+    });
+    let mut seen = Vec::new();
+    notifications(&sock, "READY=1", &mut seen);
+    assert!(seen.iter().any(|m| m.contains("STATUS=idle")), "{seen:?}");
+    notifications(&sock, "WATCHDOG=1", &mut seen);
+    let mut c = d.conn();
+    c.speak("n", "Notify me.", "normal");
+    notifications(&sock, "STATUS=speaking: Notify me.", &mut seen);
+    c.until("finished");
+    notifications(&sock, "STATUS=idle", &mut seen);
+    d.signal(libc::SIGHUP);
+    notifications(&sock, "RELOADING=1", &mut seen);
+    notifications(&sock, "READY=1", &mut seen);
+    d.signal(libc::SIGTERM);
+    notifications(&sock, "STOPPING=1", &mut seen);
+}
+
+#[test]
+fn lead_in_plays_silence_before_the_first_voice_on_a_fresh_device() {
+    let fifo = support::claim_fifo();
+    let clock = FifoClock::start(&fifo.path, 48_000, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("herald.sock");
+    let config = dir.path().join("herald.toml");
+    // The lead-in (400 ms) is longer than the fetch takes, so the voice waits for it.
+    let text = config_text("fast,tone,id=leadin", &fifo.pcm, &sock, "")
+        .replace("lead_in_ms = 0", "lead_in_ms = 400");
+    std::fs::write(&config, text).unwrap();
+    let (k, v) = support::alsa_env().env_var();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("--config")
+        .arg(&config)
+        .arg("serve")
+        .env(k, v)
+        .env("OPENAI_API_KEY", KEY)
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("LISTEN_FDS")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(20);
+    while UnixStream::connect(&sock).is_err() {
+        assert!(Instant::now() < until, "daemon did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut c = Conn::open(&sock);
+    c.speak("l", "Wake up.", "normal");
+    let r = c.until("finished");
+    assert_eq!(r.last().unwrap()["id"], "l", "{r:?}");
+    let _ = child.kill();
+    let _ = child.wait();
+    let cap = clock.finish(Duration::from_secs(2));
+    let lead = cap.samples.iter().take_while(|&&s| s == 0).count();
+    let voice = cap.samples.len() - lead;
+    // At least most of the 400 ms lead-in was silence at the device before the voice
+    // (less than a period may be lost to the FIFO's start-up).
+    assert!(
+        lead >= 48 * 350,
+        "only {} ms of silence before the voice",
+        lead / 48
+    );
+    assert!(
+        voice > 48 * 200,
+        "the voice itself is missing: {voice} samples"
+    );
+}
+
+#[test]
+fn the_device_is_released_when_idle_with_hooks_around_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("hooks.log");
+    let hook = |word: &str| {
+        format!(
+            "[\"/bin/sh\", \"-c\", \"echo {word} >> '{}'\"]",
+            log.display()
+        )
+    };
+    let extra = format!(
+        "idle_close_s = 1\nhook_before_open = {}\nhook_after_close = {}\n",
+        hook("open"),
+        hook("close")
+    );
+    // idle_close_s = 0 in the base config: the later key must win, so replace it.
+    let d = null("fast,tone,id=idle", "");
+    let text = std::fs::read_to_string(&d.config)
+        .unwrap()
+        .replace("idle_close_s = 0\n", &extra);
+    std::fs::write(&d.config, text).unwrap();
+    d.signal(libc::SIGHUP);
+    let until = Instant::now() + Duration::from_secs(10);
+    while !d.log().contains("configuration reloaded") && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut c = d.conn();
+    c.speak("a", "One.", "normal");
+    c.until("finished");
+    c.send(json!({"cmd": "status"}));
+    assert_eq!(c.reply()["device"]["open"], true);
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        c.send(json!({"cmd": "status"}));
+        if c.reply()["device"]["open"] == false {
+            break;
+        }
+        assert!(Instant::now() < until, "the device was never released");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.speak("b", "Two.", "normal");
+    c.until("finished");
+    let hooks = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(hooks, "open\nclose\nopen\n");
 }
