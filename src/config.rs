@@ -660,4 +660,37 @@ mod tests {
         assert!(parse("[speech]\nmodel = \"gpt-4o-mini-tts-2025-03-20\"\n").is_ok());
         assert!(parse("[speech]\nmodel = \"gpt-5\"\n").is_err());
     }
+
+    #[test]
+    fn daemon_section_defaults_and_bad_values_name_key_and_range() {
+        let (c, _) = parse("").unwrap();
+        assert_eq!(c.daemon.queue_size, 32);
+        assert_eq!(c.daemon.socket_mode_bits(), 0o660);
+        let (c, _) =
+            parse("[daemon]\nsocket_mode = \"0600\"\nhook_before_open = [\"/bin/amp\", \"on\"]\n")
+                .unwrap();
+        assert_eq!(c.daemon.socket_mode_bits(), 0o600);
+        assert_eq!(c.daemon.hook_before_open, vec!["/bin/amp", "on"]);
+        let e = parse("[daemon]\nsocket_mode = \"rw\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 2") && e.contains("daemon.socket_mode") && e.contains("0660"),
+            "{e}"
+        );
+        let e = parse("[daemon]\nqueue_size = 0\n").unwrap_err().to_string();
+        assert!(
+            e.contains("daemon.queue_size") && e.contains("1 to 10000"),
+            "{e}"
+        );
+        let e = parse("[daemon]\nhook_after_close = [\"\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("daemon.hook_after_close"), "{e}");
+        let (_, w) = parse("[daemon]\nqueue_sise = 3\n").unwrap();
+        assert_eq!(
+            w,
+            vec!["unknown key 'daemon.queue_sise' (line 2) is ignored"]
+        );
+    }
 }

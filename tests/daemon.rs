@@ -149,6 +149,13 @@ impl Daemon {
         panic!("herald serve did not open its socket: {}", self.log());
     }
 
+    /// The ALSA device named in the config.
+    fn config_device(&self) -> String {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let v: toml::Value = toml::from_str(&text).unwrap();
+        v["audio"]["device"].as_str().unwrap().to_string()
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("herald.log")).unwrap_or_default()
     }
@@ -862,4 +869,117 @@ fn the_device_is_released_when_idle_with_hooks_around_it() {
     c.until("finished");
     let hooks = std::fs::read_to_string(&log).unwrap();
     assert_eq!(hooks, "open\nclose\nopen\n");
+}
+
+#[test]
+fn a_lost_device_fails_the_job_and_the_daemon_reopens_it_later() {
+    let mut d = fifo("fast,tone,id=lost", "");
+    let fifo_path = support::alsa_env()
+        .fifo_path(
+            d.config_device()
+                .trim_start_matches("herald_fifo")
+                .parse()
+                .unwrap(),
+        )
+        .to_path_buf();
+    let mut c = d.conn();
+    c.speak("a", LONG, "normal");
+    c.until("started");
+    // Unplug: the reader of the FIFO (the "DAC") goes away mid-announcement.
+    drop(d._clock.take());
+    let r = c.terminals(1);
+    let end = r.last().unwrap();
+    assert_eq!(end["event"], "failed", "{r:?}");
+    assert!(
+        end["reason"].as_str().unwrap().contains("audio device"),
+        "{end}"
+    );
+    eprintln!("lost device: {}", end["reason"]);
+    c.send(json!({"cmd": "status"}));
+    let s = c.reply();
+    assert_eq!(s["state"], "device error", "{s}");
+    // Plug it back in: the next job plays.
+    d._clock = Some(FifoClock::start(&fifo_path, 48_000, 1));
+    c.speak("b", "Back again.", "normal");
+    let r = c.until("finished");
+    assert_eq!(r.last().unwrap()["id"], "b", "{r:?}");
+    assert!(d.child.try_wait().unwrap().is_none(), "the daemon exited");
+}
+
+#[test]
+fn a_stale_socket_is_replaced_a_live_one_is_not_and_check_reports() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = null("fast,tone,id=sock", "socket_mode = \"0640\"\n");
+    let mode = std::fs::metadata(&d.sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o640);
+    // A second daemon on the same socket refuses to start while the first one answers.
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("--config")
+        .arg(&d.config)
+        .arg("serve")
+        .env(
+            support::alsa_env().env_var().0,
+            support::alsa_env().env_var().1,
+        )
+        .env("OPENAI_API_KEY", KEY)
+        .env_remove("LISTEN_FDS")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already serving"), "{err}");
+    let mut c = d.conn();
+    c.speak("still", "Still mine.", "normal");
+    c.until("finished");
+
+    // herald check: config, key, device and socket.
+    let out = d.herald(&["check"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "no key in the environment: {text}");
+    assert!(text.contains("API key: MISSING"), "{text}");
+    assert!(text.contains("'herald_null' opens: 48000 Hz"), "{text}");
+    assert!(text.contains("a herald daemon is serving on it"), "{text}");
+
+    // A stale socket file (its owner crashed) is replaced.
+    let dir = tempfile::tempdir().unwrap();
+    let stale = dir.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    assert!(stale.exists());
+    let cfg = dir.path().join("herald.toml");
+    std::fs::write(
+        &cfg,
+        config_text("fast,tone,id=stale", "herald_null", &stale, ""),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("serve")
+        .env(
+            support::alsa_env().env_var().0,
+            support::alsa_env().env_var().1,
+        )
+        .env("OPENAI_API_KEY", KEY)
+        .env_remove("LISTEN_FDS")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(20);
+    let served = loop {
+        if let Ok(s) = UnixStream::connect(&stale) {
+            break s;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "refused a stale socket"
+        );
+        assert!(Instant::now() < until, "never served on the stale path");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    drop(served);
+    let mut c = Conn::open(&stale);
+    c.send(json!({"cmd": "status"}));
+    assert_eq!(c.reply()["event"], "status");
+    let _ = child.kill();
+    let _ = child.wait();
 }
