@@ -17,7 +17,9 @@ use crate::tts::TtsError;
 
 /// How long SIGTERM waits for the fade-out and the device to close before exiting anyway
 /// (systemd's budget is 2 s; the rest is process teardown).
-const STOP_BUDGET: Duration = Duration::from_millis(1500);
+const STOP_BUDGET: Duration = Duration::from_millis(1200);
+/// How long the last replies (cancelled, …) may take to reach the clients.
+const REPLY_FLUSH: Duration = Duration::from_millis(300);
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -128,7 +130,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), D
     if tokio::time::timeout(STOP_BUDGET, stopped).await.is_err() {
         tracing::warn!("the audio device did not close in time; exiting anyway");
     }
-    let _ = tokio::time::timeout(Duration::from_millis(100), server).await;
+    let _ = tokio::time::timeout(REPLY_FLUSH, server).await;
     if let Some(path) = bound {
         let _ = std::fs::remove_file(path);
     }

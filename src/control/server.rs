@@ -6,7 +6,7 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener as StdUnixListener;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -108,7 +108,8 @@ fn group_id(name: &str) -> Option<u32> {
     (rc == 0 && !out.is_null()).then_some(grp.gr_gid)
 }
 
-/// Serves connections on `listener` until `stop` turns true.
+/// Serves connections on `listener` until `stop` turns true; then stops accepting and
+/// returns once every connection has sent its jobs' last replies.
 pub async fn serve(
     listener: UnixListener,
     sched: SchedulerHandle,
@@ -116,11 +117,14 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let live = Arc::new(AtomicUsize::new(0));
-    let next_conn = AtomicU64::new(0);
+    let mut next_conn: u64 = 0;
+    let mut conns = tokio::task::JoinSet::new();
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stop.wait_for(|s| *s) => break,
+            // Reap finished connections so the set does not grow.
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
         };
         let stream = match accepted {
             Ok((s, _)) => s,
@@ -131,21 +135,24 @@ pub async fn serve(
                 continue;
             }
         };
-        let conn = next_conn.fetch_add(1, Ordering::Relaxed) + 1;
+        next_conn += 1;
+        let conn = next_conn;
         if live.load(Ordering::SeqCst) >= max_connections {
             tracing::warn!(conn, max_connections, "too many connections; refusing one");
-            tokio::spawn(refuse(stream, max_connections));
+            conns.spawn(refuse(stream, max_connections));
             continue;
         }
         live.fetch_add(1, Ordering::SeqCst);
         let live = live.clone();
         let sched = sched.clone();
         let stop = stop.clone();
-        tokio::spawn(async move {
+        conns.spawn(async move {
             connection(stream, conn, sched, stop).await;
             live.fetch_sub(1, Ordering::SeqCst);
         });
     }
+    drop(listener);
+    while conns.join_next().await.is_some() {}
 }
 
 async fn refuse(mut stream: UnixStream, max: usize) {
