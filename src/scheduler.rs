@@ -695,6 +695,15 @@ impl Scheduler {
         dev.playout.cancel_lead_in();
         match outcome {
             Ok(Ok(report)) => {
+                if !started_sent {
+                    // A short job on a fast device can end before the next poll: `started`
+                    // still comes first.
+                    let at = meter.first_audio().unwrap_or_else(Instant::now);
+                    job.reply.send(Reply::Started {
+                        id: job.id.clone(),
+                        time_to_first_audio_ms: ms(at.saturating_duration_since(t0)),
+                    });
+                }
                 self.device = Some(dev);
                 self.device_error = None;
                 if let Ok(mut n) = self.net.lock() {

@@ -313,6 +313,15 @@ fn jobs_play_in_order_and_plain_text_speaks_with_the_defaults() {
     // Every job was queued first, then reported its figures.
     let queued: Vec<_> = replies.iter().filter(|r| r["event"] == "queued").collect();
     assert_eq!(queued.len(), 3, "{replies:?}");
+    // Each job: queued, started, finished, in that order.
+    for id in ["a", "b"] {
+        let events: Vec<_> = replies
+            .iter()
+            .filter(|r| r["id"] == id)
+            .map(|r| r["event"].as_str().unwrap())
+            .collect();
+        assert_eq!(events, ["queued", "started", "finished"], "{replies:?}");
+    }
     let fin = replies.iter().find(|r| r["event"] == "finished").unwrap();
     assert!(fin["duration_ms"].as_u64().unwrap() > 100, "{fin}");
     assert!(fin["bytes"].as_u64().unwrap() > 0, "{fin}");
@@ -1014,4 +1023,24 @@ fn an_idle_daemon_keeps_its_api_connection_warm() {
     assert_eq!(s["network"]["warm"], true, "{s}");
     assert!(s["network"]["last_ok_s_ago"].as_u64().unwrap() <= 2, "{s}");
     assert_eq!(s["counters"]["accepted"], 0, "{s}");
+}
+
+#[test]
+fn a_job_whose_client_hung_up_still_plays_and_its_end_is_logged() {
+    let d = null("fast,tone,id=hangup", "");
+    {
+        let mut c = d.conn();
+        c.speak("orphan", "Nobody is listening.", "normal");
+        // Hang up without reading anything.
+    }
+    let until = Instant::now() + REPLY_TIMEOUT;
+    while !d.log().contains("client disconnected before") {
+        assert!(Instant::now() < until, "no log line: {}", d.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(d.log().contains("\"id\":\"orphan\""), "{}", d.log());
+    let mut c = d.conn();
+    c.send(json!({"cmd": "status"}));
+    let s = c.reply();
+    assert_eq!(s["counters"]["finished"], 1, "{s}");
 }
