@@ -197,6 +197,18 @@ async fn connection(
             }
         }
         let _ = write.shutdown().await;
+        // Replies still queued will never be read: log the job ends among them (later ones
+        // are logged by the sender, as the channel is closed now).
+        rx.close();
+        while let Ok(r) = rx.try_recv() {
+            if r.is_terminal() {
+                tracing::info!(
+                    conn,
+                    "client disconnected before: {}",
+                    r.to_line().trim_end()
+                );
+            }
+        }
         // Wake the reader too.
         writer_kill.notify_one();
     });
