@@ -627,6 +627,8 @@ impl Scheduler {
     }
 
     async fn run_job(&mut self, job: Job) {
+        // `started` counts from here, so opening the device (and its hook) is included.
+        let t0 = Instant::now();
         self.notifier
             .status(&format!("speaking: {}", preview(&job.text)));
         let fresh = self.device.is_none();
@@ -661,7 +663,6 @@ impl Scheduler {
             segment_chars: self.cfg.segment_chars(),
             lookahead: self.cfg.speech.lookahead,
         };
-        let t0 = Instant::now();
         self.current = Some((job.id.clone(), preview(&job.text), t0));
         let mut started_sent = false;
         let mut poll = tokio::time::interval(START_POLL);

@@ -217,7 +217,8 @@ pub enum Reply {
     Started {
         /// The job's id.
         id: String,
-        /// From the job starting (request sent) to its first non-silent audio at the device.
+        /// From the job leaving the queue (device open included) to its first non-silent
+        /// audio at the device.
         time_to_first_audio_ms: u64,
     },
     /// Terminal: played completely.
