@@ -61,6 +61,8 @@ struct Setup<'a> {
 enum Device {
     Null,
     Fifo,
+    /// Another test PCM, e.g. `herald_busy`.
+    Named(&'static str),
 }
 
 fn config_text(scenario: &str, device: &str, sock: &Path, extra: &str) -> String {
@@ -89,6 +91,7 @@ impl Daemon {
         let sock = dir.path().join("herald.sock");
         let (device, clock) = match setup.device {
             Device::Null => ("herald_null".to_string(), None),
+            Device::Named(name) => (name.to_string(), None),
             Device::Fifo => {
                 let fifo: FifoPcm = support::claim_fifo();
                 // The reader must exist before the daemon opens the device.
@@ -1043,4 +1046,32 @@ fn a_job_whose_client_hung_up_still_plays_and_its_end_is_logged() {
     c.send(json!({"cmd": "status"}));
     let s = c.reply();
     assert_eq!(s["counters"]["finished"], 1, "{s}");
+}
+
+#[test]
+fn a_busy_device_fails_jobs_with_the_reason_and_the_daemon_keeps_serving() {
+    let d = Daemon::start(Setup {
+        scenario: "fast,tone,id=busy",
+        device: Device::Named("herald_busy"),
+        extra: "",
+        env: Vec::new(),
+    });
+    let mut c = d.conn();
+    c.speak("x", "Can you hear me?", "normal");
+    let r = c.terminals(1);
+    let end = r.last().unwrap();
+    assert_eq!(end["event"], "failed", "{r:?}");
+    let reason = end["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("herald_busy") && reason.contains("busy"),
+        "{reason}"
+    );
+    c.send(json!({"cmd": "status"}));
+    let s = c.reply();
+    assert_eq!(s["state"], "device error", "{s}");
+    assert!(
+        s["device"]["error"].as_str().unwrap().contains("busy"),
+        "{s}"
+    );
+    assert_eq!(s["device"]["open"], false);
 }
