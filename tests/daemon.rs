@@ -281,6 +281,24 @@ fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The largest jump between adjacent samples the device played. The test tone (140 Hz and
+/// up, amplitude ~9800) moves at most ~250 per sample at 48 kHz, and every start, stall
+/// and interrupt is faded; a cut without a fade (a click) jumps by up to the amplitude.
+fn largest_step(cap: &support::Capture) -> i32 {
+    cap.samples
+        .windows(2)
+        .map(|w| (i32::from(w[1]) - i32::from(w[0])).abs())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Stops the daemon and returns what its FIFO "DAC" played.
+fn played(mut d: Daemon) -> support::Capture {
+    let clock = d._clock.take().unwrap();
+    drop(d);
+    clock.finish(Duration::from_secs(2))
+}
+
 fn null(scenario: &str, extra: &str) -> Daemon {
     Daemon::start(Setup {
         scenario,
@@ -378,6 +396,11 @@ fn high_goes_ahead_of_normal_and_interrupt_cuts_in() {
         cut_at.elapsed() < Duration::from_secs(6),
         "the interrupt waited for the end"
     );
+    // ... with a fade, not a click.
+    let cap = played(d);
+    let step = largest_step(&cap);
+    eprintln!("interrupt: largest step between samples {step}");
+    assert!(step < 1500, "a click: adjacent samples jump by {step}");
 }
 
 #[test]
@@ -432,6 +455,9 @@ fn cancel_skip_and_stop_each_end_jobs_with_one_reply() {
     c.speak("g", "Still here.", "normal");
     let r = c.until("finished");
     assert_eq!(r.last().unwrap()["id"], "g", "{r:?}");
+    // Skip and stop faded out rather than cut.
+    let step = largest_step(&played(d));
+    assert!(step < 1500, "a click: adjacent samples jump by {step}");
 }
 
 #[test]
@@ -663,6 +689,11 @@ fn sigterm_while_speaking_fades_out_and_exits_0_within_2_s() {
     e.sort();
     assert_eq!(e, pairs(&[("a", "cancelled"), ("b", "cancelled")]), "{r:?}");
     assert!(!d.sock.exists(), "the socket file was left behind");
+    let step = largest_step(&played(d));
+    assert!(
+        step < 1500,
+        "SIGTERM cut with a click: samples jump by {step}"
+    );
 }
 
 #[test]
