@@ -451,7 +451,7 @@ fn print_status(s: &StatusReport) {
         ),
         None => println!("playing: nothing"),
     }
-    println!("queue:   {} waiting", s.queue.len());
+    println!("queue:   {} waiting", s.queue_length);
     for j in &s.queue {
         println!("         {} [{:?}] \"{}\"", j.id, j.priority, j.text);
     }

@@ -41,6 +41,8 @@ const RETRY_FIRST: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 /// reqwest keeps idle connections this long (see `OpenAiClient::new`).
 const POOL_IDLE: Duration = Duration::from_secs(90);
+/// Waiting jobs listed in a status reply (the length is always given).
+const STATUS_QUEUE_MAX: usize = 100;
 /// Characters of text shown in status and logs.
 const PREVIEW_CHARS: usize = 40;
 
@@ -950,9 +952,11 @@ impl Scheduler {
                 error: self.device_error.clone(),
                 realtime: self.realtime.clone(),
             },
+            queue_length: self.queue.len(),
             queue: self
                 .queue
                 .iter()
+                .take(STATUS_QUEUE_MAX)
                 .map(|j| QueuedJob {
                     id: j.id.clone(),
                     priority: j.priority,

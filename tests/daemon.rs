@@ -469,7 +469,15 @@ fn a_full_queue_refuses_clearly_and_loses_nothing() {
     c.speak("b", "Bee.", "normal");
     c.speak("c", "Sea.", "normal");
     c.speak("d", "Dee.", "normal");
-    let r = c.terminals(4);
+    c.send(json!({"cmd": "status"}));
+    let mut r = c.until("status");
+    let s = r.pop().unwrap();
+    assert_eq!(s["queue_length"], 2, "{s}");
+    assert_eq!(s["queue"][0]["id"], "b", "{s}");
+    assert_eq!(s["now_playing"]["id"], "a", "{s}");
+    assert_eq!(s["state"], "speaking", "{s}");
+    let seen = r.iter().filter(|x| is_terminal(x)).count();
+    r.extend(c.terminals(4 - seen));
     let refused = r.iter().find(|x| x["event"] == "failed").unwrap();
     assert_eq!(refused["id"], "d");
     let reason = refused["reason"].as_str().unwrap();

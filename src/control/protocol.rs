@@ -315,7 +315,9 @@ pub struct StatusReport {
     pub state: String,
     /// The audio device.
     pub device: DeviceStatus,
-    /// Waiting jobs in play order.
+    /// Jobs waiting.
+    pub queue_length: usize,
+    /// The first (up to 100) waiting jobs, in play order.
     pub queue: Vec<QueuedJob>,
     /// The job playing, if any.
     pub now_playing: Option<NowPlaying>,
