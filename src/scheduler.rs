@@ -306,8 +306,13 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// Starts the scheduler task; the returned handle feeds it commands.
-    pub fn spawn(cfg: Config, client: OpenAiClient, notifier: Notifier) -> SchedulerHandle {
+    /// Starts the scheduler task; the returned handle feeds it commands, the join handle
+    /// tells when the task ended (after a shutdown, or if it panicked: a bug).
+    pub fn spawn(
+        cfg: Config,
+        client: OpenAiClient,
+        notifier: Notifier,
+    ) -> (SchedulerHandle, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(256);
         let s = Scheduler {
             cfg,
@@ -330,8 +335,8 @@ impl Scheduler {
             realtime: "unknown (the device has not been opened yet)".into(),
             stopping: None,
         };
-        tokio::spawn(s.run());
-        SchedulerHandle { tx }
+        let task = tokio::spawn(s.run());
+        (SchedulerHandle { tx }, task)
     }
 
     async fn run(mut self) {

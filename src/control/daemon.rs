@@ -36,6 +36,11 @@ pub enum DaemonError {
     /// Socket activation.
     #[error(transparent)]
     Systemd(#[from] SystemdError),
+    /// The scheduler task stopped unexpectedly (a bug).
+    #[error(
+        "the scheduler stopped unexpectedly ({0}); exiting so the service manager restarts herald"
+    )]
+    SchedulerDied(String),
     /// Signal handlers or the runtime.
     #[error("cannot {op}: {source}")]
     Io {
@@ -92,7 +97,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), D
         })?;
 
     let max_connections = d.max_connections;
-    let sched = Scheduler::spawn(config.clone(), client, notifier.clone());
+    let (sched, mut sched_task) = Scheduler::spawn(config.clone(), client, notifier.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     let server = tokio::spawn(server::serve(
         listener,
@@ -111,6 +116,18 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), D
         tokio::select! {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
+            r = &mut sched_task => {
+                // Only a bug ends it before shutdown: exit non-zero so systemd restarts us.
+                let _ = stop_tx.send(true);
+                if let Some(path) = &bound {
+                    let _ = std::fs::remove_file(path);
+                }
+                let detail = match r {
+                    Err(e) => e.to_string(),
+                    Ok(()) => "it ended".into(),
+                };
+                return Err(DaemonError::SchedulerDied(detail));
+            }
             _ = sighup.recv() => {
                 notifier.reloading();
                 current = reload(current, config_path.as_deref(), &sched, &notifier).await;
