@@ -160,9 +160,19 @@ pub fn parse_line(line: &[u8]) -> Result<Request, ProtocolError> {
             })
         }
     };
-    let field_err = |e: serde_json::Error| ProtocolError::Field {
-        cmd: cmd.clone(),
-        message: format!("{e} (allowed fields: {})", allowed_fields(&cmd)),
+    let field_err = |e: serde_json::Error| {
+        let e = e.to_string();
+        // Unknown or missing fields: list what the command takes. Bad values already say
+        // what is expected.
+        let message = if e.contains("field") {
+            format!("{e} (allowed fields: {})", allowed_fields(&cmd))
+        } else {
+            e
+        };
+        ProtocolError::Field {
+            cmd: cmd.clone(),
+            message,
+        }
     };
     let rest = serde_json::Value::Object(obj);
     match cmd.as_str() {
