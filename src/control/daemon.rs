@@ -165,7 +165,7 @@ async fn reload(
         Ok(l) => l,
         Err(e) => {
             tracing::error!("reload failed, keeping the old configuration: {e}");
-            notifier.ready(&format!("idle; reload failed, old config kept: {e}"));
+            notifier.ready(&format!("reload failed, old config kept: {e}"));
             return current;
         }
     };
@@ -178,7 +178,7 @@ async fn reload(
             Ok(c) => Some(c),
             Err(e) => {
                 tracing::error!("reload failed, keeping the old configuration: {e}");
-                notifier.ready(&format!("idle; reload failed, old config kept: {e}"));
+                notifier.ready(&format!("reload failed, old config kept: {e}"));
                 return current;
             }
         }
@@ -198,7 +198,7 @@ async fn reload(
             client,
         })
         .await;
-    notifier.ready("idle; config reloaded");
+    notifier.ready("config reloaded");
     new
 }
 
