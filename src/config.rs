@@ -26,6 +26,68 @@ pub struct Config {
     pub speech: SpeechSection,
     /// The audio device and the playout buffer.
     pub audio: AudioSection,
+    /// `herald serve`: the control socket, the queue and the device's life cycle.
+    pub daemon: DaemonSection,
+}
+
+/// `[daemon]`: the control socket, the queue, lead-in, idle close, hooks and keep-alive.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct DaemonSection {
+    /// Path of the control socket (used when systemd does not pass one).
+    pub socket_path: PathBuf,
+    /// Group given to the socket file ("" = leave it as created).
+    pub socket_group: String,
+    /// Permissions of the socket file, octal, e.g. "0660".
+    pub socket_mode: String,
+    /// Connections served at once; more are refused with a message.
+    pub max_connections: usize,
+    /// Jobs waiting at most (the playing one not counted); more are refused.
+    pub queue_size: usize,
+    /// Silence fed to a freshly opened device before the first voice.
+    pub lead_in_ms: u32,
+    /// Seconds the device stays open after the last job (0 = never close).
+    pub idle_close_s: u64,
+    /// Command (argv, no shell) run before the device is opened; empty = none.
+    pub hook_before_open: Vec<String>,
+    /// Command (argv, no shell) run after the device is closed; empty = none.
+    pub hook_after_close: Vec<String>,
+    /// Longest a hook may run before it is killed.
+    pub hook_timeout_ms: u64,
+    /// Seconds of quiet after which the API connection is refreshed (0 = off).
+    pub keepalive_s: u64,
+}
+
+impl Default for DaemonSection {
+    fn default() -> Self {
+        DaemonSection {
+            socket_path: PathBuf::from("/run/herald/herald.sock"),
+            socket_group: String::new(),
+            socket_mode: "0660".into(),
+            max_connections: 16,
+            queue_size: 32,
+            lead_in_ms: 200,
+            idle_close_s: 10,
+            hook_before_open: Vec::new(),
+            hook_after_close: Vec::new(),
+            hook_timeout_ms: 5000,
+            keepalive_s: 50,
+        }
+    }
+}
+
+impl DaemonSection {
+    /// `socket_mode` as permission bits (validated when the config is loaded).
+    pub fn socket_mode_bits(&self) -> u32 {
+        parse_mode(&self.socket_mode).unwrap_or(0o660)
+    }
+}
+
+/// Parses an octal permission string such as "0660" or "660".
+fn parse_mode(s: &str) -> Option<u32> {
+    let t = s.trim();
+    let t = t.strip_prefix("0o").unwrap_or(t);
+    u32::from_str_radix(t, 8).ok().filter(|m| *m <= 0o777)
 }
 
 /// `[api]`: endpoint, key, timeouts and retries.
@@ -369,6 +431,78 @@ impl Config {
                 ));
             }
         }
+        let d = &self.daemon;
+        if d.socket_path.as_os_str().is_empty() || d.socket_path.as_os_str().len() > 100 {
+            return Err(bad(
+                "daemon.socket_path",
+                "must be a path of 1 to 100 bytes (unix socket addresses are short)".into(),
+            ));
+        }
+        if parse_mode(&d.socket_mode).is_none() {
+            return Err(bad(
+                "daemon.socket_mode",
+                format!(
+                    "'{}' is not an octal mode (allowed: \"0600\" to \"0777\", e.g. \"0660\")",
+                    d.socket_mode
+                ),
+            ));
+        }
+        if !(1..=1024).contains(&d.max_connections) {
+            return Err(bad(
+                "daemon.max_connections",
+                format!("{} is out of range (allowed: 1 to 1024)", d.max_connections),
+            ));
+        }
+        if !(1..=10_000).contains(&d.queue_size) {
+            return Err(bad(
+                "daemon.queue_size",
+                format!("{} is out of range (allowed: 1 to 10000)", d.queue_size),
+            ));
+        }
+        if d.lead_in_ms > 5000 {
+            return Err(bad(
+                "daemon.lead_in_ms",
+                format!("{} is out of range (allowed: 0 to 5000)", d.lead_in_ms),
+            ));
+        }
+        if d.idle_close_s > 86_400 {
+            return Err(bad(
+                "daemon.idle_close_s",
+                format!(
+                    "{} is out of range (allowed: 0 = never close, 1 to 86400)",
+                    d.idle_close_s
+                ),
+            ));
+        }
+        if !(100..=600_000).contains(&d.hook_timeout_ms) {
+            return Err(bad(
+                "daemon.hook_timeout_ms",
+                format!(
+                    "{} is out of range (allowed: 100 to 600000 ms)",
+                    d.hook_timeout_ms
+                ),
+            ));
+        }
+        for (key, hook) in [
+            ("daemon.hook_before_open", &d.hook_before_open),
+            ("daemon.hook_after_close", &d.hook_after_close),
+        ] {
+            if hook.first().is_some_and(|p| p.trim().is_empty()) {
+                return Err(bad(
+                    key,
+                    "the first element must name a program (or use [] for none)".into(),
+                ));
+            }
+        }
+        if d.keepalive_s > 86_400 {
+            return Err(bad(
+                "daemon.keepalive_s",
+                format!(
+                    "{} is out of range (allowed: 0 = off, 1 to 86400)",
+                    d.keepalive_s
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -525,5 +659,38 @@ mod tests {
     fn dated_model_snapshots_are_accepted() {
         assert!(parse("[speech]\nmodel = \"gpt-4o-mini-tts-2025-03-20\"\n").is_ok());
         assert!(parse("[speech]\nmodel = \"gpt-5\"\n").is_err());
+    }
+
+    #[test]
+    fn daemon_section_defaults_and_bad_values_name_key_and_range() {
+        let (c, _) = parse("").unwrap();
+        assert_eq!(c.daemon.queue_size, 32);
+        assert_eq!(c.daemon.socket_mode_bits(), 0o660);
+        let (c, _) =
+            parse("[daemon]\nsocket_mode = \"0600\"\nhook_before_open = [\"/bin/amp\", \"on\"]\n")
+                .unwrap();
+        assert_eq!(c.daemon.socket_mode_bits(), 0o600);
+        assert_eq!(c.daemon.hook_before_open, vec!["/bin/amp", "on"]);
+        let e = parse("[daemon]\nsocket_mode = \"rw\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 2") && e.contains("daemon.socket_mode") && e.contains("0660"),
+            "{e}"
+        );
+        let e = parse("[daemon]\nqueue_size = 0\n").unwrap_err().to_string();
+        assert!(
+            e.contains("daemon.queue_size") && e.contains("1 to 10000"),
+            "{e}"
+        );
+        let e = parse("[daemon]\nhook_after_close = [\"\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("daemon.hook_after_close"), "{e}");
+        let (_, w) = parse("[daemon]\nqueue_sise = 3\n").unwrap();
+        assert_eq!(
+            w,
+            vec!["unknown key 'daemon.queue_sise' (line 2) is ignored"]
+        );
     }
 }

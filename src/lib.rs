@@ -4,8 +4,10 @@
 pub mod audio;
 pub mod codec;
 pub mod config;
+pub mod control;
 pub mod emulator;
 pub mod pipeline;
+pub mod scheduler;
 pub mod systemd;
 pub mod text;
 pub mod tts;

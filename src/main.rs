@@ -12,6 +12,9 @@ use herald::audio::playout::Playout;
 use herald::audio::wav::WavSink;
 use herald::audio::Sink;
 use herald::config::{Config, Loaded};
+use herald::control::client::Client;
+use herald::control::daemon;
+use herald::control::protocol::{Reply, StatusReport};
 use herald::pipeline::{self, Limits, SpeakReport, Voice};
 use herald::tts::openai::OpenAiClient;
 use herald::tts::AudioFormat;
@@ -43,6 +46,70 @@ enum Command {
     },
     /// List ALSA playback devices and what they accept.
     Devices,
+    /// Run the daemon: speak what programs send to the control socket.
+    Serve,
+    /// Check the config, the API key, the audio device and the socket path.
+    Check,
+    /// Ask the running daemon to speak TEXT (waits until it has been spoken).
+    Say(SayArgs),
+    /// Show what the running daemon is doing.
+    Status {
+        /// Print the daemon's JSON reply.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Stop what the daemon is saying and clear its queue.
+    Stop {
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Skip what the daemon is saying; the queue carries on.
+    Skip {
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct SocketArg {
+    /// Control socket (default: daemon.socket_path from the config).
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+struct SayArgs {
+    /// Voice (default: the daemon's).
+    #[arg(long)]
+    voice: Option<String>,
+    /// Model (default: the daemon's).
+    #[arg(long)]
+    model: Option<String>,
+    /// How to speak (gpt-4o-mini-tts only).
+    #[arg(long)]
+    instructions: Option<String>,
+    /// Stream format: opus or pcm.
+    #[arg(long)]
+    format: Option<AudioFormat>,
+    /// Speed 0.25–4.0.
+    #[arg(long)]
+    speed: Option<f32>,
+    /// normal, high (ahead of normal jobs) or interrupt (fades out what is playing).
+    #[arg(long, default_value = "normal")]
+    priority: String,
+    /// An id for the job (echoed in replies; usable with cancel).
+    #[arg(long)]
+    id: Option<String>,
+    /// Return once the job is queued instead of when it has been spoken.
+    #[arg(long)]
+    no_wait: bool,
+    #[command(flatten)]
+    socket: SocketArg,
+    /// The text to speak ("-" reads it from stdin); several words are joined with spaces.
+    #[arg(required = true, num_args = 1..)]
+    text: Vec<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -84,7 +151,7 @@ struct Output {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    init_logging(cli.verbose, matches!(cli.command, Command::Serve));
     herald::audio::alsa::route_alsa_lib_errors();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -97,7 +164,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    // Never wait on a blocking task stuck in a device call: the work is done.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("herald: {}", describe(&e));
@@ -120,27 +190,32 @@ fn describe(e: &anyhow::Error) -> String {
     msg
 }
 
-fn init_logging(verbose: u8) {
-    let default = match verbose {
-        0 => "herald=warn",
-        1 => "herald=info",
+fn init_logging(verbose: u8, daemon: bool) {
+    let default = match (verbose, daemon) {
+        (0, false) => "herald=warn",
+        (0, true) | (1, _) => "herald=info",
         _ => "herald=debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG")
         .unwrap_or_else(|_| default.into());
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+        .with_target(false);
+    // Under systemd stderr goes to the journal, which adds its own timestamps.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        fmt.without_time().init();
+    } else {
+        fmt.init();
+    }
 }
 
 async fn run(cli: Cli) -> Result<()> {
     let Loaded {
         mut config,
         warnings,
-        ..
+        path,
     } = Config::load(cli.config.as_deref())?;
     for w in &warnings {
         tracing::warn!("{w}");
@@ -149,6 +224,18 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Speak(args) => speak(&mut config, args).await,
         Command::Play { file, out } => play(&config, &file, &out).await,
         Command::Devices => devices(),
+        Command::Serve => Ok(daemon::serve(config, cli.config.or(path)).await?),
+        Command::Check => {
+            if daemon::check(&config, path.as_deref(), &warnings) {
+                Ok(())
+            } else {
+                bail!("check found problems (see above)")
+            }
+        }
+        Command::Say(args) => say(&config, args),
+        Command::Status { json, socket } => status(&config, &socket, json),
+        Command::Stop { socket } => simple(&config, &socket, "stop"),
+        Command::Skip { socket } => simple(&config, &socket, "skip"),
     }
 }
 
@@ -252,6 +339,156 @@ fn devices() -> Result<()> {
             }
             Err(e) => println!("    cannot probe: {e}"),
         }
+    }
+    Ok(())
+}
+
+fn socket_path(config: &Config, arg: &SocketArg) -> PathBuf {
+    arg.socket
+        .clone()
+        .unwrap_or_else(|| config.daemon.socket_path.clone())
+}
+
+fn say(config: &Config, args: SayArgs) -> Result<()> {
+    let text = if args.text.len() == 1 && args.text[0] == "-" {
+        std::io::read_to_string(std::io::stdin()).context("cannot read the text from stdin")?
+    } else {
+        args.text.join(" ")
+    };
+    let mut req = serde_json::json!({ "cmd": "speak", "text": text, "priority": args.priority });
+    let fields = [
+        ("voice", args.voice.map(serde_json::Value::from)),
+        ("model", args.model.map(serde_json::Value::from)),
+        (
+            "instructions",
+            args.instructions.map(serde_json::Value::from),
+        ),
+        ("format", args.format.map(|f| f.as_str().into())),
+        ("speed", args.speed.map(serde_json::Value::from)),
+        ("id", args.id.map(serde_json::Value::from)),
+    ];
+    for (k, v) in fields {
+        if let Some(v) = v {
+            req[k] = v;
+        }
+    }
+    let mut client = Client::connect(&socket_path(config, &args.socket))?;
+    client.send(&req)?;
+    loop {
+        match client.next_reply()? {
+            Reply::Queued { id, position } => {
+                if args.no_wait {
+                    println!("queued {id} at position {position}");
+                    return Ok(());
+                }
+            }
+            Reply::Started {
+                time_to_first_audio_ms,
+                ..
+            } => eprintln!("started after {time_to_first_audio_ms} ms"),
+            Reply::Finished {
+                id,
+                time_to_first_audio_ms,
+                duration_ms,
+                stalls,
+                stall_ms,
+                bytes,
+                segments,
+                ..
+            } => {
+                let ttfa = time_to_first_audio_ms.map_or("-".to_string(), |t| format!("{t} ms"));
+                println!(
+                    "{id} finished: time to first audio {ttfa}, audio {:.2} s, stalls {stalls} ({stall_ms} ms), received {bytes} bytes in {segments} segment{}",
+                    duration_ms as f64 / 1000.0,
+                    if segments == 1 { "" } else { "s" }
+                );
+                return Ok(());
+            }
+            Reply::Failed { reason, .. } => bail!("{reason}"),
+            Reply::Cancelled { id, by } => bail!("{id} was cancelled ({by})"),
+            Reply::Interrupted { id, by } => bail!("{id} was interrupted by {by}"),
+            Reply::Error { reason } => bail!("{reason}"),
+            Reply::Status(_) | Reply::Ok { .. } => {}
+        }
+    }
+}
+
+fn status(config: &Config, socket: &SocketArg, json: bool) -> Result<()> {
+    let mut client = Client::connect(&socket_path(config, socket))?;
+    client.set_timeout(Some(std::time::Duration::from_secs(10)))?;
+    let reply = client.request(&serde_json::json!({ "cmd": "status" }))?;
+    let Reply::Status(s) = reply else {
+        bail!("unexpected reply to status: {}", reply.to_line().trim_end());
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        print_status(&s);
+    }
+    Ok(())
+}
+
+fn print_status(s: &StatusReport) {
+    println!("herald {} — {}, up {} s", s.version, s.state, s.uptime_s);
+    let d = &s.device;
+    match (d.open, d.rate, d.channels) {
+        (true, Some(rate), Some(ch)) => println!(
+            "device:  {} (open: {rate} Hz, {ch} ch, {} frames per period)",
+            d.name,
+            d.period_frames.unwrap_or(0)
+        ),
+        _ => println!("device:  {} (closed)", d.name),
+    }
+    if let Some(e) = &d.error {
+        println!("         error: {e}");
+    }
+    println!("         real-time priority: {}", d.realtime);
+    match &s.now_playing {
+        Some(p) => println!(
+            "playing: {} \"{}\" ({:.1} s)",
+            p.id,
+            p.text,
+            p.elapsed_ms as f64 / 1000.0
+        ),
+        None => println!("playing: nothing"),
+    }
+    println!("queue:   {} waiting", s.queue_length);
+    for j in &s.queue {
+        println!("         {} [{:?}] \"{}\"", j.id, j.priority, j.text);
+    }
+    let c = &s.counters;
+    let p = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{v}"));
+    println!(
+        "jobs:    {} requests, {} accepted, {} finished, {} failed, {} cancelled, {} stalls",
+        c.requests, c.accepted, c.finished, c.failed, c.cancelled, c.stalls
+    );
+    println!(
+        "         time to first audio p50 {} / p90 {} / p99 {} ms",
+        p(c.ttfa_ms_p50),
+        p(c.ttfa_ms_p90),
+        p(c.ttfa_ms_p99)
+    );
+    let n = &s.network;
+    println!(
+        "api:     {} ({}; last success {})",
+        n.api_base,
+        if n.warm { "warm" } else { "cold" },
+        n.last_ok_s_ago
+            .map_or("never".to_string(), |s| format!("{s} s ago"))
+    );
+    if let Some(e) = &n.last_error {
+        println!("         last error: {e}");
+    }
+}
+
+fn simple(config: &Config, socket: &SocketArg, cmd: &str) -> Result<()> {
+    let mut client = Client::connect(&socket_path(config, socket))?;
+    client.set_timeout(Some(std::time::Duration::from_secs(10)))?;
+    match client.request(&serde_json::json!({ "cmd": cmd }))? {
+        Reply::Ok { jobs, .. } if jobs.is_empty() => println!("{cmd}: nothing was playing"),
+        Reply::Ok { jobs, .. } => println!("{cmd}: {}", jobs.join(", ")),
+        Reply::Failed { reason, .. } | Reply::Error { reason } => bail!("{reason}"),
+        other => bail!("unexpected reply: {}", other.to_line().trim_end()),
     }
     Ok(())
 }

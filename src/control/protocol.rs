@@ -1,0 +1,517 @@
+//! The control protocol: one request per line, one JSON reply per line.
+//!
+//! A line that starts with `{` is a JSON request whose `cmd` names the command (`speak`
+//! when absent); any other line is text to speak with the defaults. See docs/PROTOCOL.md.
+
+use serde::{Deserialize, Serialize};
+
+use crate::tts::AudioFormat;
+
+/// The longest request line, newline excluded.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+/// Commands a JSON request may name.
+pub const COMMANDS: &[&str] = &["speak", "stop", "skip", "cancel", "status"];
+
+/// Where a job goes in the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    /// After every queued job.
+    #[default]
+    Normal,
+    /// Before every queued `normal` job, after earlier `high` ones.
+    High,
+    /// Fades out what is playing and plays next.
+    Interrupt,
+}
+
+/// A `speak` request; every field but `text` falls back to the configured default.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpeakRequest {
+    /// The text to speak.
+    pub text: String,
+    /// Voice name.
+    #[serde(default)]
+    pub voice: Option<String>,
+    /// Model name.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// `opus` or `pcm`.
+    #[serde(default)]
+    pub format: Option<AudioFormat>,
+    /// 0.25–4.0.
+    #[serde(default)]
+    pub speed: Option<f32>,
+    /// Voice instructions.
+    #[serde(default)]
+    pub instructions: Option<String>,
+    /// Queue placement.
+    #[serde(default)]
+    pub priority: Priority,
+    /// The caller's id for the job (echoed in every reply); herald assigns one otherwise.
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+/// `cancel` names a job.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CancelRequest {
+    id: String,
+}
+
+/// Commands without arguments.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoArgs {}
+
+/// One parsed request line.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    /// Queue text for speaking.
+    Speak(SpeakRequest),
+    /// Stop the current job and clear the queue.
+    Stop,
+    /// Stop the current job; the queue carries on.
+    Skip,
+    /// Remove (or stop) the job with this id.
+    Cancel {
+        /// The job's id.
+        id: String,
+    },
+    /// Report the daemon's state.
+    Status,
+}
+
+/// Why a line is not a request; the message says what is allowed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// Longer than [`MAX_LINE_BYTES`].
+    #[error("the line is {len} bytes long (allowed: at most {MAX_LINE_BYTES} bytes per request)")]
+    TooLong {
+        /// Bytes read before giving up (at least the limit).
+        len: usize,
+    },
+    /// Not UTF-8.
+    #[error("the line is not valid UTF-8 (at byte {at}); send UTF-8 text or JSON")]
+    Utf8 {
+        /// Offset of the first bad byte.
+        at: usize,
+    },
+    /// Starts with `{` but is not valid JSON (or not an object).
+    #[error("invalid JSON: {0} (send one JSON object per line, or plain text to speak)")]
+    Json(String),
+    /// `cmd` names no command.
+    #[error("unknown command '{0}' (allowed: speak, stop, skip, cancel, status)")]
+    UnknownCommand(String),
+    /// A field is wrong: unknown, missing or of the wrong type.
+    #[error("{cmd}: {message}")]
+    Field {
+        /// The command.
+        cmd: String,
+        /// serde's message, naming the field and what is expected.
+        message: String,
+    },
+    /// Blank line or empty text.
+    #[error("empty request: send text to speak, or a JSON object such as {{\"cmd\":\"status\"}}")]
+    Empty,
+}
+
+/// Fields each command accepts, for messages.
+fn allowed_fields(cmd: &str) -> &'static str {
+    match cmd {
+        "speak" => {
+            "cmd, text, voice, model, format, speed, instructions, priority (normal, high, interrupt), id"
+        }
+        "cancel" => "cmd, id",
+        _ => "cmd",
+    }
+}
+
+/// Parses one request line (without its newline; a trailing `\r` is ignored).
+pub fn parse_line(line: &[u8]) -> Result<Request, ProtocolError> {
+    if line.len() > MAX_LINE_BYTES {
+        return Err(ProtocolError::TooLong { len: line.len() });
+    }
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let text = std::str::from_utf8(line).map_err(|e| ProtocolError::Utf8 {
+        at: e.valid_up_to(),
+    })?;
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Err(ProtocolError::Empty);
+    }
+    if !trimmed.starts_with('{') {
+        return Ok(Request::Speak(SpeakRequest {
+            text: trimmed.to_string(),
+            ..SpeakRequest::default()
+        }));
+    }
+    let mut obj: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(trimmed).map_err(|e| ProtocolError::Json(e.to_string()))?;
+    let cmd = match obj.remove("cmd") {
+        None => "speak".to_string(),
+        Some(serde_json::Value::String(s)) => s,
+        Some(other) => {
+            return Err(ProtocolError::Field {
+                cmd: "request".into(),
+                message: format!("'cmd' must be a string, got {other}"),
+            })
+        }
+    };
+    let field_err = |e: serde_json::Error| {
+        let e = e.to_string();
+        // Unknown or missing fields: list what the command takes. Bad values already say
+        // what is expected.
+        let message = if e.contains("field") {
+            format!("{e} (allowed fields: {})", allowed_fields(&cmd))
+        } else {
+            e
+        };
+        ProtocolError::Field {
+            cmd: cmd.clone(),
+            message,
+        }
+    };
+    let rest = serde_json::Value::Object(obj);
+    match cmd.as_str() {
+        "speak" => {
+            let req: SpeakRequest = serde_json::from_value(rest).map_err(field_err)?;
+            if req.text.trim().is_empty() {
+                return Err(ProtocolError::Field {
+                    cmd,
+                    message: "the text is empty (allowed: 1 or more characters)".into(),
+                });
+            }
+            if req
+                .id
+                .as_deref()
+                .is_some_and(|i| i.is_empty() || i.len() > 128)
+            {
+                return Err(ProtocolError::Field {
+                    cmd,
+                    message: "id must be 1 to 128 bytes".into(),
+                });
+            }
+            Ok(Request::Speak(req))
+        }
+        "cancel" => {
+            let req: CancelRequest = serde_json::from_value(rest).map_err(field_err)?;
+            Ok(Request::Cancel { id: req.id })
+        }
+        "stop" | "skip" | "status" => {
+            let _: NoArgs = serde_json::from_value(rest).map_err(field_err)?;
+            Ok(match cmd.as_str() {
+                "stop" => Request::Stop,
+                "skip" => Request::Skip,
+                _ => Request::Status,
+            })
+        }
+        _ => Err(ProtocolError::UnknownCommand(cmd)),
+    }
+}
+
+/// Every reply the daemon sends, one JSON object per line, tagged by `event`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "lowercase")]
+pub enum Reply {
+    /// The job was accepted; `position` 0 = plays next.
+    Queued {
+        /// The job's id.
+        id: String,
+        /// Jobs ahead of it in the queue (the playing one not counted).
+        position: usize,
+    },
+    /// The first audio reached the device.
+    Started {
+        /// The job's id.
+        id: String,
+        /// From the job leaving the queue (device open included) to its first non-silent
+        /// audio at the device.
+        time_to_first_audio_ms: u64,
+    },
+    /// Terminal: played completely.
+    Finished {
+        /// The job's id.
+        id: String,
+        /// Request sent → first sample at the device.
+        time_to_first_audio_ms: Option<u64>,
+        /// Audio played.
+        duration_ms: u64,
+        /// Times the buffer ran dry.
+        stalls: u32,
+        /// Total silence inserted by stalls.
+        stall_ms: u64,
+        /// Encoded bytes received.
+        bytes: u64,
+        /// Requests made.
+        segments: usize,
+        /// HTTP attempts (retries included).
+        attempts: u32,
+    },
+    /// Terminal (for a job) or a refused request (`id` absent when there was no job).
+    Failed {
+        /// The job's id, if the request named or created one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        /// What was wrong and what is allowed.
+        reason: String,
+    },
+    /// Terminal: removed by `cancel`, `skip` or `stop` (or the daemon stopping).
+    Cancelled {
+        /// The job's id.
+        id: String,
+        /// What cancelled it: "cancel", "skip", "stop" or "shutdown".
+        by: String,
+    },
+    /// Terminal: faded out for an `interrupt` job.
+    Interrupted {
+        /// The job's id.
+        id: String,
+        /// The interrupting job's id.
+        by: String,
+    },
+    /// The answer to `status`.
+    Status(Box<StatusReport>),
+    /// A command (stop, skip, cancel) was carried out.
+    Ok {
+        /// The command.
+        cmd: String,
+        /// Ids of the jobs it affected.
+        jobs: Vec<String>,
+    },
+    /// A connection-level problem (e.g. too many connections); the connection closes.
+    Error {
+        /// What happened.
+        reason: String,
+    },
+}
+
+impl Reply {
+    /// Whether this reply ends a job (exactly one per accepted job).
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            Reply::Finished { .. }
+                | Reply::Failed { .. }
+                | Reply::Cancelled { .. }
+                | Reply::Interrupted { .. }
+        )
+    }
+
+    /// The job id a reply belongs to, if any.
+    pub fn job_id(&self) -> Option<&str> {
+        match self {
+            Reply::Queued { id, .. }
+            | Reply::Started { id, .. }
+            | Reply::Finished { id, .. }
+            | Reply::Cancelled { id, .. }
+            | Reply::Interrupted { id, .. } => Some(id),
+            Reply::Failed { id, .. } => id.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// The daemon's state, as `status` reports it (never the API key).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// herald's version.
+    pub version: String,
+    /// Seconds since the daemon started.
+    pub uptime_s: u64,
+    /// "idle", "speaking" or "device error".
+    pub state: String,
+    /// The audio device.
+    pub device: DeviceStatus,
+    /// Jobs waiting.
+    pub queue_length: usize,
+    /// The first (up to 100) waiting jobs, in play order.
+    pub queue: Vec<QueuedJob>,
+    /// The job playing, if any.
+    pub now_playing: Option<NowPlaying>,
+    /// Totals since start.
+    pub counters: Counters,
+    /// The API connection.
+    pub network: NetworkStatus,
+}
+
+/// The device part of [`StatusReport`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceStatus {
+    /// ALSA PCM name from the config.
+    pub name: String,
+    /// Whether herald holds it open.
+    pub open: bool,
+    /// Granted rate, channels, period (when open).
+    pub rate: Option<u32>,
+    /// Granted channel count (when open).
+    pub channels: Option<u16>,
+    /// Granted period in frames (when open).
+    pub period_frames: Option<usize>,
+    /// The last device error, if the device is failing.
+    pub error: Option<String>,
+    /// "granted (N)", "denied: …", "not requested", or "unknown" before the first open.
+    pub realtime: String,
+}
+
+/// One waiting job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueuedJob {
+    /// The job's id.
+    pub id: String,
+    /// Its priority.
+    pub priority: Priority,
+    /// The first 40 characters of its text.
+    pub text: String,
+}
+
+/// The job playing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NowPlaying {
+    /// The job's id.
+    pub id: String,
+    /// The first 40 characters of its text.
+    pub text: String,
+    /// Milliseconds since it started.
+    pub elapsed_ms: u64,
+}
+
+/// Totals since the daemon started.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Counters {
+    /// Requests received (every line).
+    pub requests: u64,
+    /// Jobs accepted.
+    pub accepted: u64,
+    /// Jobs played completely.
+    pub finished: u64,
+    /// Jobs and requests that failed.
+    pub failed: u64,
+    /// Jobs cancelled or interrupted.
+    pub cancelled: u64,
+    /// Stalls over all jobs.
+    pub stalls: u64,
+    /// Time to first audio, median over the last jobs.
+    pub ttfa_ms_p50: Option<u64>,
+    /// 90th percentile of the same.
+    pub ttfa_ms_p90: Option<u64>,
+    /// 99th percentile of the same.
+    pub ttfa_ms_p99: Option<u64>,
+}
+
+/// The API connection part of [`StatusReport`].
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct NetworkStatus {
+    /// The API base URL (without credentials).
+    pub api_base: String,
+    /// Seconds since the API last answered successfully.
+    pub last_ok_s_ago: Option<u64>,
+    /// The last API error.
+    pub last_error: Option<String>,
+    /// Whether the connection is believed warm (a success within the pool's idle time).
+    pub warm: bool,
+}
+
+impl Reply {
+    /// The reply as one line of JSON with its newline.
+    pub fn to_line(&self) -> String {
+        let mut s = serde_json::to_string(self).unwrap_or_else(|e| {
+            format!("{{\"event\":\"error\",\"reason\":\"cannot encode a reply: {e}\"}}")
+        });
+        s.push('\n');
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(line: &[u8]) -> String {
+        parse_line(line).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn plain_text_is_speak_with_defaults() {
+        assert_eq!(
+            parse_line(b"Dinner is ready\r").unwrap(),
+            Request::Speak(SpeakRequest {
+                text: "Dinner is ready".into(),
+                ..Default::default()
+            })
+        );
+    }
+
+    #[test]
+    fn json_requests_parse() {
+        let r =
+            parse_line(br#"{"cmd":"speak","text":"Hi","voice":"nova","priority":"high","id":"a"}"#)
+                .unwrap();
+        let Request::Speak(s) = r else { panic!() };
+        assert_eq!(s.voice.as_deref(), Some("nova"));
+        assert_eq!(s.priority, Priority::High);
+        assert_eq!(s.id.as_deref(), Some("a"));
+        assert_eq!(
+            parse_line(br#"{"text":"x"}"#).unwrap(),
+            Request::Speak(SpeakRequest {
+                text: "x".into(),
+                ..Default::default()
+            })
+        );
+        assert_eq!(
+            parse_line(br#"{"cmd":"cancel","id":"a"}"#).unwrap(),
+            Request::Cancel { id: "a".into() }
+        );
+        assert_eq!(parse_line(br#"{"cmd":"status"}"#).unwrap(), Request::Status);
+    }
+
+    #[test]
+    fn bad_lines_say_what_is_wrong_and_what_is_allowed() {
+        assert!(err(&vec![b'a'; MAX_LINE_BYTES + 1]).contains("at most 65536 bytes"));
+        assert!(err(b"caf\xff").contains("not valid UTF-8"));
+        assert!(err(b"{\"cmd\":").contains("invalid JSON"));
+        // Only objects are requests: anything else is text.
+        assert!(matches!(parse_line(b"[1]"), Ok(Request::Speak(_))));
+        let e = err(br#"{"cmd":"speak","text":"x","colour":"red"}"#);
+        assert!(e.contains("colour") && e.contains("priority"), "{e}");
+        let e = err(br#"{"cmd":"dance"}"#);
+        assert!(e.contains("'dance'") && e.contains("status"), "{e}");
+        let e = err(br#"{"cmd":"speak","text":"  "}"#);
+        assert!(e.contains("empty"), "{e}");
+        let e = err(br#"{"cmd":"speak","text":"x","format":"mp3"}"#);
+        assert!(e.contains("mp3") && e.contains("opus"), "{e}");
+        let e = err(br#"{"cmd":"speak","text":"x","priority":"urgent"}"#);
+        assert!(e.contains("urgent") && e.contains("interrupt"), "{e}");
+        assert!(err(b"   ").contains("empty"));
+        let e = err(br#"{"cmd":"stop","id":"x"}"#);
+        assert!(e.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn replies_are_one_json_line_tagged_by_event() {
+        let line = Reply::Queued {
+            id: "j1".into(),
+            position: 2,
+        }
+        .to_line();
+        assert_eq!(
+            line,
+            "{\"event\":\"queued\",\"id\":\"j1\",\"position\":2}\n"
+        );
+        let back: Reply = serde_json::from_str(line.trim()).unwrap();
+        assert_eq!(
+            back,
+            Reply::Queued {
+                id: "j1".into(),
+                position: 2
+            }
+        );
+        assert!(Reply::Failed {
+            id: None,
+            reason: "x".into()
+        }
+        .is_terminal());
+    }
+}

@@ -1,0 +1,1057 @@
+//! The daemon's scheduler: one task that owns the announcement queue and the audio device.
+//!
+//! Requests arrive as [`Command`]s from the control server, each with a [`Replier`] for its
+//! connection. Jobs play one at a time through `pipeline::speak`; while one plays the task
+//! keeps serving commands, so `skip`, `stop`, `cancel` and `interrupt` jobs take effect at
+//! once (the speak future is dropped and the playout fades out in ≤ 20 ms). Every accepted
+//! job ends in exactly one terminal reply. A failing device fails the job that was playing;
+//! the device is reopened with backoff, and the daemon never exits for it.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::time::sleep_until;
+
+use crate::audio::alsa::AlsaSink;
+use crate::audio::playout::{Playout, PlayoutError, RealtimeStatus};
+use crate::audio::{DeviceFormat, Sink, SinkError};
+use crate::config::Config;
+use crate::control::protocol::{
+    Counters, DeviceStatus, NetworkStatus, NowPlaying, Priority, ProtocolError, QueuedJob, Reply,
+    Request, SpeakRequest, StatusReport,
+};
+use crate::pipeline::{self, Limits, PipelineError, Voice};
+use crate::systemd::Notifier;
+use crate::tts::openai::OpenAiClient;
+use crate::tts::{OpenFuture, SpeechRequest, SpeechSource};
+
+/// Time-to-first-audio samples kept for the percentiles.
+const TTFA_WINDOW: usize = 200;
+/// How often a playing job checks whether its first audio reached the device.
+const START_POLL: Duration = Duration::from_millis(10);
+/// A device write blocked this long means the audio thread is stuck (watchdog).
+const WRITE_STUCK: Duration = Duration::from_secs(5);
+/// Longest wait for an interrupt's fade-out before giving up on the device.
+const FADE_WAIT: Duration = Duration::from_secs(1);
+/// Reopen backoff after a device failure: first wait and cap.
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+/// reqwest keeps idle connections this long (see `OpenAiClient::new`).
+const POOL_IDLE: Duration = Duration::from_secs(90);
+/// Waiting jobs listed in a status reply (the length is always given).
+const STATUS_QUEUE_MAX: usize = 100;
+/// Characters of text shown in status and logs.
+const PREVIEW_CHARS: usize = 40;
+
+/// Sends replies to one connection without ever blocking the scheduler.
+#[derive(Debug, Clone)]
+pub struct Replier {
+    conn: u64,
+    tx: mpsc::Sender<Reply>,
+    kill: Arc<Notify>,
+}
+
+impl Replier {
+    /// A replier for connection `conn`; `kill` is notified when the client stops reading.
+    pub fn new(conn: u64, tx: mpsc::Sender<Reply>, kill: Arc<Notify>) -> Self {
+        Replier { conn, tx, kill }
+    }
+
+    /// Queues `reply` for the connection. A client whose reply queue is full is not
+    /// reading: its connection is closed (never waited for). A terminal reply to a
+    /// client that is gone is logged instead.
+    pub fn send(&self, reply: Reply) {
+        match self.tx.try_send(reply) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(r)) => {
+                tracing::warn!(
+                    conn = self.conn,
+                    "client does not read its replies; closing its connection (lost: {})",
+                    r.to_line().trim_end()
+                );
+                self.kill.notify_one();
+            }
+            Err(mpsc::error::TrySendError::Closed(r)) => {
+                if r.is_terminal() {
+                    tracing::info!(
+                        conn = self.conn,
+                        "client disconnected before: {}",
+                        r.to_line().trim_end()
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// What the watchdog learns from a liveness probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Health {
+    /// The audio thread is not stuck in a device write (or no device is open).
+    pub audio_ok: bool,
+}
+
+/// Messages to the scheduler.
+#[derive(Debug)]
+pub enum Command {
+    /// A request line from a client (or why it could not be parsed).
+    Request {
+        /// The parsed line.
+        req: Result<Request, ProtocolError>,
+        /// Where its replies go.
+        reply: Replier,
+    },
+    /// Liveness probe for the watchdog.
+    Ping(oneshot::Sender<Health>),
+    /// A reloaded config (and a client built from it, if the API settings changed).
+    Reload {
+        /// The new config.
+        config: Box<Config>,
+        /// A new API client, when `[api]` changed.
+        client: Option<OpenAiClient>,
+    },
+    /// Stop: cancel everything, fade out, close the device, then answer.
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// A cheap handle to the scheduler task.
+#[derive(Debug, Clone)]
+pub struct SchedulerHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl SchedulerHandle {
+    /// Sends a command; `false` if the scheduler has stopped.
+    pub async fn send(&self, cmd: Command) -> bool {
+        self.tx.send(cmd).await.is_ok()
+    }
+
+    /// Asks the scheduler whether it and the audio thread are alive (`None`: no answer
+    /// within `within`).
+    pub async fn ping(&self, within: Duration) -> Option<Health> {
+        let (tx, rx) = oneshot::channel();
+        if self
+            .tx
+            .send_timeout(Command::Ping(tx), within)
+            .await
+            .is_err()
+        {
+            return None;
+        }
+        tokio::time::timeout(within, rx).await.ok()?.ok()
+    }
+}
+
+/// Observes the device from inside the audio thread without allocating or locking: when
+/// the first non-silent period of a job is written, and whether a write is stuck.
+#[derive(Debug)]
+struct Meter {
+    base: Instant,
+    armed: AtomicBool,
+    /// Nanoseconds after `base` of the first audible period (0 = not yet).
+    first_audio_ns: AtomicU64,
+    /// Nanoseconds after `base` when the current write began (0 = not writing).
+    write_began_ns: AtomicU64,
+}
+
+impl Meter {
+    fn new() -> Self {
+        Meter {
+            base: Instant::now(),
+            armed: AtomicBool::new(false),
+            first_audio_ns: AtomicU64::new(0),
+            write_began_ns: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    fn arm(&self) {
+        self.first_audio_ns.store(0, Ordering::Release);
+        self.armed.store(true, Ordering::Release);
+    }
+
+    fn first_audio(&self) -> Option<Instant> {
+        match self.first_audio_ns.load(Ordering::Acquire) {
+            0 => None,
+            ns => Some(self.base + Duration::from_nanos(ns)),
+        }
+    }
+
+    fn stuck(&self) -> bool {
+        match self.write_began_ns.load(Ordering::Acquire) {
+            0 => false,
+            ns => self.now_ns().saturating_sub(ns) > WRITE_STUCK.as_nanos() as u64,
+        }
+    }
+}
+
+/// The device sink with a [`Meter`] around it.
+struct MeteredSink {
+    inner: Box<dyn Sink>,
+    meter: Arc<Meter>,
+}
+
+impl Sink for MeteredSink {
+    fn format(&self) -> DeviceFormat {
+        self.inner.format()
+    }
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn write(&mut self, period: &[i16]) -> Result<(), SinkError> {
+        let now = self.meter.now_ns();
+        // Lead-in and stall silence are all zeros; the voice is the first period that is not.
+        if self.meter.armed.load(Ordering::Acquire) && period.iter().any(|&s| s != 0) {
+            self.meter.armed.store(false, Ordering::Release);
+            self.meter.first_audio_ns.store(now, Ordering::Release);
+        }
+        self.meter.write_began_ns.store(now, Ordering::Release);
+        let r = self.inner.write(period);
+        self.meter.write_began_ns.store(0, Ordering::Release);
+        r
+    }
+    fn drain(&mut self) -> Result<(), SinkError> {
+        self.meter
+            .write_began_ns
+            .store(self.meter.now_ns(), Ordering::Release);
+        let r = self.inner.drain();
+        self.meter.write_began_ns.store(0, Ordering::Release);
+        r
+    }
+    fn is_clocked(&self) -> bool {
+        self.inner.is_clocked()
+    }
+    fn xruns(&self) -> u64 {
+        self.inner.xruns()
+    }
+}
+
+/// Delays the first audio of a freshly opened device until `until`, so the device plays
+/// at least the lead-in's silence first; the request itself is sent at once.
+struct LeadInSource {
+    inner: Arc<dyn SpeechSource>,
+    until: tokio::time::Instant,
+}
+
+impl SpeechSource for LeadInSource {
+    fn open<'a>(&'a self, req: &'a SpeechRequest) -> OpenFuture<'a> {
+        Box::pin(async move {
+            let r = self.inner.open(req).await;
+            sleep_until(self.until).await;
+            r
+        })
+    }
+}
+
+/// The open device.
+struct Device {
+    playout: Playout,
+    meter: Arc<Meter>,
+    opened_at: Instant,
+}
+
+struct Job {
+    id: String,
+    text: String,
+    voice: Voice,
+    priority: Priority,
+    reply: Replier,
+}
+
+/// What ended a playing job early.
+enum Preempt {
+    /// `cancel`, `skip`, `stop` or shutdown.
+    Cancelled(&'static str),
+    /// An `interrupt` job (its id), already at the front of the queue.
+    Interrupted(String),
+}
+
+/// API health seen by jobs and the keep-alive.
+#[derive(Debug, Default)]
+struct NetState {
+    last_ok: Option<Instant>,
+    last_error: Option<String>,
+    last_use: Option<Instant>,
+}
+
+/// The scheduler task's state.
+pub struct Scheduler {
+    cfg: Config,
+    client: OpenAiClient,
+    rx: mpsc::Receiver<Command>,
+    queue: VecDeque<Job>,
+    device: Option<Device>,
+    device_error: Option<String>,
+    device_stale: bool,
+    retry_at: Option<Instant>,
+    retry_wait: Duration,
+    last_activity: Instant,
+    current: Option<(String, String, Instant)>,
+    counters: Counters,
+    ttfa: VecDeque<u64>,
+    next_id: u64,
+    started: Instant,
+    net: Arc<Mutex<NetState>>,
+    notifier: Notifier,
+    realtime: String,
+    stopping: Option<oneshot::Sender<()>>,
+}
+
+impl Scheduler {
+    /// Starts the scheduler task; the returned handle feeds it commands, the join handle
+    /// tells when the task ended (after a shutdown, or if it panicked: a bug).
+    pub fn spawn(
+        cfg: Config,
+        client: OpenAiClient,
+        notifier: Notifier,
+    ) -> (SchedulerHandle, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(256);
+        let s = Scheduler {
+            cfg,
+            client,
+            rx,
+            queue: VecDeque::new(),
+            device: None,
+            device_error: None,
+            device_stale: false,
+            retry_at: None,
+            retry_wait: RETRY_FIRST,
+            last_activity: Instant::now(),
+            current: None,
+            counters: Counters::default(),
+            ttfa: VecDeque::new(),
+            next_id: 0,
+            started: Instant::now(),
+            net: Arc::new(Mutex::new(NetState::default())),
+            notifier,
+            realtime: "unknown (the device has not been opened yet)".into(),
+            stopping: None,
+        };
+        let task = tokio::spawn(s.run());
+        (SchedulerHandle { tx }, task)
+    }
+
+    async fn run(mut self) {
+        // Warm the API connection at once, so the first announcement is fast.
+        self.keepalive();
+        loop {
+            if let Some(done) = self.stopping.take() {
+                self.close_device().await;
+                let _ = done.send(());
+                return;
+            }
+            if self.device_stale && self.device.is_some() {
+                self.close_device().await;
+            }
+            if let Some(job) = self.queue.pop_front() {
+                self.run_job(job).await;
+                self.last_activity = Instant::now();
+                if self.queue.is_empty() && self.stopping.is_none() {
+                    self.set_status();
+                }
+                continue;
+            }
+            let idle = Duration::from_secs(self.cfg.daemon.idle_close_s);
+            let close_at =
+                (self.device.is_some() && !idle.is_zero()).then(|| self.last_activity + idle);
+            let keepalive = Duration::from_secs(self.cfg.daemon.keepalive_s);
+            let warm_at = (!keepalive.is_zero()).then(|| {
+                let last = self.net.lock().ok().and_then(|n| n.last_use);
+                last.unwrap_or(self.started) + keepalive
+            });
+            tokio::select! {
+                cmd = self.rx.recv() => match cmd {
+                    Some(cmd) => {
+                        self.handle(cmd, None);
+                    }
+                    None => {
+                        self.close_device().await;
+                        return;
+                    }
+                },
+                _ = sleep_until(close_at.unwrap_or(self.started).into()), if close_at.is_some() => {
+                    tracing::info!("closing the audio device after {} s idle", idle.as_secs());
+                    self.close_device().await;
+                }
+                _ = sleep_until(self.retry_at.unwrap_or(self.started).into()), if self.retry_at.is_some() => {
+                    self.retry_device().await;
+                }
+                _ = sleep_until(warm_at.unwrap_or(self.started).into()), if warm_at.is_some() => {
+                    self.keepalive();
+                }
+            }
+        }
+    }
+
+    /// Refreshes the API connection in the background (never delays a job).
+    fn keepalive(&mut self) {
+        if self.cfg.daemon.keepalive_s == 0 {
+            return;
+        }
+        let client = self.client.clone();
+        let net = self.net.clone();
+        if let Ok(mut n) = net.lock() {
+            n.last_use = Some(Instant::now());
+        }
+        tokio::spawn(async move {
+            let r = client.warm().await;
+            if let Ok(mut n) = net.lock() {
+                match r {
+                    Ok(()) => {
+                        n.last_ok = Some(Instant::now());
+                        n.last_error = None;
+                    }
+                    Err(e) => {
+                        tracing::warn!("keep-alive request to the API failed: {e}");
+                        n.last_error = Some(e.to_string());
+                    }
+                }
+            }
+        });
+    }
+
+    /// Handles one command. `playing` is the job on the device, if any; returns how it
+    /// must end when the command preempts it.
+    fn handle(&mut self, cmd: Command, playing: Option<&Job>) -> Option<Preempt> {
+        match cmd {
+            Command::Ping(tx) => {
+                let audio_ok = self.device.as_ref().is_none_or(|d| !d.meter.stuck());
+                let _ = tx.send(Health { audio_ok });
+                None
+            }
+            Command::Reload { config, client } => {
+                if config.audio != self.cfg.audio {
+                    // Reopened with the new settings once it is free.
+                    self.device_stale = true;
+                }
+                self.cfg = *config;
+                if let Some(c) = client {
+                    self.client = c;
+                }
+                tracing::info!("configuration reloaded; the queue is kept");
+                None
+            }
+            Command::Shutdown(done) => {
+                self.stopping = Some(done);
+                for job in std::mem::take(&mut self.queue) {
+                    self.end_cancelled(&job, "shutdown");
+                }
+                playing.map(|_| Preempt::Cancelled("shutdown"))
+            }
+            Command::Request { req, reply } => {
+                self.counters.requests += 1;
+                match req {
+                    Err(e) => {
+                        self.counters.failed += 1;
+                        reply.send(Reply::Failed {
+                            id: None,
+                            reason: e.to_string(),
+                        });
+                        None
+                    }
+                    Ok(req) => self.request(req, reply, playing),
+                }
+            }
+        }
+    }
+
+    fn request(&mut self, req: Request, reply: Replier, playing: Option<&Job>) -> Option<Preempt> {
+        match req {
+            Request::Status => {
+                reply.send(Reply::Status(Box::new(self.status())));
+                None
+            }
+            Request::Speak(s) => self.enqueue(s, reply, playing),
+            Request::Skip => {
+                let jobs = playing.map(|j| vec![j.id.clone()]).unwrap_or_default();
+                reply.send(Reply::Ok {
+                    cmd: "skip".into(),
+                    jobs,
+                });
+                playing.map(|_| Preempt::Cancelled("skip"))
+            }
+            Request::Stop => {
+                let mut jobs: Vec<String> = playing.map(|j| j.id.clone()).into_iter().collect();
+                for job in std::mem::take(&mut self.queue) {
+                    jobs.push(job.id.clone());
+                    self.end_cancelled(&job, "stop");
+                }
+                reply.send(Reply::Ok {
+                    cmd: "stop".into(),
+                    jobs,
+                });
+                playing.map(|_| Preempt::Cancelled("stop"))
+            }
+            Request::Cancel { id } => {
+                if let Some(pos) = self.queue.iter().position(|j| j.id == id) {
+                    if let Some(job) = self.queue.remove(pos) {
+                        self.end_cancelled(&job, "cancel");
+                    }
+                    reply.send(Reply::Ok {
+                        cmd: "cancel".into(),
+                        jobs: vec![id],
+                    });
+                    None
+                } else if playing.is_some_and(|j| j.id == id) {
+                    reply.send(Reply::Ok {
+                        cmd: "cancel".into(),
+                        jobs: vec![id],
+                    });
+                    Some(Preempt::Cancelled("cancel"))
+                } else {
+                    self.counters.failed += 1;
+                    reply.send(Reply::Failed {
+                        id: None,
+                        reason: format!("cancel: no queued or playing job has id '{id}'"),
+                    });
+                    None
+                }
+            }
+        }
+    }
+
+    fn enqueue(
+        &mut self,
+        s: SpeakRequest,
+        reply: Replier,
+        playing: Option<&Job>,
+    ) -> Option<Preempt> {
+        let fail = |this: &mut Self, id: Option<String>, reason: String| {
+            this.counters.failed += 1;
+            reply.send(Reply::Failed { id, reason });
+            None
+        };
+        if let Some(id) = &s.id {
+            if self.queue.iter().any(|j| &j.id == id) || playing.is_some_and(|j| &j.id == id) {
+                return fail(
+                    self,
+                    None,
+                    format!("id '{id}' is already in use by a queued or playing job (ids must be unique among live jobs)"),
+                );
+            }
+        }
+        let voice = match self.voice_for(&s) {
+            Ok(v) => v,
+            Err(reason) => return fail(self, s.id.clone(), reason),
+        };
+        if self.stopping.is_some() {
+            return fail(self, s.id.clone(), "the daemon is stopping".into());
+        }
+        let limit = self.cfg.daemon.queue_size;
+        if self.queue.len() >= limit {
+            return fail(
+                self,
+                s.id.clone(),
+                format!(
+                    "the queue is full ({} jobs waiting; queue_size = {limit}): try again later",
+                    self.queue.len()
+                ),
+            );
+        }
+        let id = s.id.clone().unwrap_or_else(|| {
+            self.next_id += 1;
+            format!("j{}", self.next_id)
+        });
+        self.counters.accepted += 1;
+        let position = match s.priority {
+            Priority::Normal => self.queue.len(),
+            Priority::High => self
+                .queue
+                .iter()
+                .position(|j| j.priority == Priority::Normal)
+                .unwrap_or(self.queue.len()),
+            Priority::Interrupt => 0,
+        };
+        reply.send(Reply::Queued {
+            id: id.clone(),
+            position,
+        });
+        self.queue.insert(
+            position,
+            Job {
+                id: id.clone(),
+                text: s.text,
+                voice,
+                priority: s.priority,
+                reply,
+            },
+        );
+        (s.priority == Priority::Interrupt && playing.is_some()).then_some(Preempt::Interrupted(id))
+    }
+
+    /// The request's voice settings over the configured defaults, validated.
+    fn voice_for(&self, s: &SpeakRequest) -> Result<Voice, String> {
+        let d = &self.cfg.speech;
+        crate::text::validate(&s.text, d.max_text_chars).map_err(|e| e.to_string())?;
+        let voice = Voice {
+            model: s.model.clone().unwrap_or_else(|| d.model.clone()),
+            voice: s.voice.clone().unwrap_or_else(|| d.voice.clone()),
+            format: s.format.unwrap_or(d.format),
+            speed: s.speed.or(Some(d.speed)).filter(|&v| v != 1.0),
+            instructions: s
+                .instructions
+                .clone()
+                .or_else(|| Some(d.instructions.clone()))
+                .filter(|i| !i.trim().is_empty()),
+        };
+        SpeechRequest {
+            model: voice.model.clone(),
+            voice: voice.voice.clone(),
+            input: "check".into(),
+            format: voice.format,
+            speed: voice.speed,
+            instructions: voice.instructions.clone(),
+        }
+        .validate()
+        .map_err(|e| e.to_string())?;
+        Ok(voice)
+    }
+
+    fn end_cancelled(&mut self, job: &Job, by: &str) {
+        self.counters.cancelled += 1;
+        tracing::info!(id = %job.id, by, "job cancelled");
+        job.reply.send(Reply::Cancelled {
+            id: job.id.clone(),
+            by: by.into(),
+        });
+    }
+
+    fn end_failed(&mut self, job: &Job, reason: String) {
+        self.counters.failed += 1;
+        tracing::warn!(id = %job.id, %reason, "job failed");
+        job.reply.send(Reply::Failed {
+            id: Some(job.id.clone()),
+            reason,
+        });
+    }
+
+    async fn run_job(&mut self, job: Job) {
+        // `started` counts from here, so opening the device (and its hook) is included.
+        let t0 = Instant::now();
+        self.notifier
+            .status(&format!("speaking: {}", preview(&job.text)));
+        let fresh = self.device.is_none();
+        if fresh {
+            if let Err(reason) = self.open_device().await {
+                self.end_failed(&job, reason);
+                return;
+            }
+        }
+        let Some(mut dev) = self.device.take() else {
+            return;
+        };
+        let lead_in = Duration::from_millis(u64::from(self.cfg.daemon.lead_in_ms));
+        let source: Arc<dyn SpeechSource> = Arc::new(self.client.clone());
+        let source: Arc<dyn SpeechSource> = if fresh && !lead_in.is_zero() {
+            Arc::new(LeadInSource {
+                inner: source,
+                until: (dev.opened_at + lead_in).into(),
+            })
+        } else {
+            source
+        };
+        if !lead_in.is_zero() {
+            dev.playout.lead_in();
+        }
+        dev.meter.arm();
+        if let Ok(mut n) = self.net.lock() {
+            n.last_use = Some(Instant::now());
+        }
+        let limits = Limits {
+            max_text_chars: self.cfg.speech.max_text_chars,
+            segment_chars: self.cfg.segment_chars(),
+            lookahead: self.cfg.speech.lookahead,
+        };
+        self.current = Some((job.id.clone(), preview(&job.text), t0));
+        let mut started_sent = false;
+        let mut poll = tokio::time::interval(START_POLL);
+        let meter = dev.meter.clone();
+        let outcome = {
+            let fut = pipeline::speak(source, &mut dev.playout, &job.text, &job.voice, limits);
+            tokio::pin!(fut);
+            loop {
+                tokio::select! {
+                    r = &mut fut => break Ok(r),
+                    _ = poll.tick(), if !started_sent => {
+                        if let Some(at) = meter.first_audio() {
+                            started_sent = true;
+                            job.reply.send(Reply::Started {
+                                id: job.id.clone(),
+                                time_to_first_audio_ms: ms(at.saturating_duration_since(t0)),
+                            });
+                        }
+                    }
+                    cmd = self.rx.recv() => match cmd {
+                        Some(cmd) => if let Some(p) = self.handle(cmd, Some(&job)) {
+                            break Err(p);
+                        },
+                        // Every sender is gone: the daemon is exiting.
+                        None => break Err(Preempt::Cancelled("shutdown")),
+                    },
+                }
+            }
+        };
+        self.current = None;
+        dev.playout.cancel_lead_in();
+        match outcome {
+            Ok(Ok(report)) => {
+                if !started_sent {
+                    // A short job on a fast device can end before the next poll: `started`
+                    // still comes first.
+                    let at = meter.first_audio().unwrap_or_else(Instant::now);
+                    job.reply.send(Reply::Started {
+                        id: job.id.clone(),
+                        time_to_first_audio_ms: ms(at.saturating_duration_since(t0)),
+                    });
+                }
+                self.device = Some(dev);
+                self.device_error = None;
+                if let Ok(mut n) = self.net.lock() {
+                    n.last_ok = Some(Instant::now());
+                    n.last_error = None;
+                }
+                let ttfa = report.time_to_first_audio.map(ms);
+                if let Some(t) = ttfa {
+                    if self.ttfa.len() == TTFA_WINDOW {
+                        self.ttfa.pop_front();
+                    }
+                    self.ttfa.push_back(t);
+                }
+                self.counters.finished += 1;
+                self.counters.stalls += u64::from(report.stalls);
+                tracing::info!(
+                    id = %job.id,
+                    ttfa_ms = ttfa,
+                    duration_ms = ms(report.audio),
+                    stalls = report.stalls,
+                    stall_ms = report.stall_ms,
+                    bytes = report.bytes,
+                    segments = report.segments,
+                    attempts = report.attempts,
+                    "job finished: {report}"
+                );
+                job.reply.send(Reply::Finished {
+                    id: job.id.clone(),
+                    time_to_first_audio_ms: ttfa,
+                    duration_ms: ms(report.audio),
+                    stalls: report.stalls,
+                    stall_ms: report.stall_ms,
+                    bytes: report.bytes,
+                    segments: report.segments,
+                    attempts: report.attempts,
+                });
+            }
+            Ok(Err(e)) => {
+                let device_lost = matches!(
+                    e,
+                    PipelineError::Playout(
+                        PlayoutError::Device(_) | PlayoutError::Stopped | PlayoutError::Panicked
+                    )
+                );
+                if let PipelineError::Tts { source, .. } = &e {
+                    if let Ok(mut n) = self.net.lock() {
+                        n.last_error = Some(source.to_string());
+                    }
+                }
+                if device_lost {
+                    let reason = format!("audio device failed: {e}");
+                    self.device_failed(reason.clone(), Some(dev)).await;
+                    self.end_failed(&job, reason);
+                } else {
+                    self.device = Some(dev);
+                    self.end_failed(&job, e.to_string());
+                }
+            }
+            Err(pre) => {
+                // The speak future is gone; fade out whatever it left playing.
+                match tokio::time::timeout(FADE_WAIT, dev.playout.interrupt()).await {
+                    Ok(Ok(_)) | Ok(Err(PlayoutError::NoUtterance { .. })) => {
+                        self.device = Some(dev)
+                    }
+                    Ok(Err(e)) => {
+                        self.device_failed(format!("audio device failed: {e}"), Some(dev))
+                            .await
+                    }
+                    Err(_) => {
+                        self.device_failed(
+                            "audio device did not finish a fade-out within 1 s".into(),
+                            Some(dev),
+                        )
+                        .await
+                    }
+                }
+                match pre {
+                    Preempt::Cancelled(by) => self.end_cancelled(&job, by),
+                    Preempt::Interrupted(by) => {
+                        self.counters.cancelled += 1;
+                        tracing::info!(id = %job.id, by = %by, "job interrupted");
+                        job.reply.send(Reply::Interrupted {
+                            id: job.id.clone(),
+                            by,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs the before-open hook, opens the device and starts the audio thread.
+    async fn open_device(&mut self) -> Result<(), String> {
+        run_hook(
+            "hook_before_open",
+            &self.cfg.daemon.hook_before_open,
+            self.cfg.daemon.hook_timeout_ms,
+        )
+        .await;
+        let name = self.cfg.audio.device.clone();
+        let req = self.cfg.sink_request();
+        let pcfg = self.cfg.playout();
+        let opened = tokio::task::spawn_blocking(move || {
+            let sink = AlsaSink::open(&name, &req).map_err(|e| e.to_string())?;
+            let meter = Arc::new(Meter::new());
+            let metered = MeteredSink {
+                inner: Box::new(sink),
+                meter: meter.clone(),
+            };
+            let playout = Playout::spawn(Box::new(metered), pcfg).map_err(|e| e.to_string())?;
+            Ok::<_, String>((playout, meter))
+        })
+        .await
+        .map_err(|e| format!("opening the audio device panicked: {e}"))
+        .and_then(|r| r);
+        match opened {
+            Ok((playout, meter)) => {
+                self.realtime = match playout.realtime() {
+                    RealtimeStatus::NotRequested => "not requested".into(),
+                    RealtimeStatus::Granted { priority } => {
+                        format!("granted (SCHED_FIFO {priority})")
+                    }
+                    RealtimeStatus::Denied { priority, reason } => {
+                        format!("denied (asked SCHED_FIFO {priority}): {reason}")
+                    }
+                };
+                let f = playout.format();
+                tracing::info!(
+                    device = %self.cfg.audio.device,
+                    rate = f.rate,
+                    channels = f.channels,
+                    period_frames = f.period_frames,
+                    "audio device opened"
+                );
+                self.device = Some(Device {
+                    playout,
+                    meter,
+                    opened_at: Instant::now(),
+                });
+                self.device_error = None;
+                self.device_stale = false;
+                self.retry_at = None;
+                self.retry_wait = RETRY_FIRST;
+                Ok(())
+            }
+            Err(reason) => {
+                self.device_failed(reason.clone(), None).await;
+                Err(reason)
+            }
+        }
+    }
+
+    /// Records a device failure, releases the device and schedules a reopen with backoff.
+    async fn device_failed(&mut self, reason: String, dev: Option<Device>) {
+        tracing::error!(%reason, "audio device error; retrying in {:?}", self.retry_wait);
+        self.notifier.status(&format!("device error: {reason}"));
+        if let Some(d) = dev {
+            self.device = Some(d);
+            self.close_device().await;
+        }
+        self.device_error = Some(reason);
+        self.retry_at = Some(Instant::now() + self.retry_wait);
+        self.retry_wait = (self.retry_wait * 2).min(RETRY_MAX);
+    }
+
+    /// A background reopen attempt after a failure: success leaves the device open (it is
+    /// closed again after `idle_close_s`).
+    async fn retry_device(&mut self) {
+        self.retry_at = None;
+        if self.device.is_some() {
+            return;
+        }
+        if self.open_device().await.is_ok() {
+            tracing::info!("audio device is back");
+            self.last_activity = Instant::now();
+            self.set_status();
+        }
+    }
+
+    async fn close_device(&mut self) {
+        let Some(dev) = self.device.take() else {
+            return;
+        };
+        let closed = tokio::task::spawn_blocking(move || dev.playout.shutdown()).await;
+        if let Ok(Err(e)) = closed {
+            tracing::warn!("closing the audio device: {e}");
+        }
+        run_hook(
+            "hook_after_close",
+            &self.cfg.daemon.hook_after_close,
+            self.cfg.daemon.hook_timeout_ms,
+        )
+        .await;
+    }
+
+    fn set_status(&self) {
+        match &self.device_error {
+            Some(e) => self.notifier.status(&format!("device error: {e}")),
+            None => self.notifier.status("idle"),
+        }
+    }
+
+    fn status(&self) -> StatusReport {
+        let format = self.device.as_ref().map(|d| d.playout.format());
+        let mut sorted: Vec<u64> = self.ttfa.iter().copied().collect();
+        sorted.sort_unstable();
+        let pct = |p: usize| -> Option<u64> {
+            (!sorted.is_empty()).then(|| sorted[(sorted.len() - 1) * p / 100])
+        };
+        let mut counters = self.counters.clone();
+        counters.ttfa_ms_p50 = pct(50);
+        counters.ttfa_ms_p90 = pct(90);
+        counters.ttfa_ms_p99 = pct(99);
+        let network = {
+            let n = self.net.lock();
+            let (last_ok, last_error) = match &n {
+                Ok(n) => (n.last_ok, n.last_error.clone()),
+                Err(_) => (None, None),
+            };
+            NetworkStatus {
+                api_base: redact_base(&self.cfg.api.api_base),
+                last_ok_s_ago: last_ok.map(|t| t.elapsed().as_secs()),
+                last_error,
+                warm: last_ok.is_some_and(|t| t.elapsed() < POOL_IDLE),
+            }
+        };
+        StatusReport {
+            version: env!("CARGO_PKG_VERSION").into(),
+            uptime_s: self.started.elapsed().as_secs(),
+            state: if self.current.is_some() {
+                "speaking".into()
+            } else if self.device_error.is_some() {
+                "device error".into()
+            } else {
+                "idle".into()
+            },
+            device: DeviceStatus {
+                name: self.cfg.audio.device.clone(),
+                open: format.is_some(),
+                rate: format.map(|f| f.rate),
+                channels: format.map(|f| f.channels),
+                period_frames: format.map(|f| f.period_frames),
+                error: self.device_error.clone(),
+                realtime: self.realtime.clone(),
+            },
+            queue_length: self.queue.len(),
+            queue: self
+                .queue
+                .iter()
+                .take(STATUS_QUEUE_MAX)
+                .map(|j| QueuedJob {
+                    id: j.id.clone(),
+                    priority: j.priority,
+                    text: preview(&j.text),
+                })
+                .collect(),
+            now_playing: self.current.as_ref().map(|(id, text, t0)| NowPlaying {
+                id: id.clone(),
+                text: text.clone(),
+                elapsed_ms: ms(t0.elapsed()),
+            }),
+            counters,
+            network,
+        }
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The first characters of `text`, on one line.
+fn preview(text: &str) -> String {
+    let one_line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut p: String = one_line.chars().take(PREVIEW_CHARS).collect();
+    if one_line.chars().count() > PREVIEW_CHARS {
+        p.push('…');
+    }
+    p
+}
+
+/// The API base without user-info (credentials never appear in status).
+fn redact_base(base: &str) -> String {
+    match base.split_once("://") {
+        Some((scheme, rest)) => {
+            let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+            format!("{scheme}://{rest}")
+        }
+        None => base.to_string(),
+    }
+}
+
+/// Runs a hook (argv, no shell) and waits for it, killing it after `timeout_ms`. Failures
+/// are logged: an amplifier script must not stop announcements.
+async fn run_hook(name: &str, argv: &[String], timeout_ms: u64) {
+    let Some((prog, args)) = argv.split_first() else {
+        return;
+    };
+    let mut cmd = tokio::process::Command::new(prog);
+    cmd.args(args)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(hook = name, program = %prog, "cannot run hook: {e}");
+            return;
+        }
+    };
+    let timeout = Duration::from_millis(timeout_ms);
+    match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        Ok(Ok(out)) if out.status.success() => {
+            tracing::debug!(hook = name, "hook ran")
+        }
+        Ok(Ok(out)) => tracing::warn!(hook = name, program = %prog, "hook failed: {}", out.status),
+        Ok(Err(e)) => tracing::warn!(hook = name, program = %prog, "hook failed: {e}"),
+        Err(_) => tracing::warn!(
+            hook = name,
+            program = %prog,
+            "hook killed after {timeout_ms} ms (hook_timeout_ms)"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preview_is_one_line_and_short() {
+        assert_eq!(preview("a\nb  c"), "a b c");
+        let p = preview(&"x".repeat(100));
+        assert_eq!(p.chars().count(), PREVIEW_CHARS + 1);
+    }
+
+    #[test]
+    fn credentials_in_the_base_never_show() {
+        assert_eq!(
+            redact_base("https://user:secret@example.com/v1"),
+            "https://example.com/v1"
+        );
+    }
+}
