@@ -203,9 +203,22 @@ fn init_logging(verbose: u8, daemon: bool) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
-    // Under systemd stderr goes to the journal, which adds its own timestamps.
+    // Under systemd (stderr connected to the journal) log natively, so each job's figures
+    // are structured, queryable fields (`journalctl -u herald ID=j7`); if the journal
+    // socket is unusable, plain lines without timestamps (the journal adds its own).
     if std::env::var_os("JOURNAL_STREAM").is_some() {
-        fmt.without_time().init();
+        use tracing_subscriber::prelude::*;
+        match tracing_journald::layer() {
+            Ok(journal) => {
+                let filter = tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG")
+                    .unwrap_or_else(|_| default.into());
+                tracing_subscriber::registry()
+                    .with(filter)
+                    .with(journal.with_syslog_identifier("herald".into()))
+                    .init();
+            }
+            Err(_) => fmt.without_time().init(),
+        }
     } else {
         fmt.init();
     }

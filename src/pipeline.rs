@@ -94,7 +94,8 @@ impl std::fmt::Display for SpeakReport {
             if self.segments == 1 { "" } else { "s" }
         )?;
         if self.attempts as usize > self.segments {
-            write!(f, ", {} retries", self.attempts as usize - self.segments)?;
+            let retries = self.attempts as usize - self.segments;
+            write!(f, ", {retries} retr{}", if retries == 1 { "y" } else { "ies" })?;
         }
         Ok(())
     }
