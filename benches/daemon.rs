@@ -26,7 +26,9 @@ const IDLE: Duration = Duration::from_secs(60);
 struct Daemon {
     child: Child,
     socket: std::path::PathBuf,
-    _clock: FifoClock,
+    fifo: support::FifoPcm,
+    clock: Option<FifoClock>,
+    closes_when_idle: bool,
 }
 
 fn start(dir: &Path, name: &str, base: &str, idle_close_s: u32) -> Daemon {
@@ -63,7 +65,9 @@ fn start(dir: &Path, name: &str, base: &str, idle_close_s: u32) -> Daemon {
     Daemon {
         child,
         socket,
-        _clock: clock,
+        fifo,
+        clock: Some(clock),
+        closes_when_idle: idle_close_s > 0,
     }
 }
 
@@ -170,9 +174,19 @@ fn main() {
         .map(|(_, d)| proc_usage(d.child.id()))
         .collect();
     std::thread::sleep(IDLE);
-    for (i, (label, d)) in daemons.iter().enumerate() {
+    for (i, (label, d)) in daemons.iter_mut().enumerate() {
         let (rss, cpu) = proc_usage(d.child.id());
-        idle_figures.push((label, rss, (cpu - before[i].1) / IDLE.as_secs_f64() * 100.0));
+        // A device closed while idle closed the FIFO too, which ends its "DAC" reader: a
+        // fresh reader stands in for the DAC waking up (opening the FIFO blocks without one).
+        if d.closes_when_idle {
+            drop(d.clock.take());
+            d.clock = Some(FifoClock::start(&d.fifo.path, 48_000, 1));
+        }
+        idle_figures.push((
+            *label,
+            rss,
+            (cpu - before[i].1) / IDLE.as_secs_f64() * 100.0,
+        ));
         let after = say(d, "after-idle");
         println!(
             "{label}\n  after {} s idle                 client {:>6.0} ms   daemon {:>6.0} ms",

@@ -95,7 +95,11 @@ impl std::fmt::Display for SpeakReport {
         )?;
         if self.attempts as usize > self.segments {
             let retries = self.attempts as usize - self.segments;
-            write!(f, ", {retries} retr{}", if retries == 1 { "y" } else { "ies" })?;
+            write!(
+                f,
+                ", {retries} retr{}",
+                if retries == 1 { "y" } else { "ies" }
+            )?;
         }
         Ok(())
     }
