@@ -2,10 +2,12 @@
 //! arrives and plays it gaplessly on ALSA. See `../shared/DESIGN.md` for the data flow.
 
 pub mod audio;
+pub mod buttons;
 pub mod codec;
 pub mod config;
 pub mod emulator;
 pub mod pipeline;
+pub mod presets;
 pub mod systemd;
 pub mod text;
 pub mod tts;
