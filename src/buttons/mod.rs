@@ -196,10 +196,10 @@ impl PressDetector {
     /// a long press whose threshold was reached.
     pub fn tick(&mut self, now: Instant, out: &mut Vec<ButtonEvent>) {
         let now = now.max(self.now);
-        // The long threshold can fall before a pending level change is confirmed, but only
-        // counts if the raw level is still "pressed" at the threshold.
+        // The threshold counts if the raw level is "pressed" when it is reached. Every edge
+        // ticks before it is applied, so the raw level seen here is the level at `t`.
         if let Some(t) = self.long_due() {
-            if t <= now && (self.raw == self.cfg.active || t < self.raw_since) {
+            if t <= now && self.raw == self.cfg.active {
                 self.fire_long(out);
             }
         }
