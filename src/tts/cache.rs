@@ -187,7 +187,9 @@ fn verify_ogg_opus(bytes: &[u8]) -> Result<(), String> {
             if packets == 0 {
                 head_first = p.data.starts_with(b"OpusHead");
             }
-            if after_eos {
+            // Packets of the EOS page itself carry the flag too; anything else after it is
+            // a second stream or junk that OpenAI never sends.
+            if after_eos && !p.eos {
                 eos_pages += 1;
             }
             after_eos |= p.eos;
