@@ -215,18 +215,31 @@ fn damaged_files_are_healed_by_a_refetch() {
 }
 
 #[test]
-fn a_stream_that_breaks_is_not_cached() {
+fn a_stream_that_breaks_or_is_corrupt_is_not_cached() {
     let rt = rt();
     rt.block_on(async {
         let emu = emulator().await;
-        // The emulator cuts the body after 3000 bytes.
-        let base = emu.base_url("fast,drop=3000,id=drop");
         let dir = tempfile::tempdir().unwrap();
         let cache = Arc::new(AudioCache::open(dir.path(), 1 << 20).unwrap());
-        let src = CachingSource::new(client(&base, KEY), cache.clone(), &base);
         let r = req("Leaving in five minutes. Shoes on, everyone.");
-        assert!(read_all(&src, &r).await.is_err());
+
+        // The emulator cuts the connection after about one page.
+        let scenario = "fast,drop,id=drop";
+        let base = emu.base_url(scenario);
+        let src = CachingSource::new(client(&base, KEY), cache.clone(), &base);
+        let err = read_all(&src, &r).await.unwrap_err();
+        assert!(matches!(err, TtsError::Broken { .. }), "{err}");
         src.settle().await;
+        assert_eq!(emu.stats().status_count(scenario, 200), 1);
+        assert!(!cache.contains(&src.key(&r)));
+
+        // A complete stream with a damaged page (a CRC error the transport cannot see).
+        let scenario = "fast,corrupt,id=corrupt";
+        let base = emu.base_url(scenario);
+        let src = CachingSource::new(client(&base, KEY), cache.clone(), &base);
+        let (audio, _) = read_all(&src, &r).await.unwrap();
+        src.settle().await;
+        assert!(verify(AudioFormat::Opus, &audio).is_err());
         assert!(!cache.contains(&src.key(&r)));
         assert!(files(dir.path()).is_empty(), "{:?}", files(dir.path()));
         emu.shutdown().await;
