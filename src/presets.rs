@@ -696,3 +696,64 @@ impl Drop for Renderer {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defaults() -> Voice {
+        Voice {
+            model: "tts-1".into(),
+            voice: "alloy".into(),
+            format: AudioFormat::Opus,
+            speed: Some(1.1),
+            instructions: None,
+        }
+    }
+
+    fn preset(src: &str) -> PresetConfig {
+        toml::from_str(src).unwrap()
+    }
+
+    #[test]
+    fn unset_options_come_from_the_speech_defaults() {
+        let r = preset("text = \"  Dinner is ready. \"\nvoice = \"coral\"")
+            .request("dinner", &defaults())
+            .unwrap();
+        assert_eq!(
+            (r.input.as_str(), r.voice.as_str(), r.model.as_str()),
+            ("Dinner is ready.", "coral", "tts-1")
+        );
+        assert_eq!(r.speed, Some(1.1));
+    }
+
+    #[test]
+    fn combinations_with_the_defaults_are_checked_when_resolved() {
+        // Valid on its own, refused with the default tts-1 model: named by preset.
+        let p = preset("text = \"Hi.\"\ninstructions = \"Cheerful.\"");
+        let mut presets = BTreeMap::new();
+        presets.insert("hi".to_string(), p.clone());
+        assert!(validate(&presets, &[]).is_ok());
+        let msg = p.request("hi", &defaults()).unwrap_err().to_string();
+        assert!(
+            msg.contains("'hi'") && msg.contains("instructions"),
+            "{msg}"
+        );
+        assert!(requests(&presets, &defaults()).is_err());
+    }
+
+    #[test]
+    fn unknown_fields_and_priorities_are_refused() {
+        assert!(toml::from_str::<PresetConfig>("text = \"Hi.\"\nvolume = 3").is_err());
+        let mut presets = BTreeMap::new();
+        presets.insert(
+            "hi".to_string(),
+            preset("text = \"Hi.\"\npriority = \"urgent\""),
+        );
+        let msg = validate(&presets, &[]).unwrap_err().to_string();
+        assert!(
+            msg.contains("'urgent'") && msg.contains("interrupt"),
+            "{msg}"
+        );
+    }
+}

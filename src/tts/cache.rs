@@ -418,12 +418,18 @@ impl AudioCache {
             });
         }
         let name = key.file_name();
+        let now = SystemTime::now();
+        // The slow part (write + fsync, tens of ms on an SD card) runs without the lock, so
+        // a press reading another entry never waits behind it.
+        let tmp = self.write_temp(&name, &stored, now)?;
+        let dest = self.dir.join(&name);
         let mut idx = self.lock();
         let replaced = idx.entries.get(&name).map_or(0, |e| e.size);
         while idx.total - replaced + size > self.max_bytes {
             match lru(&idx, Some(&name), pinned) {
                 Some(victim) => self.evict(&mut idx, &victim),
                 None => {
+                    let _ = fs::remove_file(&tmp);
                     let pinned_bytes = idx
                         .entries
                         .values()
@@ -439,8 +445,14 @@ impl AudioCache {
                 }
             }
         }
-        let now = SystemTime::now();
-        self.write_atomic(&name, &stored, now)?;
+        if let Err(source) = fs::rename(&tmp, &dest) {
+            let _ = fs::remove_file(&tmp);
+            return Err(CacheError::Io {
+                op: "rename",
+                path: dest,
+                source,
+            });
+        }
         idx.remove(&name);
         idx.seq += 1;
         let seq = idx.seq;
@@ -454,6 +466,12 @@ impl AudioCache {
                 pinned,
             },
         );
+        drop(idx);
+        // Makes the rename survive a power cut. The file is complete and in place either
+        // way, so a failure here only costs durability: log it, do not fail the store.
+        if let Err(e) = File::open(&self.dir).and_then(|d| d.sync_all()) {
+            tracing::warn!(dir = %self.dir.display(), "audio cache: cannot fsync the directory: {e}");
+        }
         Ok(())
     }
 
@@ -466,37 +484,36 @@ impl AudioCache {
         existed
     }
 
-    /// Temp file in the same directory, fsync, rename over the final name, fsync the
-    /// directory: a crash at any point leaves either the old state or the complete file.
-    fn write_atomic(&self, name: &str, bytes: &[u8], now: SystemTime) -> Result<(), CacheError> {
+    /// Writes and fsyncs a temp file in the cache directory (same filesystem, so the rename
+    /// into place is atomic). A crash before the rename leaves only a temp file, which is
+    /// never read and is deleted at the next open.
+    fn write_temp(&self, name: &str, bytes: &[u8], now: SystemTime) -> Result<PathBuf, CacheError> {
         let n = self.temp_counter.fetch_add(1, Ordering::Relaxed);
         let tmp = self
             .dir
             .join(format!(".{name}.{}.{n}{TEMP_SUFFIX}", std::process::id()));
-        let dest = self.dir.join(name);
+        let io = |op: &'static str| {
+            let path = tmp.clone();
+            move |source| CacheError::Io { op, path, source }
+        };
         let result = (|| {
-            let io = |op: &'static str, path: &Path| {
-                let path = path.to_path_buf();
-                move |source| CacheError::Io { op, path, source }
-            };
             let mut f = File::options()
                 .write(true)
                 .create_new(true)
                 .open(&tmp)
-                .map_err(io("create", &tmp))?;
-            f.write_all(bytes).map_err(io("write", &tmp))?;
+                .map_err(io("create"))?;
+            f.write_all(bytes).map_err(io("write"))?;
+            // Last use = now, kept in the mtime for the next start's LRU order.
             let _ = f.set_modified(now);
-            f.sync_all().map_err(io("fsync", &tmp))?;
-            drop(f);
-            fs::rename(&tmp, &dest).map_err(io("rename", &dest))?;
-            File::open(&self.dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io("fsync", &self.dir))
+            f.sync_all().map_err(io("fsync"))
         })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
+        match result {
+            Ok(()) => Ok(tmp),
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                Err(e)
+            }
         }
-        result
     }
 
     fn evict(&self, idx: &mut Index, name: &str) {
@@ -539,7 +556,8 @@ fn parse_name(name: &str) -> Option<AudioFormat> {
 
 /// A [`SpeechSource`] that serves from an [`AudioCache`] when it can and otherwise streams
 /// from `inner`, storing the stream once it completed and verified. Cache failures are
-/// logged and never fail the request.
+/// logged and never fail the request. Everything opened through it is stored: route only
+/// presets and `"cache": true` requests through it, everything else straight to `inner`.
 #[derive(Clone)]
 pub struct CachingSource {
     inner: Arc<dyn SpeechSource>,
