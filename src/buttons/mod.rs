@@ -67,8 +67,8 @@ pub struct PinSetup {
 pub trait ButtonSource: Send {
     /// The current level of each configured pin (read once at start).
     fn levels(&mut self) -> Result<BTreeMap<u8, Level>, ButtonError>;
-    /// Waits for the next edge, or until `deadline` (`None`: no deadline).
-    /// [`ButtonError::Closed`] ends the service.
+    /// Waits for the next edge, or until `deadline` (`None`: no deadline; a backend may
+    /// still time out early). [`ButtonError::Closed`] ends the service.
     fn next(&mut self, deadline: Option<Instant>) -> Result<SourceEvent, ButtonError>;
 }
 
@@ -367,6 +367,9 @@ impl ButtonService {
     pub fn run(mut self) -> Result<(), ButtonError> {
         let mut events = Vec::new();
         loop {
+            if self.tx.is_closed() {
+                return Ok(()); // The daemon is shutting down.
+            }
             let deadline = self
                 .buttons
                 .values()

@@ -10,6 +10,9 @@ use ::rppal::gpio::{self, Gpio, InputPin, Trigger};
 use super::{ButtonError, ButtonSource, Edge, Level, PinSetup, SourceEvent};
 use crate::presets::Pull;
 
+/// Longest blocking wait without a deadline.
+const IDLE_WAKE: Duration = Duration::from_secs(1);
+
 /// Buttons on the Pi's GPIO header through rppal.
 pub struct RppalSource {
     gpio: Gpio,
@@ -111,7 +114,9 @@ impl ButtonSource for RppalSource {
     }
 
     fn next(&mut self, deadline: Option<Instant>) -> Result<SourceEvent, ButtonError> {
-        let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        // Without a deadline, still wake now and then so the service notices a shutdown.
+        let timeout =
+            Some(deadline.map_or(IDLE_WAKE, |d| d.saturating_duration_since(Instant::now())));
         let refs: Vec<&InputPin> = self.pins.iter().collect();
         match self.gpio.poll_interrupts(&refs, false, timeout) {
             Ok(Some((pin, event))) => {
