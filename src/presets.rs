@@ -499,7 +499,8 @@ struct Slot {
 /// failures with backoff. [`update`](Self::update) after a config (re)load re-renders only
 /// presets whose cache key changed (or whose file is gone).
 pub struct Renderer {
-    source: CachingSource,
+    /// Replaced on reload (new key or API base); renders started later use the new one.
+    source: Mutex<CachingSource>,
     backoff: RenderBackoff,
     slots: Arc<Mutex<BTreeMap<String, Slot>>>,
     /// One render at a time, so presets never compete with each other (or much with live
@@ -531,7 +532,7 @@ impl Renderer {
     /// A renderer storing through `source` (whose cache holds the presets).
     pub fn new(source: CachingSource, backoff: RenderBackoff) -> Self {
         Renderer {
-            source,
+            source: Mutex::new(source),
             backoff,
             slots: Arc::default(),
             gate: Arc::new(tokio::sync::Semaphore::new(1)),
@@ -540,8 +541,14 @@ impl Renderer {
     }
 
     /// The source presets play through (cache first, then live synthesis).
-    pub fn source(&self) -> &CachingSource {
-        &self.source
+    pub fn source(&self) -> CachingSource {
+        lock(&self.source).clone()
+    }
+
+    /// Uses `source` from now on (after a reload changed the key or API base); call
+    /// [`update`](Self::update) next so failed presets retry with it.
+    pub fn replace_source(&self, source: CachingSource) {
+        *lock(&self.source) = source;
     }
 
     /// The request of preset `name`, if configured.
@@ -550,11 +557,12 @@ impl Renderer {
     }
 
     /// Applies a new preset set: starts background renders for new or changed presets (and
-    /// ones whose audio left the cache), cancels renders of removed ones. Must be called
+    /// ones whose audio left the cache, and failed ones), cancels renders of removed ones. Must be called
     /// inside a tokio runtime; returns at once.
     pub fn update(&self, presets: &BTreeMap<String, SpeechRequest>) -> UpdateSummary {
         let mut summary = UpdateSummary::default();
-        let cache = self.source.cache().clone();
+        let source = self.source();
+        let cache = source.cache().clone();
         let mut slots = lock(&self.slots);
         let gone: Vec<String> = slots
             .keys()
@@ -571,9 +579,12 @@ impl Renderer {
             }
         }
         for (name, req) in presets {
-            let key = self.source.key(req);
+            let key = source.key(req);
             if let Some(slot) = slots.get_mut(name) {
-                let running = slot.task.as_ref().is_some_and(|t| !t.is_finished());
+                // A failed preset waiting for its retry is retried now: the reload may have
+                // fixed the cause (a new key).
+                let failed = matches!(slot.state, PresetState::Failed { .. });
+                let running = !failed && slot.task.as_ref().is_some_and(|t| !t.is_finished());
                 let stored = slot.state == PresetState::Cached && cache.contains(&key);
                 if slot.key == key && (running || stored) {
                     summary.unchanged.push(name.clone());
@@ -606,7 +617,8 @@ impl Renderer {
     /// Every preset's state, by name. A preset recorded as cached whose file has since
     /// left the cache shows as pending (the next `update` re-renders it).
     pub fn status(&self) -> Vec<PresetStatus> {
-        let cache = self.source.cache();
+        let source = self.source();
+        let cache = source.cache();
         lock(&self.slots)
             .iter()
             .map(|(name, s)| PresetStatus {
@@ -635,7 +647,7 @@ impl Renderer {
     }
 
     fn spawn(&self, name: String, req: SpeechRequest) -> tokio::task::JoinHandle<()> {
-        let source = self.source.clone();
+        let source = self.source();
         let slots = self.slots.clone();
         let gate = self.gate.clone();
         let changed = self.changed.clone();

@@ -294,7 +294,8 @@ fn eviction_is_least_recently_used_with_presets_last() {
     cache.put(&k("p3"), &audio, true).unwrap();
     assert!(!has("p2") && has("f") && has("p3"));
     // An entry bigger than the whole cache is refused.
-    let small = AudioCache::open(tempfile::tempdir().unwrap().path(), size - 1).unwrap();
+    let small_dir = tempfile::tempdir().unwrap();
+    let small = AudioCache::open(small_dir.path(), size - 1).unwrap();
     assert!(matches!(
         small.put(&k("h"), &audio, true),
         Err(CacheError::TooLarge { .. })
@@ -333,13 +334,22 @@ fn a_broken_or_full_cache_never_stops_live_speech() {
         let dir = root.path().join("cache");
         let cache = Arc::new(AudioCache::open(&dir, 1 << 20).unwrap());
         let src = CachingSource::new(client(&base, KEY), cache.clone(), &base);
-        // The cache directory vanishes (SD card trouble, someone cleaning up).
+        // The cache directory is removed: it is made again on the next store.
         std::fs::remove_dir_all(&dir).unwrap();
         let r = req("Dinner is ready.");
         let (audio, _) = read_all(&src, &r).await.unwrap();
         src.settle().await;
         assert_eq!(audio, body("Dinner is ready."));
-        assert!(!cache.contains(&src.key(&r)));
+        assert!(cache.contains(&src.key(&r)));
+        // The cache path becomes unusable (a file where the directory was): speech still
+        // plays, live, every time.
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::write(&dir, b"not a directory").unwrap();
+        for _ in 0..2 {
+            let (audio, attempts) = read_all(&src, &r).await.unwrap();
+            src.settle().await;
+            assert_eq!((audio, attempts), (body("Dinner is ready."), 1));
+        }
 
         // Full of presets: live speech still plays, just uncached.
         let full_dir = root.path().join("full");
@@ -548,7 +558,15 @@ fn a_preset_that_cannot_render_says_why_and_is_retried() {
             st[0].state
         );
         assert!(!reason.contains("sk-wrong-key-000000000000"));
+        // A reload with the right key retries at once, without waiting for the backoff.
+        renderer.replace_source(CachingSource::new(client(&base, KEY), cache.clone(), &base));
+        let s = renderer.update(&requests(&[("dinner", "Dinner is ready.")]));
+        assert_eq!(s.rendering, vec!["dinner"]);
+        renderer.settled().await;
+        assert_eq!(renderer.status()[0].state, PresetState::Cached);
         drop(renderer);
+        let dir2 = tempfile::tempdir().unwrap();
+        let cache = Arc::new(AudioCache::open(dir2.path(), 1 << 20).unwrap());
 
         // Two server errors, then success: retried with backoff until cached.
         let scenario = "fast,fail=500x2,id=retry";

@@ -496,12 +496,17 @@ impl AudioCache {
             let path = tmp.clone();
             move |source| CacheError::Io { op, path, source }
         };
+        let create = || File::options().write(true).create_new(true).open(&tmp);
         let result = (|| {
-            let mut f = File::options()
-                .write(true)
-                .create_new(true)
-                .open(&tmp)
-                .map_err(io("create"))?;
+            let mut f = match create() {
+                // The directory was removed under us (someone cleaning up): make it again.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    fs::create_dir_all(&self.dir).map_err(io("create"))?;
+                    create()
+                }
+                other => other,
+            }
+            .map_err(io("create"))?;
             f.write_all(bytes).map_err(io("write"))?;
             // Last use = now, kept in the mtime for the next start's LRU order.
             let _ = f.set_modified(now);
