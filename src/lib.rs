@@ -2,11 +2,13 @@
 //! arrives and plays it gaplessly on ALSA. See `../shared/DESIGN.md` for the data flow.
 
 pub mod audio;
+pub mod buttons;
 pub mod codec;
 pub mod config;
 pub mod control;
 pub mod emulator;
 pub mod pipeline;
+pub mod presets;
 pub mod scheduler;
 pub mod systemd;
 pub mod text;

@@ -1,5 +1,6 @@
 //! Text → encoded speech bytes: the `SpeechSource` seam and its OpenAI backend.
 
+pub mod cache;
 pub mod openai;
 mod retry;
 

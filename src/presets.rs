@@ -1,0 +1,771 @@
+//! Presets (named announcements) and the buttons that trigger them: config types the
+//! daemon's config embeds (`[presets.NAME]`, `[[buttons]]`), their validation, and the
+//! [`Renderer`] that keeps every preset rendered in the audio cache.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+use crate::pipeline::Voice;
+use crate::tts::cache::{CacheKey, CachingSource};
+use crate::tts::{AudioFormat, SpeechRequest, MAX_INPUT_CHARS};
+
+/// Highest BCM GPIO number on the 40-pin header.
+pub const MAX_PIN: u8 = 27;
+/// Priorities a preset may name (the control protocol's values).
+pub const PRIORITIES: &[&str] = &["normal", "high", "interrupt"];
+/// Longest allowed debounce time.
+pub const MAX_DEBOUNCE_MS: u64 = 1000;
+
+/// One named announcement: its text and any speak option (unset ones use `[speech]`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PresetConfig {
+    /// What to say (one request: at most 4096 characters).
+    pub text: String,
+    /// Voice name.
+    #[serde(default)]
+    pub voice: Option<String>,
+    /// Model name.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Voice instructions (gpt-4o-mini-tts only).
+    #[serde(default)]
+    pub instructions: Option<String>,
+    /// Speed 0.25–4.0.
+    #[serde(default)]
+    pub speed: Option<f32>,
+    /// `opus` (default) or `pcm`.
+    #[serde(default)]
+    pub format: Option<AudioFormat>,
+    /// Queue priority: normal, high or interrupt.
+    #[serde(default)]
+    pub priority: Option<String>,
+}
+
+impl PresetConfig {
+    /// The speech request for this preset, unset fields taken from `defaults`, checked
+    /// against the endpoint's limits.
+    pub fn request(&self, name: &str, defaults: &Voice) -> Result<SpeechRequest, PresetError> {
+        let req = SpeechRequest {
+            model: self.model.clone().unwrap_or_else(|| defaults.model.clone()),
+            voice: self.voice.clone().unwrap_or_else(|| defaults.voice.clone()),
+            input: self.text.trim().to_string(),
+            format: self.format.unwrap_or(defaults.format),
+            speed: self.speed.or(defaults.speed),
+            instructions: self
+                .instructions
+                .clone()
+                .or_else(|| defaults.instructions.clone()),
+        };
+        req.validate().map_err(|e| PresetError::Request {
+            preset: name.to_string(),
+            reason: e.to_string(),
+        })?;
+        Ok(req)
+    }
+}
+
+/// The internal pull resistor of a button pin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pull {
+    /// Pull-up (button wired to ground; the usual wiring).
+    #[default]
+    Up,
+    /// Pull-down (button wired to 3.3 V).
+    Down,
+    /// No pull (an external resistor).
+    None,
+}
+
+/// Which level means "pressed".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ActiveLevel {
+    /// Pressed pulls the pin low (with `pull = "up"`).
+    #[default]
+    Low,
+    /// Pressed pulls the pin high (with `pull = "down"`).
+    High,
+}
+
+/// What a press does while the same preset is already playing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WhilePlaying {
+    /// Nothing: the announcement is already being heard (the default, so an impatient
+    /// second press neither cuts it off nor repeats it).
+    #[default]
+    Ignore,
+    /// Stop it and play it again from the start.
+    Restart,
+    /// Play it again after the current one.
+    Queue,
+}
+
+/// What a long press does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LongAction {
+    /// Play another preset.
+    Preset(String),
+    /// Stop everything.
+    Stop,
+    /// Skip the current announcement.
+    Skip,
+}
+
+/// A long press: hold time and action. TOML: `{ ms = 1500, action = "stop" }` (or
+/// `"skip"`), or `{ ms = 1500, preset = "NAME" }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "LongPressToml")]
+pub struct LongPress {
+    /// Hold time in milliseconds.
+    pub ms: u64,
+    /// What it does.
+    pub action: LongAction,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LongPressToml {
+    ms: u64,
+    #[serde(default)]
+    action: Option<String>,
+    #[serde(default)]
+    preset: Option<String>,
+}
+
+impl TryFrom<LongPressToml> for LongPress {
+    type Error = String;
+    fn try_from(t: LongPressToml) -> Result<Self, String> {
+        let action = match (t.action.as_deref(), t.preset) {
+            (Some("stop"), None) => LongAction::Stop,
+            (Some("skip"), None) => LongAction::Skip,
+            (None, Some(p)) => LongAction::Preset(p),
+            (Some(a), None) => {
+                return Err(format!(
+                    "unknown long_press action '{a}' (allowed: \"stop\", \"skip\", or preset = \"NAME\")"
+                ))
+            }
+            (Some(_), Some(_)) => {
+                return Err("long_press has both action and preset (give one)".into())
+            }
+            (None, None) => {
+                return Err(
+                    "long_press needs action = \"stop\" | \"skip\" or preset = \"NAME\"".into(),
+                )
+            }
+        };
+        Ok(LongPress { ms: t.ms, action })
+    }
+}
+
+fn default_debounce_ms() -> u64 {
+    30
+}
+
+/// One GPIO button (`[[buttons]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ButtonConfig {
+    /// BCM GPIO number, 0–27.
+    pub pin: u8,
+    /// The preset a short press plays.
+    pub preset: String,
+    /// Internal pull resistor (default up).
+    #[serde(default)]
+    pub pull: Pull,
+    /// Pressed level (default low).
+    #[serde(default)]
+    pub active: ActiveLevel,
+    /// Debounce time in milliseconds (default 30).
+    #[serde(default = "default_debounce_ms")]
+    pub debounce_ms: u64,
+    /// Optional long press.
+    #[serde(default)]
+    pub long_press: Option<LongPress>,
+    /// What a press does while this preset is playing (default ignore).
+    #[serde(default)]
+    pub while_playing: WhilePlaying,
+}
+
+/// A preset or button configuration error; the message names the entry and what is allowed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PresetError {
+    /// A preset name that cannot be typed on the command line.
+    #[error("preset name '{name}' is not allowed (use letters, digits, '-' and '_')")]
+    BadName {
+        /// The name.
+        name: String,
+    },
+    /// A preset with empty text.
+    #[error("preset '{preset}': text is empty (allowed: 1 to 4096 characters)")]
+    EmptyText {
+        /// Preset name.
+        preset: String,
+    },
+    /// A preset longer than one request.
+    #[error("preset '{preset}': text has {chars} characters (allowed: at most 4096, one request, so it can be cached)")]
+    TextTooLong {
+        /// Preset name.
+        preset: String,
+        /// Its length.
+        chars: usize,
+    },
+    /// A preset whose speech options the API would refuse.
+    #[error("preset '{preset}': {reason}")]
+    Request {
+        /// Preset name.
+        preset: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An unknown priority.
+    #[error("preset '{preset}': unknown priority '{priority}' (allowed: normal, high, interrupt)")]
+    Priority {
+        /// Preset name.
+        preset: String,
+        /// The value given.
+        priority: String,
+    },
+    /// A pin beyond the header.
+    #[error("button on pin {pin}: pin out of range (allowed: BCM GPIO 0 to 27)")]
+    PinOutOfRange {
+        /// The pin.
+        pin: u8,
+    },
+    /// Two buttons on one pin.
+    #[error("pin {pin} is used by two buttons (presets '{first}' and '{second}'); each pin can have one button")]
+    PinConflict {
+        /// The pin.
+        pin: u8,
+        /// The first button's preset.
+        first: String,
+        /// The second button's preset.
+        second: String,
+    },
+    /// A button naming a preset that does not exist.
+    #[error("button on pin {pin}: {what} '{preset}' does not exist (defined presets: {known})")]
+    UnknownPreset {
+        /// The pin.
+        pin: u8,
+        /// "preset" or "long_press preset".
+        what: &'static str,
+        /// The name given.
+        preset: String,
+        /// The defined names, comma separated.
+        known: String,
+    },
+    /// A debounce time that would swallow presses.
+    #[error("button on pin {pin}: debounce_ms {ms} is too long (allowed: 0 to 1000; default 30)")]
+    Debounce {
+        /// The pin.
+        pin: u8,
+        /// The value given.
+        ms: u64,
+    },
+    /// A long press that is not longer than the debounce time.
+    #[error(
+        "button on pin {pin}: long_press ms {ms} must be longer than debounce_ms {debounce_ms}"
+    )]
+    LongPress {
+        /// The pin.
+        pin: u8,
+        /// The hold time given.
+        ms: u64,
+        /// The debounce time.
+        debounce_ms: u64,
+    },
+}
+
+/// Checks presets and buttons: names, texts, speech options that do not depend on the
+/// `[speech]` defaults, pins in range and unique, and every referenced preset defined.
+pub fn validate(
+    presets: &BTreeMap<String, PresetConfig>,
+    buttons: &[ButtonConfig],
+) -> Result<(), PresetError> {
+    for (name, p) in presets {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(PresetError::BadName { name: name.clone() });
+        }
+        let text = p.text.trim();
+        if text.is_empty() {
+            return Err(PresetError::EmptyText {
+                preset: name.clone(),
+            });
+        }
+        let chars = text.chars().count();
+        if chars > MAX_INPUT_CHARS {
+            return Err(PresetError::TextTooLong {
+                preset: name.clone(),
+                chars,
+            });
+        }
+        if let Some(pr) = &p.priority {
+            if !PRIORITIES.contains(&pr.as_str()) {
+                return Err(PresetError::Priority {
+                    preset: name.clone(),
+                    priority: pr.clone(),
+                });
+            }
+        }
+        // Voice, model and speed are checked on their own here; combinations with the
+        // defaults (e.g. instructions with a tts-1 default model) in `PresetConfig::request`.
+        let probe = SpeechRequest {
+            model: p.model.clone().unwrap_or_else(|| "gpt-4o-mini-tts".into()),
+            voice: p.voice.clone().unwrap_or_else(|| "alloy".into()),
+            input: text.to_string(),
+            format: p.format.unwrap_or(AudioFormat::Opus),
+            speed: p.speed,
+            instructions: p.instructions.clone(),
+        };
+        probe.validate().map_err(|e| PresetError::Request {
+            preset: name.clone(),
+            reason: e.to_string(),
+        })?;
+    }
+    let known = || {
+        if presets.is_empty() {
+            "none".to_string()
+        } else {
+            presets.keys().cloned().collect::<Vec<_>>().join(", ")
+        }
+    };
+    let mut pins: BTreeMap<u8, &str> = BTreeMap::new();
+    for b in buttons {
+        if b.pin > MAX_PIN {
+            return Err(PresetError::PinOutOfRange { pin: b.pin });
+        }
+        if let Some(first) = pins.insert(b.pin, &b.preset) {
+            return Err(PresetError::PinConflict {
+                pin: b.pin,
+                first: first.to_string(),
+                second: b.preset.clone(),
+            });
+        }
+        if !presets.contains_key(&b.preset) {
+            return Err(PresetError::UnknownPreset {
+                pin: b.pin,
+                what: "preset",
+                preset: b.preset.clone(),
+                known: known(),
+            });
+        }
+        if b.debounce_ms > MAX_DEBOUNCE_MS {
+            return Err(PresetError::Debounce {
+                pin: b.pin,
+                ms: b.debounce_ms,
+            });
+        }
+        if let Some(lp) = &b.long_press {
+            if lp.ms <= b.debounce_ms {
+                return Err(PresetError::LongPress {
+                    pin: b.pin,
+                    ms: lp.ms,
+                    debounce_ms: b.debounce_ms,
+                });
+            }
+            if let LongAction::Preset(p) = &lp.action {
+                if !presets.contains_key(p) {
+                    return Err(PresetError::UnknownPreset {
+                        pin: b.pin,
+                        what: "long_press preset",
+                        preset: p.clone(),
+                        known: known(),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Wirings that are probably mistakes but can be right with external circuitry
+/// (e.g. pull-up with active-high): one message per button, for a config warning.
+pub fn wiring_warnings(buttons: &[ButtonConfig]) -> Vec<String> {
+    buttons
+        .iter()
+        .filter_map(|b| match (b.pull, b.active) {
+            (Pull::Up, ActiveLevel::High) => Some(format!(
+                "button on pin {}: pull = \"up\" with active = \"high\" only works with an external driver; a plain button to 3.3 V is never seen (use pull = \"down\")",
+                b.pin
+            )),
+            (Pull::Down, ActiveLevel::Low) => Some(format!(
+                "button on pin {}: pull = \"down\" with active = \"low\" only works with an external driver; a plain button to ground is never seen (use pull = \"up\")",
+                b.pin
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The speech requests of all presets with `defaults` applied (after [`validate`]).
+pub fn requests(
+    presets: &BTreeMap<String, PresetConfig>,
+    defaults: &Voice,
+) -> Result<BTreeMap<String, SpeechRequest>, PresetError> {
+    presets
+        .iter()
+        .map(|(n, p)| Ok((n.clone(), p.request(n, defaults)?)))
+        .collect()
+}
+
+/// Where a preset's rendering stands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PresetState {
+    /// Waiting for its turn (renders run one at a time).
+    Pending,
+    /// Being fetched now.
+    Rendering,
+    /// On disk and verified when it was stored; a press plays without the network.
+    Cached,
+    /// The last attempt failed; retried at `next_retry`.
+    Failed {
+        /// Why (the TTS or cache error).
+        reason: String,
+        /// When the next attempt starts.
+        next_retry: Instant,
+        /// Failed attempts so far.
+        attempts: u32,
+    },
+}
+
+impl std::fmt::Display for PresetState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PresetState::Pending => f.write_str("pending"),
+            PresetState::Rendering => f.write_str("rendering"),
+            PresetState::Cached => f.write_str("cached"),
+            PresetState::Failed {
+                reason,
+                next_retry,
+                attempts,
+            } => {
+                let wait = next_retry.saturating_duration_since(Instant::now());
+                write!(
+                    f,
+                    "not cached: {reason} (failed {attempts}×, retry in {}s)",
+                    wait.as_secs()
+                )
+            }
+        }
+    }
+}
+
+/// One preset's status, for `herald presets`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PresetStatus {
+    /// Preset name.
+    pub name: String,
+    /// Its cache key.
+    pub key: CacheKey,
+    /// Where its rendering stands.
+    pub state: PresetState,
+}
+
+/// Retry timing for failed renders.
+#[derive(Debug, Clone, Copy)]
+pub struct RenderBackoff {
+    /// Wait after the first failure.
+    pub initial: Duration,
+    /// Longest wait (the wait doubles up to this).
+    pub max: Duration,
+}
+
+impl Default for RenderBackoff {
+    fn default() -> Self {
+        RenderBackoff {
+            initial: Duration::from_secs(5),
+            max: Duration::from_secs(600),
+        }
+    }
+}
+
+struct Slot {
+    req: SpeechRequest,
+    key: CacheKey,
+    state: PresetState,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Keeps every preset rendered in the cache, in the background, one at a time, retrying
+/// failures with backoff. [`update`](Self::update) after a config (re)load re-renders only
+/// presets whose cache key changed (or whose file is gone).
+pub struct Renderer {
+    /// Replaced on reload (new key or API base); renders started later use the new one.
+    source: Mutex<CachingSource>,
+    backoff: RenderBackoff,
+    slots: Arc<Mutex<BTreeMap<String, Slot>>>,
+    /// One render at a time, so presets never compete with each other (or much with live
+    /// speech) for the link.
+    gate: Arc<tokio::sync::Semaphore>,
+    changed: Arc<tokio::sync::Notify>,
+}
+
+impl std::fmt::Debug for Renderer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Renderer")
+            .field("presets", &self.status())
+            .finish()
+    }
+}
+
+/// What [`Renderer::update`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpdateSummary {
+    /// Presets (re)rendering because they are new, changed or missing from the cache.
+    pub rendering: Vec<String>,
+    /// Presets left as they were.
+    pub unchanged: Vec<String>,
+    /// Presets no longer configured (their audio is unpinned and ages out).
+    pub removed: Vec<String>,
+}
+
+impl Renderer {
+    /// A renderer storing through `source` (whose cache holds the presets).
+    pub fn new(source: CachingSource, backoff: RenderBackoff) -> Self {
+        Renderer {
+            source: Mutex::new(source),
+            backoff,
+            slots: Arc::default(),
+            gate: Arc::new(tokio::sync::Semaphore::new(1)),
+            changed: Arc::default(),
+        }
+    }
+
+    /// The source presets play through (cache first, then live synthesis).
+    pub fn source(&self) -> CachingSource {
+        lock(&self.source).clone()
+    }
+
+    /// Uses `source` from now on (after a reload changed the key or API base); call
+    /// [`update`](Self::update) next so failed presets retry with it.
+    pub fn replace_source(&self, source: CachingSource) {
+        *lock(&self.source) = source;
+    }
+
+    /// The request of preset `name`, if configured.
+    pub fn request(&self, name: &str) -> Option<SpeechRequest> {
+        lock(&self.slots).get(name).map(|s| s.req.clone())
+    }
+
+    /// Applies a new preset set: starts background renders for new or changed presets (and
+    /// ones whose audio left the cache, and failed ones), cancels renders of removed ones. Must be called
+    /// inside a tokio runtime; returns at once.
+    pub fn update(&self, presets: &BTreeMap<String, SpeechRequest>) -> UpdateSummary {
+        let mut summary = UpdateSummary::default();
+        let source = self.source();
+        let cache = source.cache().clone();
+        let mut slots = lock(&self.slots);
+        let gone: Vec<String> = slots
+            .keys()
+            .filter(|n| !presets.contains_key(*n))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(slot) = slots.remove(&name) {
+                if let Some(t) = slot.task {
+                    t.abort();
+                }
+                cache.pin(&slot.key, false);
+                summary.removed.push(name);
+            }
+        }
+        for (name, req) in presets {
+            let key = source.key(req);
+            if let Some(slot) = slots.get_mut(name) {
+                // A failed preset waiting for its retry is retried now: the reload may have
+                // fixed the cause (a new key).
+                let failed = matches!(slot.state, PresetState::Failed { .. });
+                let running = !failed && slot.task.as_ref().is_some_and(|t| !t.is_finished());
+                let stored = slot.state == PresetState::Cached && cache.contains(&key);
+                if slot.key == key && (running || stored) {
+                    summary.unchanged.push(name.clone());
+                    continue;
+                }
+                if let Some(t) = slot.task.take() {
+                    t.abort();
+                }
+                if slot.key != key {
+                    cache.pin(&slot.key, false);
+                }
+            }
+            let task = self.spawn(name.clone(), req.clone());
+            slots.insert(
+                name.clone(),
+                Slot {
+                    req: req.clone(),
+                    key,
+                    state: PresetState::Pending,
+                    task: Some(task),
+                },
+            );
+            summary.rendering.push(name.clone());
+        }
+        drop(slots);
+        self.changed.notify_waiters();
+        summary
+    }
+
+    /// Every preset's state, by name. A preset recorded as cached whose file has since
+    /// left the cache shows as pending (the next `update` re-renders it).
+    pub fn status(&self) -> Vec<PresetStatus> {
+        let source = self.source();
+        let cache = source.cache();
+        lock(&self.slots)
+            .iter()
+            .map(|(name, s)| PresetStatus {
+                name: name.clone(),
+                key: s.key.clone(),
+                state: match &s.state {
+                    PresetState::Cached if !cache.contains(&s.key) => PresetState::Pending,
+                    other => other.clone(),
+                },
+            })
+            .collect()
+    }
+
+    /// Waits until no preset is pending or rendering (each is cached or has failed once).
+    pub async fn settled(&self) {
+        loop {
+            let notified = self.changed.notified();
+            let busy = lock(&self.slots)
+                .values()
+                .any(|s| matches!(s.state, PresetState::Pending | PresetState::Rendering));
+            if !busy {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn spawn(&self, name: String, req: SpeechRequest) -> tokio::task::JoinHandle<()> {
+        let source = self.source();
+        let slots = self.slots.clone();
+        let gate = self.gate.clone();
+        let changed = self.changed.clone();
+        let backoff = self.backoff;
+        let preset = name.clone();
+        let set = move |state: PresetState| {
+            if let Some(s) = lock(&slots).get_mut(&name) {
+                s.state = state;
+            }
+            changed.notify_waiters();
+        };
+        tokio::spawn(async move {
+            let mut attempts = 0u32;
+            loop {
+                let permit = gate.clone().acquire_owned().await;
+                set(PresetState::Rendering);
+                match source.ensure_cached(&req, true).await {
+                    Ok(fetched) => {
+                        tracing::info!(%preset, fetched, "preset cached");
+                        set(PresetState::Cached);
+                        return;
+                    }
+                    Err(e) => {
+                        attempts += 1;
+                        let wait = backoff
+                            .initial
+                            .saturating_mul(1u32 << (attempts - 1).min(16))
+                            .min(backoff.max);
+                        tracing::warn!(
+                            %preset,
+                            "cannot render the preset: {e}; retrying in {}s (a press meanwhile tries live synthesis)",
+                            wait.as_secs()
+                        );
+                        set(PresetState::Failed {
+                            reason: e.to_string(),
+                            next_retry: Instant::now() + wait,
+                            attempts,
+                        });
+                        drop(permit);
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+            }
+        })
+    }
+}
+
+impl Drop for Renderer {
+    fn drop(&mut self) {
+        for s in lock(&self.slots).values_mut() {
+            if let Some(t) = s.task.take() {
+                t.abort();
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defaults() -> Voice {
+        Voice {
+            model: "tts-1".into(),
+            voice: "alloy".into(),
+            format: AudioFormat::Opus,
+            speed: Some(1.1),
+            instructions: None,
+        }
+    }
+
+    fn preset(src: &str) -> PresetConfig {
+        toml::from_str(src).unwrap()
+    }
+
+    #[test]
+    fn unset_options_come_from_the_speech_defaults() {
+        let r = preset("text = \"  Dinner is ready. \"\nvoice = \"coral\"")
+            .request("dinner", &defaults())
+            .unwrap();
+        assert_eq!(
+            (r.input.as_str(), r.voice.as_str(), r.model.as_str()),
+            ("Dinner is ready.", "coral", "tts-1")
+        );
+        assert_eq!(r.speed, Some(1.1));
+    }
+
+    #[test]
+    fn combinations_with_the_defaults_are_checked_when_resolved() {
+        // Valid on its own, refused with the default tts-1 model: named by preset.
+        let p = preset("text = \"Hi.\"\ninstructions = \"Cheerful.\"");
+        let mut presets = BTreeMap::new();
+        presets.insert("hi".to_string(), p.clone());
+        assert!(validate(&presets, &[]).is_ok());
+        let msg = p.request("hi", &defaults()).unwrap_err().to_string();
+        assert!(
+            msg.contains("'hi'") && msg.contains("instructions"),
+            "{msg}"
+        );
+        assert!(requests(&presets, &defaults()).is_err());
+    }
+
+    #[test]
+    fn unknown_fields_and_priorities_are_refused() {
+        assert!(toml::from_str::<PresetConfig>("text = \"Hi.\"\nvolume = 3").is_err());
+        let mut presets = BTreeMap::new();
+        presets.insert(
+            "hi".to_string(),
+            preset("text = \"Hi.\"\npriority = \"urgent\""),
+        );
+        let msg = validate(&presets, &[]).unwrap_err().to_string();
+        assert!(
+            msg.contains("'urgent'") && msg.contains("interrupt"),
+            "{msg}"
+        );
+    }
+}
