@@ -5,6 +5,7 @@ pub mod audio;
 pub mod codec;
 pub mod config;
 pub mod emulator;
+pub mod net;
 pub mod pipeline;
 pub mod systemd;
 pub mod text;
