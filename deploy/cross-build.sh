@@ -24,7 +24,9 @@
 # libraries, highest GLIBC symbol version, the qemu smoke run). docs/CROSS.md records a run.
 #
 # Knobs: WORK, SUITE (bookworm), MIRROR/SECURITY_MIRROR (default: the host's apt sources,
-# else deb.debian.org), TARGETS, SMOKE=0, DEB=1, CARGO_FLAGS (extra cargo build flags).
+# else deb.debian.org), TARGETS, SMOKE=0, DEB=1, CARGO_FLAGS (extra cargo build flags),
+# SPEAK_URL=http://127.0.0.1:8000/v1 (+ SPEAK_KEY, default sk-test): also run
+# `herald speak --out` under qemu against that server, e.g. a herald-emulator on the host.
 set -euo pipefail
 
 WORK=${WORK:-/var/tmp/herald-xbuild}
@@ -32,6 +34,8 @@ SUITE=${SUITE:-bookworm}
 TARGETS=${TARGETS:-aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf}
 SMOKE=${SMOKE:-1}
 DEB=${DEB:-0}
+SPEAK_URL=${SPEAK_URL:-}
+SPEAK_KEY=${SPEAK_KEY:-sk-test}
 CARGO_FLAGS=${CARGO_FLAGS:---locked}
 PROJECT=$(pwd)
 ROOT=$WORK/$SUITE-root
@@ -192,7 +196,7 @@ REPORT=$OUT/report.txt
 {
   echo "herald $VERSION cross build, $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo "host: $(uname -m), chroot: Debian $SUITE $(cat "$ROOT/etc/debian_version"), $(chrooted rustc --version)"
-  echo "profile: $(sed -n '/^\[profile.release\]/,/^\[/p' "$PROJECT/Cargo.toml" | grep -v '^\[' | grep . | tr '\n' ' ')"
+  echo "profile: $(sed -n '/^\[profile.release\]/,/^\[/p' "$PROJECT/Cargo.toml" | grep -v -e '^\[' -e '^ *#' | grep . | tr '\n' ' ')"
 } >"$REPORT"
 
 for t in $TARGETS; do
@@ -234,6 +238,18 @@ for t in $TARGETS; do
         || die "smoke run '$args' failed for $t"
       [ "${PIPESTATUS[0]}" = 0 ] || die "smoke run '$args' exited non-zero for $t"
     done
+  fi
+  if [ -n "$SPEAK_URL" ]; then
+    # End to end under qemu: fetch speech from an OpenAI-compatible server (herald-emulator
+    # on the host: the chroot shares the host's network), decode the Ogg Opus stream,
+    # resample and write a WAV -- the whole pipeline except the sound card.
+    echo "\$ $QEMU -L / herald speak --api-base $SPEAK_URL --out /tmp/smoke-$t.wav 'Hello from a Raspberry Pi.'" | tee -a "$REPORT"
+    rm -f "$ROOT/tmp/smoke-$t.wav"
+    chrooted env OPENAI_API_KEY="$SPEAK_KEY" "$QEMU" -L / "$built" speak --api-base "$SPEAK_URL" \
+      --out "/tmp/smoke-$t.wav" "Hello from a Raspberry Pi." 2>&1 | tee -a "$REPORT" \
+      || die "speak smoke run failed for $t"
+    [ "${PIPESTATUS[0]}" = 0 ] || die "speak smoke run exited non-zero for $t"
+    echo "wav:    $(chrooted file -b "/tmp/smoke-$t.wav")" | tee -a "$REPORT"
   fi
   if [ "$DEB" = 1 ]; then
     # cargo-deb built in the chroot's own cargo (once), then packaged for the target arch
