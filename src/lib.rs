@@ -7,6 +7,7 @@ pub mod codec;
 pub mod config;
 pub mod control;
 pub mod emulator;
+pub mod net;
 pub mod pipeline;
 pub mod presets;
 pub mod scheduler;
