@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+# Packaging checks need cargo-deb, dpkg-dev and ansible (installed once, idempotently).
+scripts/ci-extras.sh
+export PATH="$HOME/.local/bin:$HOME/.cargo/bin:$PATH"
 
 export CARGO_TERM_COLOR=never
 cargo fmt --all -- --check

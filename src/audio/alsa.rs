@@ -287,7 +287,8 @@ fn negotiate(
         _ => period,
     };
     let period = Frames::try_from(period).unwrap_or(Frames::MAX);
-    let periods = Frames::from(want.buffer_periods.max(2));
+    // Frames is a C long: 32 bits on armhf, where i32: From<u32> does not exist.
+    let periods = Frames::try_from(want.buffer_periods.max(2)).unwrap_or(Frames::MAX);
     match timing {
         Timing::Requested | Timing::PowerOfTwo => {
             let granted = hwp
