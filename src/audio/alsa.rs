@@ -287,8 +287,9 @@ fn negotiate(
         _ => period,
     };
     let period = Frames::try_from(period).unwrap_or(Frames::MAX);
-    // Frames is a C long: 32 bits on armhf, where i32: From<u32> does not exist.
-    let periods = Frames::try_from(want.buffer_periods.max(2)).unwrap_or(Frames::MAX);
+    // Frames is a C long (32 bits on armhf, where i32: From<u32> does not exist); via u16
+    // the conversion is infallible everywhere (buffer_periods is validated to 2..=64).
+    let periods = Frames::from(u16::try_from(want.buffer_periods.max(2)).unwrap_or(u16::MAX));
     match timing {
         Timing::Requested | Timing::PowerOfTwo => {
             let granted = hwp
