@@ -344,3 +344,63 @@ fn cache_true_replays_without_a_request_and_a_corrupt_file_is_not_played() {
     assert_eq!(end["attempts"], 1, "corrupt audio was played: {replies:?}");
     assert_eq!(emu.stats().requests_for(sc), base + 2);
 }
+
+/// Reads one reply line.
+fn read_reply(r: &mut BufReader<UnixStream>) -> Value {
+    let mut line = String::new();
+    assert!(r.read_line(&mut line).unwrap() > 0, "connection closed");
+    serde_json::from_str(&line).unwrap()
+}
+
+#[test]
+fn a_press_while_the_preset_plays_follows_while_playing() {
+    let sc = "fast,tone,id=press-rules";
+    let (_rt, emu) = emulator();
+    // About 3 s of audio (the emulator's tone is 60 ms per character).
+    let d = Daemon::start(
+        &emu.base_url(sc),
+        true,
+        "[presets.long]\ntext = \"This announcement runs for about three seconds.\"\n",
+    );
+    d.wait_state("long", "cached");
+    let (mut w, mut r) = d.conn();
+    w.write_all(b"{\"cmd\":\"preset\",\"name\":\"long\",\"id\":\"first\"}\n")
+        .unwrap();
+    assert_eq!(read_reply(&mut r)["event"], "queued");
+    assert_eq!(read_reply(&mut r)["event"], "started");
+
+    // ignore (the default without a button): nothing happens, the playing job is named.
+    let out = d.herald(&["press", "long"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("first"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // restart: the playing one is faded out for a new one from the start.
+    let (mut w2, mut r2) = d.conn();
+    w2.write_all(
+        b"{\"cmd\":\"preset\",\"name\":\"long\",\"id\":\"again\",\"while_playing\":\"restart\"}\n",
+    )
+    .unwrap();
+    assert_eq!(read_reply(&mut r2)["event"], "queued");
+    let end = read_reply(&mut r);
+    assert_eq!(
+        (end["event"].as_str(), end["by"].as_str()),
+        (Some("interrupted"), Some("again")),
+        "{end}"
+    );
+    assert_eq!(read_reply(&mut r2)["event"], "started");
+    // queue: played again afterwards.
+    let third =
+        d.job(json!({"cmd": "preset", "name": "long", "id": "third", "while_playing": "queue"}));
+    assert_eq!(third[0]["event"], "queued", "{third:?}");
+    assert_eq!(third.last().unwrap()["event"], "finished", "{third:?}");
+    // It played after the restarted one, which ended normally.
+    let end = read_reply(&mut r2);
+    assert_eq!(
+        (end["event"].as_str(), end["id"].as_str()),
+        (Some("finished"), Some("again")),
+        "{end}"
+    );
+}
