@@ -137,7 +137,12 @@ impl Daemon {
         let until = Instant::now() + TIMEOUT;
         loop {
             let list = self.presets();
-            let p = list.iter().find(|p| p["name"] == name).cloned().unwrap();
+            // A preset added by a reload appears once the reload is done.
+            let p = list
+                .iter()
+                .find(|p| p["name"] == name)
+                .cloned()
+                .unwrap_or(Value::Null);
             if p["state"] == state {
                 return p;
             }
@@ -320,9 +325,22 @@ fn cache_true_replays_without_a_request_and_a_corrupt_file_is_not_played() {
     let end = first.last().unwrap();
     assert_eq!(end["event"], "finished", "{first:?}");
     assert_eq!(end["attempts"], 1);
-    // The store happens when the stream ends; wait until it is on disk.
+    // The store happens when the stream ends; wait until it is renamed into place (a
+    // temp file does not count).
     let until = Instant::now() + TIMEOUT;
-    while std::fs::read_dir(d.cache_dir()).unwrap().count() < 2 {
+    let stored = |dir: &Path| {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| {
+                !e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".tmp")
+            })
+            .count()
+    };
+    while stored(&d.cache_dir()) < 2 {
         assert!(Instant::now() < until, "the phrase was never stored");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -403,4 +421,29 @@ fn a_press_while_the_preset_plays_follows_while_playing() {
         (Some("finished"), Some("again")),
         "{end}"
     );
+}
+
+#[test]
+fn a_reload_renders_new_and_changed_presets_in_the_background() {
+    let sc = "fast,tone,id=press-reload";
+    let (_rt, emu) = emulator();
+    let d = Daemon::start(
+        &emu.base_url(sc),
+        false,
+        "[presets.bell]\ntext = \"Ding dong.\"\n",
+    );
+    d.wait_state("bell", "cached");
+    assert_eq!(emu.stats().requests_for(sc), 1);
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    std::fs::write(
+        &d.config,
+        format!("{text}\n[presets.door]\ntext = \"Someone is at the door.\"\n"),
+    )
+    .unwrap();
+    // SAFETY: sending SIGHUP to our own child process.
+    assert_eq!(unsafe { libc::kill(d.child.id() as i32, libc::SIGHUP) }, 0);
+    d.wait_state("door", "cached");
+    // Only the new preset was fetched; the unchanged one stayed cached.
+    assert_eq!(emu.stats().requests_for(sc), 2);
+    assert_eq!(d.wait_state("bell", "cached")["name"], "bell");
 }
