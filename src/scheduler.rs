@@ -6,6 +6,10 @@
 //! once (the speak future is dropped and the playout fades out in ≤ 20 ms). Every accepted
 //! job ends in exactly one terminal reply. A failing device fails the job that was playing;
 //! the device is reopened with backoff, and the daemon never exits for it.
+//!
+//! Presets (`preset` requests and buttons) and `"cache": true` requests play through the
+//! audio cache (`CachingSource`) instead of the plain client; the [`Presets`] renderer keeps
+//! every configured preset rendered in the background and is updated on reload.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -358,7 +362,12 @@ impl Scheduler {
         client: OpenAiClient,
         notifier: Notifier,
     ) -> (SchedulerHandle, tokio::task::JoinHandle<()>) {
-        Self::spawn_with_presets(cfg, client, notifier, Err("no cache".into()))
+        Self::spawn_with_presets(
+            cfg,
+            client,
+            notifier,
+            Err("the scheduler was started without an audio cache".into()),
+        )
     }
 
     /// Like [`spawn`](Self::spawn), with the audio cache and preset renderer (or why there

@@ -556,6 +556,30 @@ mod tests {
     }
 
     #[test]
+    fn preset_presets_and_cache_parse_and_bad_fields_list_the_allowed_ones() {
+        assert_eq!(
+            parse_line(br#"{"cmd":"preset","name":"dinner","while_playing":"restart"}"#).unwrap(),
+            Request::Preset(PresetRequest {
+                name: "dinner".into(),
+                id: None,
+                while_playing: Some(WhilePlaying::Restart),
+            })
+        );
+        assert_eq!(
+            parse_line(br#"{"cmd":"presets"}"#).unwrap(),
+            Request::Presets
+        );
+        let Request::Speak(s) = parse_line(br#"{"text":"Post.","cache":true}"#).unwrap() else {
+            panic!()
+        };
+        assert!(s.cache);
+        let e = err(br#"{"cmd":"preset"}"#);
+        assert!(e.contains("name") && e.contains("while_playing"), "{e}");
+        let e = err(br#"{"cmd":"preset","name":"x","while_playing":"twice"}"#);
+        assert!(e.contains("twice") && e.contains("restart"), "{e}");
+    }
+
+    #[test]
     fn replies_are_one_json_line_tagged_by_event() {
         let line = Reply::Queued {
             id: "j1".into(),
