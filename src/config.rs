@@ -1,6 +1,7 @@
 //! The TOML configuration: defaults, validation with line numbers, unknown-key warnings,
 //! environment overrides and loading the API key.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -8,6 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::audio::playout::PlayoutConfig;
 use crate::audio::SinkRequest;
+use crate::pipeline::Voice;
+use crate::presets::{ButtonConfig, PresetConfig};
 use crate::tts::openai::OpenAiConfig;
 use crate::tts::{ApiKey, AudioFormat, MAX_INPUT_CHARS, MODELS, VOICES};
 
@@ -28,6 +31,33 @@ pub struct Config {
     pub audio: AudioSection,
     /// `herald serve`: the control socket, the queue and the device's life cycle.
     pub daemon: DaemonSection,
+    /// The on-disk audio cache (presets and `"cache": true` requests).
+    pub cache: CacheSection,
+    /// Named announcements (`[presets.NAME]`); none by default.
+    #[serde(skip_serializing)]
+    pub presets: BTreeMap<String, PresetConfig>,
+    /// GPIO buttons (`[[buttons]]`); none by default.
+    #[serde(skip_serializing)]
+    pub buttons: Vec<ButtonConfig>,
+}
+
+/// `[cache]`: where rendered audio is kept and how much.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct CacheSection {
+    /// Directory of the cache; `herald serve` prefers `$CACHE_DIRECTORY` (systemd) when set.
+    pub dir: PathBuf,
+    /// Largest total size in MiB; least recently used unpinned audio is evicted first.
+    pub max_mb: u64,
+}
+
+impl Default for CacheSection {
+    fn default() -> Self {
+        CacheSection {
+            dir: PathBuf::from("/var/cache/herald"),
+            max_mb: 64,
+        }
+    }
 }
 
 /// `[daemon]`: the control socket, the queue, lead-in, idle close, hooks and keep-alive.
@@ -295,6 +325,7 @@ impl Config {
             }
         })?;
         config.validate(src, path)?;
+        warnings.extend(config.preset_warnings());
         Ok((config, warnings))
     }
 
@@ -494,6 +525,46 @@ impl Config {
                 ));
             }
         }
+        if !(1..=4096).contains(&self.cache.max_mb) {
+            return Err(bad(
+                "cache.max_mb",
+                format!("{} is out of range (allowed: 1 to 4096)", self.cache.max_mb),
+            ));
+        }
+        if self.cache.dir.as_os_str().is_empty() {
+            return Err(bad("cache.dir", "must name a directory".into()));
+        }
+        if let Err(e) = crate::presets::validate(&self.presets, &self.buttons) {
+            let key = match &e {
+                crate::presets::PresetError::BadName { name }
+                | crate::presets::PresetError::EmptyText { preset: name }
+                | crate::presets::PresetError::TextTooLong { preset: name, .. }
+                | crate::presets::PresetError::Request { preset: name, .. }
+                | crate::presets::PresetError::Priority { preset: name, .. } => {
+                    format!("presets.{name}")
+                }
+                _ => "buttons".to_string(),
+            };
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: header_line(src, &key),
+                key,
+                message: e.to_string(),
+            });
+        }
+        // Combinations with the [speech] defaults (e.g. instructions with tts-1).
+        if let Err(e) = crate::presets::requests(&self.presets, &self.default_voice()) {
+            let key = match &e {
+                crate::presets::PresetError::Request { preset, .. } => format!("presets.{preset}"),
+                _ => "presets".to_string(),
+            };
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: header_line(src, &key),
+                key,
+                message: e.to_string(),
+            });
+        }
         if d.keepalive_s > 86_400 {
             return Err(bad(
                 "daemon.keepalive_s",
@@ -563,10 +634,48 @@ impl Config {
         }
     }
 
+    /// The `[speech]` defaults as a voice (speed 1.0 and empty instructions left unset, as
+    /// for `speak` requests, so presets and requests share cache keys).
+    pub fn default_voice(&self) -> Voice {
+        let s = &self.speech;
+        Voice {
+            model: s.model.clone(),
+            voice: s.voice.clone(),
+            format: s.format,
+            speed: Some(s.speed).filter(|&v| v != 1.0),
+            instructions: Some(s.instructions.clone()).filter(|i| !i.trim().is_empty()),
+        }
+    }
+
+    /// Where `herald serve` keeps its cache: `$CACHE_DIRECTORY` (systemd) when set, else
+    /// `cache.dir`.
+    pub fn cache_dir(&self) -> PathBuf {
+        std::env::var_os("CACHE_DIRECTORY")
+            .filter(|d| !d.is_empty())
+            .map(|d| {
+                // systemd may pass several directories separated by ':'; the first is ours.
+                let d = d.to_string_lossy().into_owned();
+                PathBuf::from(d.split(':').next().unwrap_or(&d))
+            })
+            .unwrap_or_else(|| self.cache.dir.clone())
+    }
+
+    /// Preset and button warnings (wirings that are probably mistakes).
+    pub fn preset_warnings(&self) -> Vec<String> {
+        crate::presets::wiring_warnings(&self.buttons)
+    }
+
     /// The longest input sent in one request.
     pub fn segment_chars(&self) -> usize {
         MAX_INPUT_CHARS
     }
+}
+
+/// The line of table header `[key]` (or `[[key]]`), if present.
+fn header_line(src: &str, key: &str) -> Option<usize> {
+    src.lines()
+        .position(|l| l.trim().trim_matches(|c| c == '[' || c == ']').trim() == key)
+        .map(|i| i + 1)
 }
 
 /// 1-based line and column of byte offset `at` in `src`.
@@ -659,6 +768,37 @@ mod tests {
     fn dated_model_snapshots_are_accepted() {
         assert!(parse("[speech]\nmodel = \"gpt-4o-mini-tts-2025-03-20\"\n").is_ok());
         assert!(parse("[speech]\nmodel = \"gpt-5\"\n").is_err());
+    }
+
+    #[test]
+    fn presets_and_buttons_load_and_errors_name_the_key() {
+        let (c, w) = parse(
+            "[presets.dinner]\ntext = \"Dinner is ready.\"\nvoice = \"coral\"\n\n[[buttons]]\npin = 17\npreset = \"dinner\"\nactive = \"high\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.presets["dinner"].voice.as_deref(), Some("coral"));
+        assert_eq!(c.buttons[0].pin, 17);
+        assert_eq!(c.buttons[0].debounce_ms, 30);
+        // pull = up (default) with active = high: a wiring warning, not an error.
+        assert!(w.iter().any(|w| w.contains("pin 17")), "{w:?}");
+        let e = parse("[presets.dinner]\ntext = \"x\"\n\n[[buttons]]\npin = 17\npreset = \"dinner\"\n\n[[buttons]]\npin = 17\npreset = \"dinner\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("buttons") && e.contains("pin 17 is used by two"),
+            "{e}"
+        );
+        let e =
+            parse("[presets.dinner]\ntext = \"x\"\n\n[[buttons]]\npin = 40\npreset = \"dinner\"\n")
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("out of range"), "{e}");
+        let e = parse("[presets.dinner]\ntext = \"x\"\ninstructions = \"Calm.\"\n\n[speech]\nmodel = \"tts-1\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("presets.dinner") && e.contains("line 1"), "{e}");
+        let e = parse("[cache]\nmax_mb = 0\n").unwrap_err().to_string();
+        assert!(e.contains("cache.max_mb"), "{e}");
     }
 
     #[test]

@@ -70,6 +70,29 @@ enum Command {
         #[command(flatten)]
         socket: SocketArg,
     },
+    /// Play a configured preset through the daemon, exactly like its button (waits until
+    /// it has played).
+    Press {
+        /// The preset's name ([presets.NAME] in the config).
+        name: String,
+        /// What to do if it is already playing: ignore, restart or queue (default: its
+        /// button's rule, else ignore).
+        #[arg(long, value_name = "RULE")]
+        while_playing: Option<String>,
+        /// Return once the daemon accepted the press.
+        #[arg(long)]
+        no_wait: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// List the daemon's presets and whether each is cached.
+    Presets {
+        /// Print the daemon's JSON reply.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -249,6 +272,13 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Status { json, socket } => status(&config, &socket, json),
         Command::Stop { socket } => simple(&config, &socket, "stop"),
         Command::Skip { socket } => simple(&config, &socket, "skip"),
+        Command::Press {
+            name,
+            while_playing,
+            no_wait,
+            socket,
+        } => press(&config, &socket, &name, while_playing, no_wait),
+        Command::Presets { json, socket } => presets(&config, &socket, json),
     }
 }
 
@@ -387,10 +417,15 @@ fn say(config: &Config, args: SayArgs) -> Result<()> {
     }
     let mut client = Client::connect(&socket_path(config, &args.socket))?;
     client.send(&req)?;
+    follow(&mut client, args.no_wait)
+}
+
+/// Prints a job's replies until its terminal one (or `queued` with `no_wait`).
+fn follow(client: &mut Client, no_wait: bool) -> Result<()> {
     loop {
         match client.next_reply()? {
             Reply::Queued { id, position } => {
-                if args.no_wait {
+                if no_wait {
                     println!("queued {id} at position {position}");
                     return Ok(());
                 }
@@ -421,7 +456,14 @@ fn say(config: &Config, args: SayArgs) -> Result<()> {
             Reply::Cancelled { id, by } => bail!("{id} was cancelled ({by})"),
             Reply::Interrupted { id, by } => bail!("{id} was interrupted by {by}"),
             Reply::Error { reason } => bail!("{reason}"),
-            Reply::Status(_) | Reply::Ok { .. } => {}
+            Reply::Ok { cmd, jobs } if cmd == "preset" => {
+                println!(
+                    "press ignored: the preset is already playing or queued ({})",
+                    jobs.join(", ")
+                );
+                return Ok(());
+            }
+            Reply::Status(_) | Reply::Ok { .. } | Reply::Presets { .. } => {}
         }
     }
 }
@@ -492,6 +534,61 @@ fn print_status(s: &StatusReport) {
     if let Some(e) = &n.last_error {
         println!("         last error: {e}");
     }
+    for (i, p) in s.presets.iter().enumerate() {
+        let head = if i == 0 { "presets:" } else { "" };
+        let reason = p
+            .reason
+            .as_deref()
+            .map_or(String::new(), |r| format!(": {r}"));
+        println!("{head:9}{} {}{reason}", p.name, p.state);
+    }
+}
+
+fn press(
+    config: &Config,
+    socket: &SocketArg,
+    name: &str,
+    while_playing: Option<String>,
+    no_wait: bool,
+) -> Result<()> {
+    let mut req = serde_json::json!({ "cmd": "preset", "name": name });
+    if let Some(w) = while_playing {
+        req["while_playing"] = w.into();
+    }
+    let mut client = Client::connect(&socket_path(config, socket))?;
+    client.send(&req)?;
+    follow(&mut client, no_wait)
+}
+
+fn presets(config: &Config, socket: &SocketArg, json: bool) -> Result<()> {
+    let mut client = Client::connect(&socket_path(config, socket))?;
+    client.set_timeout(Some(std::time::Duration::from_secs(10)))?;
+    let reply = client.request(&serde_json::json!({ "cmd": "presets" }))?;
+    let Reply::Presets { presets } = reply else {
+        bail!(
+            "unexpected reply to presets: {}",
+            reply.to_line().trim_end()
+        );
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&presets)?);
+        return Ok(());
+    }
+    if presets.is_empty() {
+        println!("no presets configured (add [presets.NAME] to the config)");
+    }
+    let width = presets.iter().map(|p| p.name.len()).max().unwrap_or(0);
+    for p in &presets {
+        let mut state = p.state.clone();
+        if let Some(r) = &p.reason {
+            state.push_str(&format!(": {r}"));
+        }
+        if let Some(s) = p.retry_in_s {
+            state.push_str(&format!(" (retry in {s} s)"));
+        }
+        println!("{:width$}  \"{}\"  {state}", p.name, p.text);
+    }
+    Ok(())
 }
 
 fn simple(config: &Config, socket: &SocketArg, cmd: &str) -> Result<()> {

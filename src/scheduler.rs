@@ -6,8 +6,12 @@
 //! once (the speak future is dropped and the playout fades out in ≤ 20 ms). Every accepted
 //! job ends in exactly one terminal reply. A failing device fails the job that was playing;
 //! the device is reopened with backoff, and the daemon never exits for it.
+//!
+//! Presets (`preset` requests and buttons) and `"cache": true` requests play through the
+//! audio cache (`CachingSource`) instead of the plain client; the [`Presets`] renderer keeps
+//! every configured preset rendered in the background and is updated on reload.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,11 +24,13 @@ use crate::audio::playout::{Playout, PlayoutError, RealtimeStatus};
 use crate::audio::{DeviceFormat, Sink, SinkError};
 use crate::config::Config;
 use crate::control::protocol::{
-    Counters, DeviceStatus, NetworkStatus, NowPlaying, Priority, ProtocolError, QueuedJob, Reply,
-    Request, SpeakRequest, StatusReport,
+    Counters, DeviceStatus, NetworkStatus, NowPlaying, PresetInfo, PresetRequest, Priority,
+    ProtocolError, QueuedJob, Reply, Request, SpeakRequest, StatusReport,
 };
 use crate::pipeline::{self, Limits, PipelineError, Voice};
+use crate::presets::{PresetState, Renderer, WhilePlaying};
 use crate::systemd::Notifier;
+use crate::tts::cache::{AudioCache, CachingSource};
 use crate::tts::openai::OpenAiClient;
 use crate::tts::{OpenFuture, SpeechRequest, SpeechSource};
 
@@ -251,6 +257,41 @@ impl SpeechSource for LeadInSource {
     }
 }
 
+/// Opens through the cache with presets' audio pinned (never evicted while configured).
+struct PinnedSource(CachingSource);
+
+impl SpeechSource for PinnedSource {
+    fn open<'a>(&'a self, req: &'a SpeechRequest) -> OpenFuture<'a> {
+        Box::pin(self.0.open_cached(req, true))
+    }
+}
+
+/// The audio cache and the preset renderer, when the cache directory is usable.
+#[derive(Debug, Clone)]
+pub struct Presets {
+    /// Keeps every preset rendered; its source is the cache-first source.
+    pub renderer: Arc<Renderer>,
+}
+
+impl Presets {
+    /// A renderer over `cache`, fetching through `client` (requests go to `api_base`).
+    pub fn new(cache: Arc<AudioCache>, client: &OpenAiClient, api_base: &str) -> Self {
+        let source = CachingSource::new(Arc::new(client.clone()), cache, api_base);
+        Presets {
+            renderer: Arc::new(Renderer::new(source, Default::default())),
+        }
+    }
+}
+
+/// Where a job's audio comes from.
+#[derive(Clone)]
+enum JobSource {
+    /// Straight from the API.
+    Live,
+    /// Cache first, storing what is fetched (`pinned` for presets).
+    Cached { pinned: bool },
+}
+
 /// The open device.
 struct Device {
     playout: Playout,
@@ -264,6 +305,9 @@ struct Job {
     voice: Voice,
     priority: Priority,
     reply: Replier,
+    source: JobSource,
+    /// The preset this job plays, if any.
+    preset: Option<String>,
 }
 
 /// What ended a playing job early.
@@ -303,6 +347,11 @@ pub struct Scheduler {
     notifier: Notifier,
     realtime: String,
     stopping: Option<oneshot::Sender<()>>,
+    presets: Option<Presets>,
+    /// Every configured preset's request (the `[speech]` defaults applied).
+    preset_reqs: BTreeMap<String, SpeechRequest>,
+    /// Why there is no cache (presets then play live).
+    cache_error: Option<String>,
 }
 
 impl Scheduler {
@@ -313,8 +362,38 @@ impl Scheduler {
         client: OpenAiClient,
         notifier: Notifier,
     ) -> (SchedulerHandle, tokio::task::JoinHandle<()>) {
+        Self::spawn_with_presets(
+            cfg,
+            client,
+            notifier,
+            Err("the scheduler was started without an audio cache".into()),
+        )
+    }
+
+    /// Like [`spawn`](Self::spawn), with the audio cache and preset renderer (or why there
+    /// is none). Starts rendering the configured presets in the background.
+    pub fn spawn_with_presets(
+        cfg: Config,
+        client: OpenAiClient,
+        notifier: Notifier,
+        presets: Result<Presets, String>,
+    ) -> (SchedulerHandle, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(256);
+        let preset_reqs = preset_requests(&cfg);
+        let (presets, cache_error) = match presets {
+            Ok(p) => {
+                let summary = p.renderer.update(&preset_reqs);
+                if !summary.rendering.is_empty() {
+                    tracing::info!(presets = ?summary.rendering, "rendering presets in the background");
+                }
+                (Some(p), None)
+            }
+            Err(e) => (None, Some(e)),
+        };
         let s = Scheduler {
+            presets,
+            preset_reqs,
+            cache_error,
             cfg,
             client,
             rx,
@@ -432,9 +511,29 @@ impl Scheduler {
                     // Reopened with the new settings once it is free.
                     self.device_stale = true;
                 }
+                if config.cache != self.cfg.cache {
+                    tracing::warn!("[cache] changes take effect at the next restart");
+                }
                 self.cfg = *config;
                 if let Some(c) = client {
+                    if let Some(p) = &self.presets {
+                        let cache = p.renderer.source().cache().clone();
+                        p.renderer.replace_source(CachingSource::new(
+                            Arc::new(c.clone()),
+                            cache,
+                            &self.cfg.api.api_base,
+                        ));
+                    }
                     self.client = c;
+                }
+                self.preset_reqs = preset_requests(&self.cfg);
+                if let Some(p) = &self.presets {
+                    let summary = p.renderer.update(&self.preset_reqs);
+                    tracing::info!(
+                        rendering = ?summary.rendering,
+                        removed = ?summary.removed,
+                        "presets updated"
+                    );
                 }
                 tracing::info!("configuration reloaded; the queue is kept");
                 None
@@ -470,6 +569,13 @@ impl Scheduler {
                 None
             }
             Request::Speak(s) => self.enqueue(s, reply, playing),
+            Request::Preset(p) => self.press(p, reply, playing),
+            Request::Presets => {
+                reply.send(Reply::Presets {
+                    presets: self.preset_infos(),
+                });
+                None
+            }
             Request::Skip => {
                 let jobs = playing.map(|j| vec![j.id.clone()]).unwrap_or_default();
                 reply.send(Reply::Ok {
@@ -542,6 +648,29 @@ impl Scheduler {
             Ok(v) => v,
             Err(reason) => return fail(self, s.id.clone(), reason),
         };
+        let source = if s.cache && self.presets.is_some() {
+            JobSource::Cached { pinned: false }
+        } else {
+            JobSource::Live
+        };
+        self.admit(s, voice, source, None, reply, playing)
+    }
+
+    /// Queues a job whose request was validated.
+    fn admit(
+        &mut self,
+        s: SpeakRequest,
+        voice: Voice,
+        source: JobSource,
+        preset: Option<String>,
+        reply: Replier,
+        playing: Option<&Job>,
+    ) -> Option<Preempt> {
+        let fail = |this: &mut Self, id: Option<String>, reason: String| {
+            this.counters.failed += 1;
+            reply.send(Reply::Failed { id, reason });
+            None
+        };
         if self.stopping.is_some() {
             return fail(self, s.id.clone(), "the daemon is stopping".into());
         }
@@ -582,9 +711,180 @@ impl Scheduler {
                 voice,
                 priority: s.priority,
                 reply,
+                source,
+                preset,
             },
         );
         (s.priority == Priority::Interrupt && playing.is_some()).then_some(Preempt::Interrupted(id))
+    }
+
+    /// A preset press (socket `preset`, `herald press`, or a button): applies the
+    /// `while_playing` rule, then queues the preset like a `speak` job that plays through
+    /// the cache.
+    fn press(
+        &mut self,
+        p: PresetRequest,
+        reply: Replier,
+        playing: Option<&Job>,
+    ) -> Option<Preempt> {
+        let Some(req) = self.preset_reqs.get(&p.name).cloned() else {
+            self.counters.failed += 1;
+            let known = if self.preset_reqs.is_empty() {
+                "none are configured; add [presets.NAME] to the config".to_string()
+            } else {
+                format!(
+                    "known presets: {}",
+                    self.preset_reqs
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            reply.send(Reply::Failed {
+                id: p.id.clone(),
+                reason: format!("preset: unknown preset '{}' ({known})", p.name),
+            });
+            return None;
+        };
+        let rule = p.while_playing.unwrap_or_else(|| {
+            self.cfg
+                .buttons
+                .iter()
+                .find(|b| b.preset == p.name)
+                .map(|b| b.while_playing)
+                .unwrap_or_default()
+        });
+        let same_playing = playing.filter(|j| j.preset.as_deref() == Some(p.name.as_str()));
+        let same_queued = self
+            .queue
+            .iter()
+            .find(|j| j.preset.as_deref() == Some(p.name.as_str()))
+            .map(|j| j.id.clone());
+        let cfg = self.cfg.presets.get(&p.name);
+        let mut priority = match cfg.and_then(|c| c.priority.as_deref()) {
+            Some("high") => Priority::High,
+            Some("interrupt") => Priority::Interrupt,
+            _ => Priority::Normal,
+        };
+        match (rule, same_playing) {
+            (WhilePlaying::Ignore, Some(j)) => {
+                tracing::info!(preset = %p.name, id = %j.id, "press ignored: the preset is playing");
+                reply.send(Reply::Ok {
+                    cmd: "preset".into(),
+                    jobs: vec![j.id.clone()],
+                });
+                return None;
+            }
+            // Played again from the start: cut the current one like an interrupt.
+            (WhilePlaying::Restart, Some(_)) => priority = Priority::Interrupt,
+            _ => {}
+        }
+        if rule != WhilePlaying::Queue {
+            if let Some(id) = same_queued {
+                // It is about to play from the start anyway.
+                tracing::info!(preset = %p.name, %id, "press ignored: the preset is queued");
+                reply.send(Reply::Ok {
+                    cmd: "preset".into(),
+                    jobs: vec![id],
+                });
+                return None;
+            }
+        }
+        if let Some(id) = &p.id {
+            if self.queue.iter().any(|j| &j.id == id) || playing.is_some_and(|j| &j.id == id) {
+                self.counters.failed += 1;
+                reply.send(Reply::Failed {
+                    id: None,
+                    reason: format!("id '{id}' is already in use by a queued or playing job (ids must be unique among live jobs)"),
+                });
+                return None;
+            }
+        }
+        let voice = Voice {
+            model: req.model.clone(),
+            voice: req.voice.clone(),
+            format: req.format,
+            speed: req.speed,
+            instructions: req.instructions.clone(),
+        };
+        let source = if self.presets.is_some() {
+            JobSource::Cached { pinned: true }
+        } else {
+            JobSource::Live
+        };
+        let s = SpeakRequest {
+            text: req.input,
+            priority,
+            id: p.id,
+            ..SpeakRequest::default()
+        };
+        self.admit(s, voice, source, Some(p.name), reply, playing)
+    }
+
+    /// Every preset's cache state, for `presets` and `status`.
+    fn preset_infos(&self) -> Vec<PresetInfo> {
+        let states: BTreeMap<String, PresetState> = self
+            .presets
+            .as_ref()
+            .map(|p| {
+                p.renderer
+                    .status()
+                    .into_iter()
+                    .map(|s| (s.name, s.state))
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.preset_reqs
+            .iter()
+            .map(|(name, req)| {
+                let (state, reason, retry_in_s) = match states.get(name) {
+                    Some(PresetState::Pending) => ("pending", None, None),
+                    Some(PresetState::Rendering) => ("rendering", None, None),
+                    Some(PresetState::Cached) => ("cached", None, None),
+                    Some(PresetState::Failed {
+                        reason, next_retry, ..
+                    }) => (
+                        "failed",
+                        Some(reason.clone()),
+                        Some(
+                            next_retry
+                                .saturating_duration_since(Instant::now())
+                                .as_secs(),
+                        ),
+                    ),
+                    None => (
+                        "uncached",
+                        Some(
+                            self.cache_error
+                                .clone()
+                                .unwrap_or_else(|| "not rendered yet".into()),
+                        ),
+                        None,
+                    ),
+                };
+                PresetInfo {
+                    name: name.clone(),
+                    state: state.into(),
+                    reason,
+                    retry_in_s,
+                    text: preview(&req.input),
+                }
+            })
+            .collect()
+    }
+
+    /// Why preset `name` is not cached, if its rendering failed.
+    fn render_failure(&self, name: &str) -> Option<String> {
+        let p = self.presets.as_ref()?;
+        p.renderer
+            .status()
+            .into_iter()
+            .find(|s| s.name == name)
+            .and_then(|s| match s.state {
+                PresetState::Failed { reason, .. } => Some(reason),
+                _ => None,
+            })
     }
 
     /// The request's voice settings over the configured defaults, validated.
@@ -649,7 +949,13 @@ impl Scheduler {
             return;
         };
         let lead_in = Duration::from_millis(u64::from(self.cfg.daemon.lead_in_ms));
-        let source: Arc<dyn SpeechSource> = Arc::new(self.client.clone());
+        let source: Arc<dyn SpeechSource> = match (&job.source, &self.presets) {
+            (JobSource::Cached { pinned: true }, Some(p)) => {
+                Arc::new(PinnedSource(p.renderer.source()))
+            }
+            (JobSource::Cached { pinned: false }, Some(p)) => Arc::new(p.renderer.source()),
+            _ => Arc::new(self.client.clone()),
+        };
         let source: Arc<dyn SpeechSource> = if fresh && !lead_in.is_zero() {
             Arc::new(LeadInSource {
                 inner: source,
@@ -767,7 +1073,14 @@ impl Scheduler {
                     self.end_failed(&job, reason);
                 } else {
                     self.device = Some(dev);
-                    self.end_failed(&job, e.to_string());
+                    let reason = match job.preset.as_deref().map(|n| (n, self.render_failure(n))) {
+                        Some((name, Some(why))) => format!(
+                            "preset '{name}' is not cached (rendering failed: {why}) and live synthesis failed too: {e}"
+                        ),
+                        Some((name, None)) => format!("preset '{name}': {e}"),
+                        None => e.to_string(),
+                    };
+                    self.end_failed(&job, reason);
                 }
             }
             Err(pre) => {
@@ -975,8 +1288,25 @@ impl Scheduler {
             }),
             counters,
             network,
+            presets: self.preset_infos(),
         }
     }
+}
+
+/// Every configured preset's request with the `[speech]` defaults applied. The config was
+/// validated when loaded, so a preset that still fails here is skipped with an error.
+fn preset_requests(cfg: &Config) -> BTreeMap<String, SpeechRequest> {
+    let defaults = cfg.default_voice();
+    cfg.presets
+        .iter()
+        .filter_map(|(name, p)| match p.request(name, &defaults) {
+            Ok(r) => Some((name.clone(), r)),
+            Err(e) => {
+                tracing::error!("{e}");
+                None
+            }
+        })
+        .collect()
 }
 
 fn ms(d: Duration) -> u64 {

@@ -8,10 +8,14 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{oneshot, watch};
 
 use crate::audio::alsa::AlsaSink;
+use crate::buttons::rppal::RppalSource;
+use crate::buttons::{pin_setups, ButtonAction, ButtonService};
 use crate::config::{Config, ConfigError};
+use crate::control::protocol::{PresetRequest, Reply, Request};
 use crate::control::server::{self, ServerError};
-use crate::scheduler::{Command, Scheduler, SchedulerHandle};
+use crate::scheduler::{Command, Presets, Replier, Scheduler, SchedulerHandle};
 use crate::systemd::{self, Notifier, SystemdError};
+use crate::tts::cache::AudioCache;
 use crate::tts::openai::OpenAiClient;
 use crate::tts::TtsError;
 
@@ -97,7 +101,11 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), D
         })?;
 
     let max_connections = d.max_connections;
-    let (sched, mut sched_task) = Scheduler::spawn(config.clone(), client, notifier.clone());
+    let presets = open_cache(&config, &client);
+    // Presets render in the background (spawned by the scheduler): never before READY=1.
+    let (sched, mut sched_task) =
+        Scheduler::spawn_with_presets(config.clone(), client, notifier.clone(), presets);
+    start_buttons(&config, &sched);
     let (stop_tx, stop_rx) = watch::channel(false);
     let server = tokio::spawn(server::serve(
         listener,
@@ -154,6 +162,111 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), D
     Ok(())
 }
 
+/// Opens the audio cache (`$CACHE_DIRECTORY` or `cache.dir`); without one, presets and
+/// `"cache": true` requests play live, and the reason is logged once and shown by `presets`.
+fn open_cache(config: &Config, client: &OpenAiClient) -> Result<Presets, String> {
+    let dir = config.cache_dir();
+    let max = config.cache.max_mb.saturating_mul(1024 * 1024);
+    match AudioCache::open(&dir, max) {
+        Ok(cache) => {
+            tracing::info!(dir = %dir.display(), max_mb = config.cache.max_mb, "audio cache ready");
+            Ok(Presets::new(
+                std::sync::Arc::new(cache),
+                client,
+                &config.api.api_base,
+            ))
+        }
+        Err(e) => {
+            let reason = format!(
+                "audio cache unavailable: {e} (set cache.dir to a writable directory); presets play live"
+            );
+            if !config.presets.is_empty() {
+                tracing::error!("{reason}");
+            } else {
+                tracing::warn!("{reason}");
+            }
+            Err(reason)
+        }
+    }
+}
+
+/// Starts the GPIO buttons, if any are configured. Off a Pi or without access to the GPIO
+/// device this logs one error naming the cause (and the group to add) and returns: the
+/// socket keeps working. Buttons take effect at start (a reload does not change them).
+fn start_buttons(config: &Config, sched: &SchedulerHandle) {
+    if config.buttons.is_empty() {
+        return;
+    }
+    let source = match RppalSource::open(&pin_setups(&config.buttons)) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("{e}");
+            return;
+        }
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<ButtonAction>(16);
+    let service = match ButtonService::new(
+        Box::new(source),
+        &config.buttons,
+        tx,
+        std::time::Instant::now(),
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("{e}");
+            return;
+        }
+    };
+    if let Err(e) = service.spawn() {
+        tracing::error!("GPIO buttons are disabled: cannot start their thread: {e}");
+        return;
+    }
+    let pins: Vec<u8> = config.buttons.iter().map(|b| b.pin).collect();
+    tracing::info!(?pins, "GPIO buttons ready");
+    let sched = sched.clone();
+    tokio::spawn(async move {
+        while let Some(action) = rx.recv().await {
+            let req = match action {
+                ButtonAction::Preset {
+                    name,
+                    while_playing,
+                    ..
+                } => Request::Preset(PresetRequest {
+                    name,
+                    id: None,
+                    while_playing: Some(while_playing),
+                }),
+                ButtonAction::Stop { .. } => Request::Stop,
+                ButtonAction::Skip { .. } => Request::Skip,
+            };
+            if !sched
+                .send(Command::Request {
+                    req: Ok(req),
+                    reply: button_replier(),
+                })
+                .await
+            {
+                return;
+            }
+        }
+    });
+}
+
+/// Where replies to a button press go: the log (failures as errors).
+fn button_replier() -> Replier {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+    tokio::spawn(async move {
+        while let Some(reply) = rx.recv().await {
+            match &reply {
+                Reply::Failed { reason, .. } => tracing::error!("button press failed: {reason}"),
+                r if r.is_terminal() => tracing::info!("button press: {}", r.to_line().trim_end()),
+                _ => {}
+            }
+        }
+    });
+    Replier::new(0, tx, std::sync::Arc::new(tokio::sync::Notify::new()))
+}
+
 /// SIGHUP: loads the config again; a bad one is reported and the old one kept.
 async fn reload(
     current: Config,
@@ -185,6 +298,9 @@ async fn reload(
     } else {
         None
     };
+    if new.buttons != current.buttons {
+        tracing::warn!("[[buttons]] changes take effect at the next restart");
+    }
     if new.daemon.socket_path != current.daemon.socket_path
         || new.daemon.max_connections != current.daemon.max_connections
     {

@@ -5,12 +5,15 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::presets::WhilePlaying;
 use crate::tts::AudioFormat;
 
 /// The longest request line, newline excluded.
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
 /// Commands a JSON request may name.
-pub const COMMANDS: &[&str] = &["speak", "stop", "skip", "cancel", "status"];
+pub const COMMANDS: &[&str] = &[
+    "speak", "stop", "skip", "cancel", "status", "preset", "presets",
+];
 
 /// Where a job goes in the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -52,6 +55,24 @@ pub struct SpeakRequest {
     /// The caller's id for the job (echoed in every reply); herald assigns one otherwise.
     #[serde(default)]
     pub id: Option<String>,
+    /// Store the audio in the cache and reuse it for the same request (repeated phrases).
+    #[serde(default)]
+    pub cache: bool,
+}
+
+/// A `preset` request: play a configured preset, exactly like its button.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PresetRequest {
+    /// The preset's name.
+    pub name: String,
+    /// The caller's id for the job; herald assigns one otherwise.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// What to do if this preset is already playing; default: the rule of the preset's
+    /// button, or `ignore` when no button plays it.
+    #[serde(default)]
+    pub while_playing: Option<WhilePlaying>,
 }
 
 /// `cancel` names a job.
@@ -82,6 +103,10 @@ pub enum Request {
     },
     /// Report the daemon's state.
     Status,
+    /// Play a configured preset.
+    Preset(PresetRequest),
+    /// List the presets with their cache state.
+    Presets,
 }
 
 /// Why a line is not a request; the message says what is allowed.
@@ -103,7 +128,7 @@ pub enum ProtocolError {
     #[error("invalid JSON: {0} (send one JSON object per line, or plain text to speak)")]
     Json(String),
     /// `cmd` names no command.
-    #[error("unknown command '{0}' (allowed: speak, stop, skip, cancel, status)")]
+    #[error("unknown command '{0}' (allowed: speak, stop, skip, cancel, status, preset, presets)")]
     UnknownCommand(String),
     /// A field is wrong: unknown, missing or of the wrong type.
     #[error("{cmd}: {message}")]
@@ -122,8 +147,9 @@ pub enum ProtocolError {
 fn allowed_fields(cmd: &str) -> &'static str {
     match cmd {
         "speak" => {
-            "cmd, text, voice, model, format, speed, instructions, priority (normal, high, interrupt), id"
+            "cmd, text, voice, model, format, speed, instructions, priority (normal, high, interrupt), id, cache"
         }
+        "preset" => "cmd, name, id, while_playing (ignore, restart, queue)",
         "cancel" => "cmd, id",
         _ => "cmd",
     }
@@ -200,11 +226,26 @@ pub fn parse_line(line: &[u8]) -> Result<Request, ProtocolError> {
             let req: CancelRequest = serde_json::from_value(rest).map_err(field_err)?;
             Ok(Request::Cancel { id: req.id })
         }
-        "stop" | "skip" | "status" => {
+        "preset" => {
+            let req: PresetRequest = serde_json::from_value(rest).map_err(field_err)?;
+            if req
+                .id
+                .as_deref()
+                .is_some_and(|i| i.is_empty() || i.len() > 128)
+            {
+                return Err(ProtocolError::Field {
+                    cmd,
+                    message: "id must be 1 to 128 bytes".into(),
+                });
+            }
+            Ok(Request::Preset(req))
+        }
+        "stop" | "skip" | "status" | "presets" => {
             let _: NoArgs = serde_json::from_value(rest).map_err(field_err)?;
             Ok(match cmd.as_str() {
                 "stop" => Request::Stop,
                 "skip" => Request::Skip,
+                "presets" => Request::Presets,
                 _ => Request::Status,
             })
         }
@@ -274,6 +315,11 @@ pub enum Reply {
     },
     /// The answer to `status`.
     Status(Box<StatusReport>),
+    /// The answer to `presets`.
+    Presets {
+        /// Every configured preset, by name.
+        presets: Vec<PresetInfo>,
+    },
     /// A command (stop, skip, cancel) was carried out.
     Ok {
         /// The command.
@@ -335,6 +381,26 @@ pub struct StatusReport {
     pub counters: Counters,
     /// The API connection.
     pub network: NetworkStatus,
+    /// Every configured preset and its cache state.
+    #[serde(default)]
+    pub presets: Vec<PresetInfo>,
+}
+
+/// One preset as `presets` and `status` report it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PresetInfo {
+    /// The preset's name.
+    pub name: String,
+    /// "pending", "rendering", "cached", "failed" or "uncached" (no cache available).
+    pub state: String,
+    /// Why the last render failed (state "failed"), or why there is no cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Seconds until the next render attempt (state "failed").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_in_s: Option<u64>,
+    /// The first 40 characters of its text.
+    pub text: String,
 }
 
 /// The device part of [`StatusReport`].
@@ -487,6 +553,30 @@ mod tests {
         assert!(err(b"   ").contains("empty"));
         let e = err(br#"{"cmd":"stop","id":"x"}"#);
         assert!(e.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn preset_presets_and_cache_parse_and_bad_fields_list_the_allowed_ones() {
+        assert_eq!(
+            parse_line(br#"{"cmd":"preset","name":"dinner","while_playing":"restart"}"#).unwrap(),
+            Request::Preset(PresetRequest {
+                name: "dinner".into(),
+                id: None,
+                while_playing: Some(WhilePlaying::Restart),
+            })
+        );
+        assert_eq!(
+            parse_line(br#"{"cmd":"presets"}"#).unwrap(),
+            Request::Presets
+        );
+        let Request::Speak(s) = parse_line(br#"{"text":"Post.","cache":true}"#).unwrap() else {
+            panic!()
+        };
+        assert!(s.cache);
+        let e = err(br#"{"cmd":"preset"}"#);
+        assert!(e.contains("name") && e.contains("while_playing"), "{e}");
+        let e = err(br#"{"cmd":"preset","name":"x","while_playing":"twice"}"#);
+        assert!(e.contains("twice") && e.contains("restart"), "{e}");
     }
 
     #[test]

@@ -1,0 +1,197 @@
+//! Preset press benchmark (figures, not a timed test): `cargo bench --bench press`.
+//!
+//! `herald serve` on a FIFO-clocked alsa-lib device (a real-time "DAC", see tests/support)
+//! with one preset, rendered from the in-process emulator into the cache before measuring.
+//! For each press it records the client-side time from sending the `preset` line to the
+//! `started` reply, and the daemon's own `time_to_first_audio_ms` (job leaves the queue →
+//! first non-silent period written to the device: "first sample written" on the daemon's
+//! clock). Three daemons: device kept open (`idle_close_s = 0`, after one warm-up press),
+//! device closed before every press (`idle_close_s = 1`, 2 s pause) with the default
+//! `lead_in_ms = 200`, and closed with `lead_in_ms = 0`. Results are in docs/BENCHMARKS.md.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use herald::emulator::{Emulator, EmulatorConfig};
+use support::{alsa_env, claim_fifo, FifoClock};
+
+const KEY: &str = "sk-bench-press-0123456789";
+const TEXT: &str = "Dinner is ready.";
+const PRESSES: usize = 10;
+
+struct Daemon {
+    child: Child,
+    socket: PathBuf,
+    fifo: support::FifoPcm,
+    clock: Option<FifoClock>,
+}
+
+fn start(dir: &Path, name: &str, base: &str, idle_close_s: u32, lead_in_ms: u32) -> Daemon {
+    let fifo = claim_fifo();
+    let clock = FifoClock::start(&fifo.path, 48_000, 1);
+    let socket = dir.join(format!("{name}.sock"));
+    let cfg = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "[api]\napi_base = \"{base}\"\n[audio]\ndevice = \"{}\"\n[daemon]\nsocket_path = \"{}\"\nidle_close_s = {idle_close_s}\nlead_in_ms = {lead_in_ms}\nkeepalive_s = 0\n[cache]\ndir = \"{}\"\n[presets.dinner]\ntext = \"{TEXT}\"\n",
+            fifo.pcm,
+            socket.display(),
+            dir.join(format!("{name}-cache")).display()
+        ),
+    )
+    .unwrap();
+    let (var, value) = alsa_env().env_var();
+    let child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["serve", "--config", cfg.to_str().unwrap()])
+        .env("OPENAI_API_KEY", KEY)
+        .env(var, value)
+        .env_remove("CACHE_DIRECTORY")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn herald serve");
+    let t = Instant::now();
+    while UnixStream::connect(&socket).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "daemon did not come up"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let d = Daemon {
+        child,
+        socket,
+        fifo,
+        clock: Some(clock),
+    };
+    wait_cached(&d);
+    d
+}
+
+/// Polls `presets` until the preset is cached.
+fn wait_cached(d: &Daemon) {
+    let t = Instant::now();
+    loop {
+        let mut s = UnixStream::connect(&d.socket).unwrap();
+        writeln!(s, "{{\"cmd\":\"presets\"}}").unwrap();
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if v["presets"][0]["state"] == "cached" {
+            return;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "never cached: {line}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One press; returns (client send → `started` reply, daemon time_to_first_audio_ms) once
+/// the job finished.
+fn press(d: &Daemon) -> (f64, f64) {
+    let mut s = UnixStream::connect(&d.socket).unwrap();
+    let t0 = Instant::now();
+    writeln!(s, "{{\"cmd\":\"preset\",\"name\":\"dinner\"}}").unwrap();
+    let mut started = None;
+    for line in BufReader::new(s.try_clone().unwrap()).lines() {
+        let line = line.unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        match v["event"].as_str() {
+            Some("started") => {
+                started = Some((
+                    t0.elapsed().as_secs_f64() * 1000.0,
+                    v["time_to_first_audio_ms"].as_f64().unwrap_or(f64::NAN),
+                ))
+            }
+            Some("finished") => {
+                assert_eq!(v["attempts"], 0, "the press used the network: {line}");
+                break;
+            }
+            Some("queued") => {}
+            other => panic!("unexpected reply {other:?}: {line}"),
+        }
+    }
+    started.expect("no started reply")
+}
+
+fn summary(v: &[(f64, f64)], f: fn(&(f64, f64)) -> f64) -> String {
+    let mut x: Vec<f64> = v.iter().map(f).collect();
+    x.sort_by(|a, b| a.total_cmp(b));
+    format!(
+        "median {:>5.1}  min {:>5.1}  max {:>5.1} ms",
+        x[x.len() / 2],
+        x[0],
+        x[x.len() - 1]
+    )
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("press benchmark: run it with `cargo bench --bench press`");
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let cfg = EmulatorConfig {
+        api_key: KEY.into(),
+        ..Default::default()
+    };
+    let emu = rt.block_on(Emulator::start(cfg)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    println!("herald press benchmark — cached preset {TEXT:?}, FIFO-clocked device, {PRESSES} presses each");
+    let runs: [(&str, u32, u32); 3] = [
+        ("device open (idle_close_s = 0)", 0, 200),
+        ("device closed (idle_close_s = 1), lead_in_ms = 200", 1, 200),
+        ("device closed (idle_close_s = 1), lead_in_ms = 0", 1, 0),
+    ];
+    for (i, (label, idle, lead)) in runs.into_iter().enumerate() {
+        let mut d = start(
+            dir.path(),
+            &format!("d{i}"),
+            &emu.base_url(&format!("id=press{i}")),
+            idle,
+            lead,
+        );
+        let mut figures = Vec::new();
+        if idle == 0 {
+            press(&d); // warm-up: opens the device
+        }
+        for _ in 0..PRESSES {
+            if idle > 0 {
+                std::thread::sleep(Duration::from_secs(2));
+                // The device closed while idle and with it the FIFO, which ends the "DAC"
+                // reader: a fresh reader stands in for the DAC waking up.
+                drop(d.clock.take());
+                d.clock = Some(FifoClock::start(&d.fifo.path, 48_000, 1));
+            } else {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            figures.push(press(&d));
+        }
+        println!("{label}");
+        println!(
+            "  press → first sample written (daemon)  {}",
+            summary(&figures, |x| x.1)
+        );
+        println!(
+            "  press sent → `started` reply (client)  {}",
+            summary(&figures, |x| x.0)
+        );
+        // SAFETY: plain kill(2) of our own child.
+        unsafe { libc::kill(d.child.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = d.child.wait();
+    }
+    rt.block_on(emu.shutdown());
+}
