@@ -33,7 +33,7 @@ struct Run {
     audio_s: f64,
 }
 
-/// Runs `herald` with `args`, returning its stderr, peak RSS (KiB) and CPU seconds.
+/// Runs `herald` with `args`, returning its stderr, peak RSS (KiB, VmHWM) and CPU seconds.
 // The child is reaped by wait4 (for its rusage), which clippy cannot see.
 #[allow(clippy::zombie_processes)]
 fn run_measured(args: &[&str], envs: &[(&str, &str)]) -> (String, i64, f64, bool) {
@@ -49,21 +49,35 @@ fn run_measured(args: &[&str], envs: &[(&str, &str)]) -> (String, i64, f64, bool
         std::io::Read::read_to_string(&mut stderr, &mut s).ok();
         s
     });
+    // Peak RSS from the child's own VmHWM, polled until it exits: rusage's ru_maxrss would
+    // include the bench's memory inherited at fork (Linux keeps the pre-exec maximum).
+    let pid = child.id() as libc::pid_t;
+    let hwm = std::thread::spawn(move || {
+        let mut peak = 0i64;
+        while let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            let Some(kib) = status
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<i64>().ok())
+            else {
+                break; // a zombie has no memory lines
+            };
+            peak = peak.max(kib);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        peak
+    });
     let mut status = 0;
     // SAFETY: plain wait4 on our own child; rusage is a plain C struct.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let pid = child.id() as libc::pid_t;
     let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     assert_eq!(r, pid, "wait4 failed");
     let err = reader.join().unwrap_or_default();
+    let peak_rss = hwm.join().unwrap_or(0);
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     let ok = std::process::ExitStatus::from_raw(status).success();
-    (
-        err,
-        usage.ru_maxrss,
-        tv(usage.ru_utime) + tv(usage.ru_stime),
-        ok,
-    )
+    (err, peak_rss, tv(usage.ru_utime) + tv(usage.ru_stime), ok)
 }
 
 fn field(summary: &str, before: &str, after: &str) -> Option<f64> {

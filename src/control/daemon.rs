@@ -403,5 +403,11 @@ pub fn check(config: &Config, path: Option<&Path>, warnings: &[String]) -> bool 
             None => println!("socket: {}", sock.display()),
         }
     }
+    // A warning, not a failure: the daemon works, it just has to absorb more jitter.
+    match crate::net::wifi_power_save() {
+        Ok(Some(w)) => println!("network: warning: {}", w.warning()),
+        Ok(None) => println!("network: no WiFi interface with power saving on"),
+        Err(e) => println!("network: cannot check WiFi power saving: {e}"),
+    }
     ok
 }
