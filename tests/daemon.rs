@@ -10,10 +10,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use herald::emulator::{Emulator, EmulatorConfig, EmulatorHandle};
+use herald::emulator::EmulatorHandle;
 use serde_json::{json, Value};
 use support::{FifoClock, FifoPcm};
 
@@ -24,21 +23,7 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 const LONG: &str = "This announcement runs for about three seconds.";
 
 fn emu() -> &'static EmulatorHandle {
-    static EMU: OnceLock<(tokio::runtime::Runtime, EmulatorHandle)> = OnceLock::new();
-    let (_, handle) = EMU.get_or_init(|| {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let cfg = EmulatorConfig {
-            api_key: KEY.into(),
-            ..Default::default()
-        };
-        let handle = rt.block_on(Emulator::start(cfg)).unwrap();
-        (rt, handle)
-    });
-    handle
+    support::emulator::shared(KEY)
 }
 
 /// A running `herald serve` with its own socket, config and log.
@@ -70,8 +55,10 @@ fn config_text(scenario: &str, device: &str, sock: &Path, extra: &str) -> String
     // marker, so it is appended to the matching section below.
     let (daemon_extra, rest) = split_extra(extra);
     format!(
-        "[api]\napi_base = \"{}\"\nmax_attempts = 1\n\n[audio]\ndevice = \"{device}\"\nrealtime_priority = 0\n\n[daemon]\nsocket_path = \"{}\"\nidle_close_s = 0\nlead_in_ms = 0\nkeepalive_s = 0\n{daemon_extra}\n{rest}",
+        "[api]\napi_base = \"{}\"\nmax_attempts = 1\n\n[audio]\ndevice = \"{device}\"\nrealtime_priority = 0\n\n[cache]\ndir = \"{}\"\n\n[daemon]\nsocket_path = \"{}\"\nidle_close_s = 0\nlead_in_ms = 0\nkeepalive_s = 0\n{daemon_extra}\n{rest}",
         emu().base_url(scenario),
+        // The test's own cache, not /var/cache/herald of the machine running the tests.
+        sock.with_extension("cache").display(),
         sock.display()
     )
 }

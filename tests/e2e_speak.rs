@@ -7,9 +7,8 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
-use herald::emulator::{expected_body, synthesize, Emulator, EmulatorConfig, EmulatorHandle};
+use herald::emulator::{expected_body, synthesize, EmulatorHandle};
 use herald::tts::AudioFormat;
 use support::reference::{decode_ogg_opus, read_wav};
 
@@ -18,21 +17,7 @@ const TEXT: &str = "Dinner is ready. Please come to the table.";
 
 /// One emulator for the whole test binary; tests isolate themselves with `id=` prefixes.
 fn emu() -> &'static EmulatorHandle {
-    static EMU: OnceLock<(tokio::runtime::Runtime, EmulatorHandle)> = OnceLock::new();
-    let (_, handle) = EMU.get_or_init(|| {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let cfg = EmulatorConfig {
-            api_key: KEY.into(),
-            ..Default::default()
-        };
-        let handle = rt.block_on(Emulator::start(cfg)).unwrap();
-        (rt, handle)
-    });
-    handle
+    support::emulator::shared(KEY)
 }
 
 fn tmp() -> tempfile::TempDir {

@@ -7,10 +7,9 @@
 mod support;
 
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 use std::time::Duration;
 
-use herald::emulator::{expected_body, Emulator, EmulatorConfig, EmulatorHandle};
+use herald::emulator::{expected_body, EmulatorHandle};
 use herald::tts::AudioFormat;
 use support::reference::decode_ogg_opus;
 use support::{alsa_env, claim_fifo, FifoClock};
@@ -21,21 +20,7 @@ const TEXT: &str = "The train to the airport leaves from platform four in ten mi
     Please take your luggage with you and mind the gap between the train and the platform.";
 
 fn emu() -> &'static EmulatorHandle {
-    static EMU: OnceLock<(tokio::runtime::Runtime, EmulatorHandle)> = OnceLock::new();
-    let (_, handle) = EMU.get_or_init(|| {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let cfg = EmulatorConfig {
-            api_key: KEY.into(),
-            ..Default::default()
-        };
-        let handle = rt.block_on(Emulator::start(cfg)).unwrap();
-        (rt, handle)
-    });
-    handle
+    support::emulator::shared(KEY)
 }
 
 /// Speaks `TEXT` from `scenario` on a FIFO-clocked device; returns herald's output and

@@ -190,6 +190,9 @@ fn config() -> String {
      device = \"herald_null\"\n\
      realtime_priority = 0\n\
      \n\
+     [cache]\n\
+     dir = \"{dir}/cache\"\n\
+     \n\
      [daemon]\n\
      socket_path = \"{dir}/configured.sock\"\n"
         .to_string()
