@@ -24,9 +24,10 @@ fi
 
 echo "demo: OPENAI_API_KEY is not set, using the local emulator"
 KEY=sk-herald-demo
-"$BIN/herald-emulator" --listen 127.0.0.1:0 --key "$KEY" >emulator.url 2>emulator.log &
+TMP=$(mktemp -d)
+"$BIN/herald-emulator" --listen 127.0.0.1:0 --key "$KEY" >"$TMP/url" 2>"$TMP/emulator.log" &
 EMU=$!
-trap 'kill $EMU 2>/dev/null || true; rm -f emulator.url' EXIT
-for _ in $(seq 50); do [ -s emulator.url ] && break; sleep 0.1; done
-BASE=$(head -1 emulator.url)
+trap 'kill $EMU 2>/dev/null || true; rm -rf "$TMP"' EXIT
+for _ in $(seq 50); do [ -s "$TMP/url" ] && break; sleep 0.1; done
+BASE=$(head -1 "$TMP/url")
 OPENAI_API_KEY=$KEY "$BIN/herald" speak --api-base "$BASE" "${OUT_ARGS[@]}" "$TEXT"
