@@ -16,7 +16,6 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use herald::emulator::{Emulator, EmulatorConfig};
 use support::{alsa_env, claim_fifo, FifoClock};
 
 const KEY: &str = "sk-bench-daemon-0123456789";
@@ -121,16 +120,8 @@ fn main() {
         println!("daemon benchmark: run it with `cargo bench --bench daemon`");
         return;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let cfg = EmulatorConfig {
-        api_key: KEY.into(),
-        ..Default::default()
-    };
-    let emu = rt.block_on(Emulator::start(cfg)).unwrap();
+    // The emulator stands in for OpenAI on 127.0.0.1 for the whole run.
+    let emu = support::emulator::shared(KEY);
     herald::emulator::synthesize(TEXT, "alloy", 1.0).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut daemons = [
@@ -209,5 +200,4 @@ fn main() {
         unsafe { libc::kill(d.child.id() as libc::pid_t, libc::SIGTERM) };
         let _ = d.child.wait();
     }
-    rt.block_on(emu.shutdown());
 }

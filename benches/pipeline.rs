@@ -16,7 +16,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use herald::emulator::{encode_ogg_opus, synthesize, Emulator, EmulatorConfig, OggLayout};
+use herald::emulator::{encode_ogg_opus, synthesize, OggLayout};
 use support::{alsa_env, claim_fifo, FifoClock};
 
 const KEY: &str = "sk-bench-0123456789abcdef";
@@ -226,16 +226,8 @@ fn main() {
             .collect();
         parts.is_empty() || parts.iter().any(|p| p == part)
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let cfg = EmulatorConfig {
-        api_key: KEY.into(),
-        ..Default::default()
-    };
-    let emu = rt.block_on(Emulator::start(cfg)).unwrap();
+    // The emulator stands in for OpenAI on 127.0.0.1 for the whole run.
+    let emu = support::emulator::shared(KEY);
     let dir = tempfile::tempdir().unwrap();
     let default_cfg = dir.path().join("default.toml");
     std::fs::write(&default_cfg, "").unwrap();
@@ -302,5 +294,4 @@ fn main() {
     if only("cpu") {
         cpu_figures(dir.path());
     }
-    rt.block_on(emu.shutdown());
 }

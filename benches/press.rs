@@ -18,7 +18,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use herald::emulator::{Emulator, EmulatorConfig};
 use support::{alsa_env, claim_fifo, FifoClock};
 
 const KEY: &str = "sk-bench-press-0123456789";
@@ -139,16 +138,8 @@ fn main() {
         println!("press benchmark: run it with `cargo bench --bench press`");
         return;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let cfg = EmulatorConfig {
-        api_key: KEY.into(),
-        ..Default::default()
-    };
-    let emu = rt.block_on(Emulator::start(cfg)).unwrap();
+    // The emulator stands in for OpenAI on 127.0.0.1 for the whole run.
+    let emu = support::emulator::shared(KEY);
     let dir = tempfile::tempdir().unwrap();
     println!("herald press benchmark — cached preset {TEXT:?}, FIFO-clocked device, {PRESSES} presses each");
     let runs: [(&str, u32, u32); 3] = [
@@ -193,5 +184,4 @@ fn main() {
         unsafe { libc::kill(d.child.id() as libc::pid_t, libc::SIGTERM) };
         let _ = d.child.wait();
     }
-    rt.block_on(emu.shutdown());
 }
