@@ -11,7 +11,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 use crate::audio::channels::map_channels;
-use crate::audio::playout::{Playout, PlayoutError, UtteranceReport};
+use crate::audio::playout::{Playout, PlayoutError};
 use crate::codec::opus::{decode_rate_for, OggOpusDecoder};
 use crate::codec::pcm::RawPcmDecoder;
 use crate::codec::resample::ResampledDecoder;
@@ -353,20 +353,7 @@ pub async fn speak(
     }
     .await;
 
-    if let Err(e) = result {
-        // Stop what is playing with a short fade rather than cutting it or playing on.
-        let _ = playout.interrupt().await;
-        return Err(e);
-    }
-    playout.end();
-    let done = playout.finished().await?;
-    Ok(fill_report(
-        report,
-        &done,
-        t0,
-        feeder.first_audio_at,
-        playout.format().rate,
-    ))
+    conclude(playout, result, report, t0, feeder.first_audio_at).await
 }
 
 /// Plays a local Ogg Opus file through the same decode and playout path.
@@ -414,19 +401,7 @@ pub async fn play_file(
             .map_err(|e| lift(e, 0, 1))
     }
     .await;
-    if let Err(e) = result {
-        let _ = playout.interrupt().await;
-        return Err(e);
-    }
-    playout.end();
-    let done = playout.finished().await?;
-    Ok(fill_report(
-        report,
-        &done,
-        t0,
-        feeder.first_audio_at,
-        playout.format().rate,
-    ))
+    conclude(playout, result, report, t0, feeder.first_audio_at).await
 }
 
 fn lift(e: FeedError, seg: usize, of: usize) -> PipelineError {
@@ -440,21 +415,31 @@ fn lift(e: FeedError, seg: usize, of: usize) -> PipelineError {
     }
 }
 
-fn fill_report(
+/// Ends the utterance: on success waits until the last sample has played and fills in the
+/// report; on failure stops what is playing with a short fade rather than cutting it off or
+/// playing on.
+async fn conclude(
+    playout: &mut Playout,
+    result: Result<(), PipelineError>,
     mut report: SpeakReport,
-    done: &UtteranceReport,
     t0: Instant,
     first_audio_at: Option<Instant>,
-    rate: u32,
-) -> SpeakReport {
+) -> Result<SpeakReport, PipelineError> {
+    if let Err(e) = result {
+        let _ = playout.interrupt().await;
+        return Err(e);
+    }
+    playout.end();
+    let done = playout.finished().await?;
     report.time_to_first_audio = done.started_at.map(|s| s.saturating_duration_since(t0));
     report.overhead = done
         .started_at
         .zip(first_audio_at)
         .map(|(s, f)| s.saturating_duration_since(f));
-    report.audio = Duration::from_secs_f64(done.frames_played as f64 / rate.max(1) as f64);
+    let rate = playout.format().rate.max(1);
+    report.audio = Duration::from_secs_f64(done.frames_played as f64 / f64::from(rate));
     report.stalls = done.stalls;
     report.stall_ms = done.stall_ms;
     report.prebuffer_ms = done.prebuffer_ms;
-    report
+    Ok(report)
 }
