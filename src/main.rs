@@ -15,7 +15,7 @@ use herald::config::{Config, Loaded};
 use herald::control::client::Client;
 use herald::control::daemon;
 use herald::control::protocol::{Reply, StatusReport};
-use herald::pipeline::{self, Limits, SpeakReport, Voice};
+use herald::pipeline::{self, Limits, SpeakReport};
 use herald::tts::openai::OpenAiClient;
 use herald::tts::AudioFormat;
 
@@ -292,16 +292,13 @@ async fn speak(config: &mut Config, args: SpeakArgs) -> Result<()> {
         args.text.join(" ")
     };
     let s = &config.speech;
-    let voice = Voice {
-        model: args.model.unwrap_or_else(|| s.model.clone()),
-        voice: args.voice.unwrap_or_else(|| s.voice.clone()),
-        format: args.format.unwrap_or(s.format),
-        speed: args.speed.or(Some(s.speed)).filter(|&v| v != 1.0),
-        instructions: args
-            .instructions
-            .or_else(|| Some(s.instructions.clone()))
-            .filter(|i| !i.is_empty()),
-    };
+    let voice = config.default_voice().with(
+        args.model,
+        args.voice,
+        args.format,
+        args.speed,
+        args.instructions,
+    );
     let limits = Limits {
         max_text_chars: s.max_text_chars,
         segment_chars: config.segment_chars(),

@@ -39,6 +39,30 @@ pub struct Voice {
     pub instructions: Option<String>,
 }
 
+impl Voice {
+    /// These settings with the given ones (from a request or the command line) in place of
+    /// their defaults. Speed 1.0 and blank instructions mean "the API's default" and are not
+    /// sent.
+    pub fn with(
+        self,
+        model: Option<String>,
+        voice: Option<String>,
+        format: Option<AudioFormat>,
+        speed: Option<f32>,
+        instructions: Option<String>,
+    ) -> Voice {
+        Voice {
+            model: model.unwrap_or(self.model),
+            voice: voice.unwrap_or(self.voice),
+            format: format.unwrap_or(self.format),
+            speed: speed.or(self.speed).filter(|&v| v != 1.0),
+            instructions: instructions
+                .or(self.instructions)
+                .filter(|i| !i.trim().is_empty()),
+        }
+    }
+}
+
 /// Limits that shape how text is split and fetched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {

@@ -49,16 +49,21 @@ impl PresetConfig {
     /// The speech request for this preset, unset fields taken from `defaults`, checked
     /// against the endpoint's limits.
     pub fn request(&self, name: &str, defaults: &Voice) -> Result<SpeechRequest, PresetError> {
+        // The same merge as a socket request, so equal settings give equal cache keys.
+        let v = defaults.clone().with(
+            self.model.clone(),
+            self.voice.clone(),
+            self.format,
+            self.speed,
+            self.instructions.clone(),
+        );
         let req = SpeechRequest {
-            model: self.model.clone().unwrap_or_else(|| defaults.model.clone()),
-            voice: self.voice.clone().unwrap_or_else(|| defaults.voice.clone()),
+            model: v.model,
+            voice: v.voice,
             input: self.text.trim().to_string(),
-            format: self.format.unwrap_or(defaults.format),
-            speed: self.speed.or(defaults.speed),
-            instructions: self
-                .instructions
-                .clone()
-                .or_else(|| defaults.instructions.clone()),
+            format: v.format,
+            speed: v.speed,
+            instructions: v.instructions,
         };
         req.validate().map_err(|e| PresetError::Request {
             preset: name.to_string(),

@@ -889,19 +889,15 @@ impl Scheduler {
 
     /// The request's voice settings over the configured defaults, validated.
     fn voice_for(&self, s: &SpeakRequest) -> Result<Voice, String> {
-        let d = &self.cfg.speech;
-        crate::text::validate(&s.text, d.max_text_chars).map_err(|e| e.to_string())?;
-        let voice = Voice {
-            model: s.model.clone().unwrap_or_else(|| d.model.clone()),
-            voice: s.voice.clone().unwrap_or_else(|| d.voice.clone()),
-            format: s.format.unwrap_or(d.format),
-            speed: s.speed.or(Some(d.speed)).filter(|&v| v != 1.0),
-            instructions: s
-                .instructions
-                .clone()
-                .or_else(|| Some(d.instructions.clone()))
-                .filter(|i| !i.trim().is_empty()),
-        };
+        crate::text::validate(&s.text, self.cfg.speech.max_text_chars)
+            .map_err(|e| e.to_string())?;
+        let voice = self.cfg.default_voice().with(
+            s.model.clone(),
+            s.voice.clone(),
+            s.format,
+            s.speed,
+            s.instructions.clone(),
+        );
         SpeechRequest {
             model: voice.model.clone(),
             voice: voice.voice.clone(),
