@@ -290,6 +290,15 @@ fn negotiate(
     // Frames is a C long (32 bits on armhf, where i32: From<u32> does not exist); via u16
     // the conversion is infallible everywhere (buffer_periods is validated to 2..=64).
     let periods = Frames::from(u16::try_from(want.buffer_periods.max(2)).unwrap_or(u16::MAX));
+    let set_buffer = |buffer: Frames| {
+        hwp.set_buffer_size_near(buffer).map_err(|e| {
+            Attempt::Timing(params_error(
+                device,
+                "buffer size",
+                format!("near {buffer} frames: {e}"),
+            ))
+        })
+    };
     match timing {
         Timing::Requested | Timing::PowerOfTwo => {
             let granted = hwp
@@ -301,24 +310,10 @@ fn negotiate(
                         format!("near {period} frames: {e}"),
                     ))
                 })?;
-            let buffer = granted.saturating_mul(periods);
-            hwp.set_buffer_size_near(buffer).map_err(|e| {
-                Attempt::Timing(params_error(
-                    device,
-                    "buffer size",
-                    format!("near {buffer} frames: {e}"),
-                ))
-            })?;
+            set_buffer(granted.saturating_mul(periods))?;
         }
         Timing::BufferOnly => {
-            let buffer = period.saturating_mul(periods);
-            hwp.set_buffer_size_near(buffer).map_err(|e| {
-                Attempt::Timing(params_error(
-                    device,
-                    "buffer size",
-                    format!("near {buffer} frames: {e}"),
-                ))
-            })?;
+            set_buffer(period.saturating_mul(periods))?;
         }
         Timing::DeviceDefaults => {}
     }
