@@ -210,16 +210,7 @@ pub fn parse_line(line: &[u8]) -> Result<Request, ProtocolError> {
                     message: "the text is empty (allowed: 1 or more characters)".into(),
                 });
             }
-            if req
-                .id
-                .as_deref()
-                .is_some_and(|i| i.is_empty() || i.len() > 128)
-            {
-                return Err(ProtocolError::Field {
-                    cmd,
-                    message: "id must be 1 to 128 bytes".into(),
-                });
-            }
+            check_id(&cmd, req.id.as_deref())?;
             Ok(Request::Speak(req))
         }
         "cancel" => {
@@ -228,16 +219,7 @@ pub fn parse_line(line: &[u8]) -> Result<Request, ProtocolError> {
         }
         "preset" => {
             let req: PresetRequest = serde_json::from_value(rest).map_err(field_err)?;
-            if req
-                .id
-                .as_deref()
-                .is_some_and(|i| i.is_empty() || i.len() > 128)
-            {
-                return Err(ProtocolError::Field {
-                    cmd,
-                    message: "id must be 1 to 128 bytes".into(),
-                });
-            }
+            check_id(&cmd, req.id.as_deref())?;
             Ok(Request::Preset(req))
         }
         "stop" | "skip" | "status" | "presets" => {
@@ -250,6 +232,17 @@ pub fn parse_line(line: &[u8]) -> Result<Request, ProtocolError> {
             })
         }
         _ => Err(ProtocolError::UnknownCommand(cmd)),
+    }
+}
+
+/// A client's job id must be 1 to 128 bytes.
+fn check_id(cmd: &str, id: Option<&str>) -> Result<(), ProtocolError> {
+    match id {
+        Some(i) if i.is_empty() || i.len() > 128 => Err(ProtocolError::Field {
+            cmd: cmd.to_string(),
+            message: "id must be 1 to 128 bytes".into(),
+        }),
+        _ => Ok(()),
     }
 }
 
