@@ -15,10 +15,10 @@ mod support;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{alsa_env, claim_fifo, FifoClock};
+use support::{claim_fifo, FifoClock};
 
 const KEY: &str = "sk-bench-press-0123456789";
 const TEXT: &str = "Dinner is ready.";
@@ -46,24 +46,14 @@ fn start(dir: &Path, name: &str, base: &str, idle_close_s: u32, lead_in_ms: u32)
         ),
     )
     .unwrap();
-    let (var, value) = alsa_env().env_var();
-    let child = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["serve", "--config", cfg.to_str().unwrap()])
-        .env("OPENAI_API_KEY", KEY)
-        .env(var, value)
-        .env_remove("CACHE_DIRECTORY")
-        .stdout(Stdio::null())
+    let child = support::daemon::serve_command(&cfg, KEY)
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn herald serve");
-    let t = Instant::now();
-    while UnixStream::connect(&socket).is_err() {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "daemon did not come up"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        support::daemon::wait_for_socket(&socket, Duration::from_secs(10)),
+        "daemon did not come up"
+    );
     let d = Daemon {
         child,
         socket,

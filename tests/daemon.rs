@@ -73,7 +73,6 @@ fn split_extra(extra: &str) -> (String, String) {
 
 impl Daemon {
     fn start(setup: Setup) -> Daemon {
-        let env = support::alsa_env();
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("herald.sock");
         let (device, clock) = match setup.device {
@@ -93,27 +92,12 @@ impl Daemon {
         )
         .unwrap();
         let log = std::fs::File::create(dir.path().join("herald.log")).unwrap();
-        let (k, v) = env.env_var();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
-        cmd.arg("--config")
-            .arg(&config)
-            .arg("serve")
-            .env(k, v)
-            .env("OPENAI_API_KEY", KEY)
-            .env("HERALD_LOG", "herald=debug")
-            .env_remove("OPENAI_BASE_URL")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .env_remove("LISTEN_FDS");
+        let mut cmd = support::daemon::serve_command(&config, KEY);
+        cmd.env("HERALD_LOG", "herald=debug");
         for (k, v) in &setup.env {
             cmd.env(k, v);
         }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let child = cmd.stderr(log).spawn().unwrap();
         let mut d = Daemon {
             child,
             dir,

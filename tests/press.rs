@@ -8,7 +8,7 @@ mod support;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 use herald::emulator::{expected_body, Emulator, EmulatorConfig, EmulatorHandle};
@@ -49,7 +49,6 @@ impl Daemon {
     /// `herald serve` on a FIFO-clocked device (`fifo`) or `herald_null`, with its cache in
     /// the temp dir and `extra` appended to the config.
     fn start(base: &str, fifo: bool, extra: &str) -> Daemon {
-        let env = support::alsa_env();
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("herald.sock");
         let (device, clock) = if fifo {
@@ -71,21 +70,8 @@ impl Daemon {
         )
         .unwrap();
         let log = std::fs::File::create(dir.path().join("herald.log")).unwrap();
-        let (k, v) = env.env_var();
-        let child = Command::new(env!("CARGO_BIN_EXE_herald"))
-            .arg("--config")
-            .arg(&config)
-            .arg("serve")
-            .env(k, v)
-            .env("OPENAI_API_KEY", KEY)
+        let child = support::daemon::serve_command(&config, KEY)
             .env("HERALD_LOG", "herald=debug")
-            .env_remove("OPENAI_BASE_URL")
-            .env_remove("CACHE_DIRECTORY")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .env_remove("LISTEN_FDS")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap();
