@@ -167,7 +167,7 @@ fn espeak(text: &str, voice: &str, speed: f32) -> Result<Option<Vec<i16>>, Emula
     let pcm = if rate == RATE {
         samples
     } else {
-        resample(&samples, rate, RATE)
+        resample(&samples, rate, RATE)?
     };
     Ok(Some(trim(pcm)))
 }
@@ -222,35 +222,15 @@ pub(crate) fn parse_wav(bytes: &[u8]) -> Result<(u32, Vec<i16>), EmulatorError> 
     Err(bad("no data chunk"))
 }
 
-/// Windowed-sinc resampler (32 taps); good enough for test speech, and deterministic.
-pub(crate) fn resample(input: &[i16], from: u32, to: u32) -> Vec<i16> {
-    const HALF: i64 = 16;
-    let step = from as f64 / to as f64;
-    let out_len = (input.len() as u64 * to as u64 / from as u64) as usize;
-    // Below the lower Nyquist, with a little room for the window's transition band.
-    let cutoff = (to as f64 / from as f64).min(1.0) * 0.95;
-    let mut out = Vec::with_capacity(out_len);
-    for n in 0..out_len {
-        let t = n as f64 * step;
-        let centre = t.floor() as i64;
-        let mut acc = 0.0;
-        for k in (centre - HALF + 1)..=(centre + HALF) {
-            if k < 0 || k as usize >= input.len() {
-                continue;
-            }
-            let x = t - k as f64;
-            let window = 0.5 * (1.0 + (std::f64::consts::PI * x / HALF as f64).cos());
-            let arg = std::f64::consts::PI * cutoff * x;
-            let sinc = if arg.abs() < 1e-12 {
-                1.0
-            } else {
-                arg.sin() / arg
-            };
-            acc += input[k as usize] as f64 * cutoff * sinc * window;
-        }
-        out.push(acc.round().clamp(-32768.0, 32767.0) as i16);
-    }
-    out
+/// espeak-ng's 22.05 kHz to the API's 24 kHz, with the pipeline's own resampler
+/// (deterministic: the same input always gives the same samples).
+pub(crate) fn resample(input: &[i16], from: u32, to: u32) -> Result<Vec<i16>, EmulatorError> {
+    let failed = |e: crate::codec::resample::ResampleError| EmulatorError::Espeak(e.to_string());
+    let mut r = crate::codec::resample::Resampler::new(from, to, 1).map_err(failed)?;
+    let mut out = Vec::with_capacity(input.len() * to as usize / from as usize + 1);
+    r.process(input, &mut out).map_err(failed)?;
+    r.flush(&mut out).map_err(failed)?;
+    Ok(out)
 }
 
 /// Cuts leading/trailing silence, keeping a short natural margin (10 ms before, 60 ms after).
@@ -319,7 +299,7 @@ mod tests {
                 ((i as f64 * 2.0 * std::f64::consts::PI * 440.0 / 22050.0).sin() * 10000.0) as i16
             })
             .collect();
-        let out = resample(&input, 22050, 24000);
+        let out = resample(&input, 22050, 24000).unwrap();
         assert_eq!(out.len(), 24000);
         // Compare the middle against the ideal 440 Hz sine at 24 kHz.
         let err: f64 = (1000..23000)
