@@ -185,7 +185,8 @@ fn verify_ogg_opus(bytes: &[u8]) -> Result<(), String> {
     demux
         .push(bytes, &mut |p| {
             if packets == 0 {
-                head_first = p.data.starts_with(b"OpusHead");
+                // The decoder's own header check: a head it would refuse is not worth keeping.
+                head_first = crate::codec::opus::OpusHead::parse(&p.data).is_ok();
             }
             // Packets of the EOS page itself carry the flag too; anything else after it is
             // a second stream or junk that OpenAI never sends.
@@ -199,7 +200,7 @@ fn verify_ogg_opus(bytes: &[u8]) -> Result<(), String> {
     demux.finish().map_err(|e| e.to_string())?;
     let stats = demux.stats();
     if !head_first {
-        return Err("the first packet is not an OpusHead".into());
+        return Err("the first packet is not an OpusHead herald can play".into());
     }
     if stats.crc_errors > 0 || stats.skipped_bytes > 0 || stats.sequence_gaps > 0 {
         return Err(format!(
