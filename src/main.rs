@@ -104,21 +104,8 @@ struct SocketArg {
 
 #[derive(clap::Args, Debug)]
 struct SayArgs {
-    /// Voice (default: the daemon's).
-    #[arg(long)]
-    voice: Option<String>,
-    /// Model (default: the daemon's).
-    #[arg(long)]
-    model: Option<String>,
-    /// How to speak (gpt-4o-mini-tts only).
-    #[arg(long)]
-    instructions: Option<String>,
-    /// Stream format: opus or pcm.
-    #[arg(long)]
-    format: Option<AudioFormat>,
-    /// Speed 0.25–4.0.
-    #[arg(long)]
-    speed: Option<f32>,
+    #[command(flatten)]
+    voice: VoiceArgs,
     /// normal, high (ahead of normal jobs) or interrupt (fades out what is playing).
     #[arg(long, default_value = "normal")]
     priority: String,
@@ -137,6 +124,21 @@ struct SayArgs {
 
 #[derive(clap::Args, Debug)]
 struct SpeakArgs {
+    #[command(flatten)]
+    voice: VoiceArgs,
+    /// API base URL (overrides OPENAI_BASE_URL and the config).
+    #[arg(long, value_name = "URL")]
+    api_base: Option<String>,
+    #[command(flatten)]
+    out: Output,
+    /// The text to speak; several words are joined with spaces.
+    #[arg(required = true, num_args = 1..)]
+    text: Vec<String>,
+}
+
+/// Voice settings shared by `speak` and `say` (unset ones take the configured defaults).
+#[derive(clap::Args, Debug)]
+struct VoiceArgs {
     /// Voice (alloy, ash, ballad, coral, echo, fable, onyx, nova, sage, shimmer, verse, marin, cedar).
     #[arg(long)]
     voice: Option<String>,
@@ -146,20 +148,21 @@ struct SpeakArgs {
     /// How to speak (gpt-4o-mini-tts only), e.g. "cheerful".
     #[arg(long)]
     instructions: Option<String>,
-    /// Stream format: opus (small, decoded here) or pcm (lowest latency, more bytes).
+    /// Stream format: opus (small, decoded on the device) or pcm (lowest latency, more bytes).
     #[arg(long)]
     format: Option<AudioFormat>,
     /// Speed 0.25–4.0.
     #[arg(long)]
     speed: Option<f32>,
-    /// API base URL (overrides OPENAI_BASE_URL and the config).
-    #[arg(long, value_name = "URL")]
-    api_base: Option<String>,
-    #[command(flatten)]
-    out: Output,
-    /// The text to speak; several words are joined with spaces.
-    #[arg(required = true, num_args = 1..)]
-    text: Vec<String>,
+}
+
+/// The text from the command line, or from stdin when it is the single word "-".
+fn text_arg(words: &[String]) -> Result<String> {
+    if words.len() == 1 && words[0] == "-" {
+        std::io::read_to_string(std::io::stdin()).context("cannot read the text from stdin")
+    } else {
+        Ok(words.join(" "))
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -286,19 +289,12 @@ async fn speak(config: &mut Config, args: SpeakArgs) -> Result<()> {
     if let Some(base) = args.api_base {
         config.api.api_base = base;
     }
-    let text = if args.text.len() == 1 && args.text[0] == "-" {
-        std::io::read_to_string(std::io::stdin()).context("cannot read the text from stdin")?
-    } else {
-        args.text.join(" ")
-    };
+    let text = text_arg(&args.text)?;
     let s = &config.speech;
-    let voice = config.default_voice().with(
-        args.model,
-        args.voice,
-        args.format,
-        args.speed,
-        args.instructions,
-    );
+    let v = args.voice;
+    let voice = config
+        .default_voice()
+        .with(v.model, v.voice, v.format, v.speed, v.instructions);
     let limits = Limits {
         max_text_chars: s.max_text_chars,
         segment_chars: config.segment_chars(),
@@ -390,21 +386,17 @@ fn socket_path(config: &Config, arg: &SocketArg) -> PathBuf {
 }
 
 fn say(config: &Config, args: SayArgs) -> Result<()> {
-    let text = if args.text.len() == 1 && args.text[0] == "-" {
-        std::io::read_to_string(std::io::stdin()).context("cannot read the text from stdin")?
-    } else {
-        args.text.join(" ")
-    };
+    let text = text_arg(&args.text)?;
     let mut req = serde_json::json!({ "cmd": "speak", "text": text, "priority": args.priority });
     let fields = [
-        ("voice", args.voice.map(serde_json::Value::from)),
-        ("model", args.model.map(serde_json::Value::from)),
+        ("voice", args.voice.voice.map(serde_json::Value::from)),
+        ("model", args.voice.model.map(serde_json::Value::from)),
         (
             "instructions",
-            args.instructions.map(serde_json::Value::from),
+            args.voice.instructions.map(serde_json::Value::from),
         ),
-        ("format", args.format.map(|f| f.as_str().into())),
-        ("speed", args.speed.map(serde_json::Value::from)),
+        ("format", args.voice.format.map(|f| f.as_str().into())),
+        ("speed", args.voice.speed.map(serde_json::Value::from)),
         ("id", args.id.map(serde_json::Value::from)),
     ];
     for (k, v) in fields {
