@@ -1241,7 +1241,7 @@ impl Scheduler {
                 Err(_) => (None, None),
             };
             NetworkStatus {
-                api_base: redact_base(&self.cfg.api.api_base),
+                api_base: crate::tts::openai::redact_userinfo(&self.cfg.api.api_base),
                 last_ok_s_ago: last_ok.map(|t| t.elapsed().as_secs()),
                 last_error,
                 warm: last_ok.is_some_and(|t| t.elapsed() < POOL_IDLE),
@@ -1319,17 +1319,6 @@ fn preview(text: &str) -> String {
     p
 }
 
-/// The API base without user-info (credentials never appear in status).
-fn redact_base(base: &str) -> String {
-    match base.split_once("://") {
-        Some((scheme, rest)) => {
-            let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
-            format!("{scheme}://{rest}")
-        }
-        None => base.to_string(),
-    }
-}
-
 /// Runs a hook (argv, no shell) and waits for it, killing it after `timeout_ms`. Failures
 /// are logged: an amplifier script must not stop announcements.
 async fn run_hook(name: &str, argv: &[String], timeout_ms: u64) {
@@ -1371,13 +1360,5 @@ mod tests {
         assert_eq!(preview("a\nb  c"), "a b c");
         let p = preview(&"x".repeat(100));
         assert_eq!(p.chars().count(), PREVIEW_CHARS + 1);
-    }
-
-    #[test]
-    fn credentials_in_the_base_never_show() {
-        assert_eq!(
-            redact_base("https://user:secret@example.com/v1"),
-            "https://example.com/v1"
-        );
     }
 }

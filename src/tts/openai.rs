@@ -900,8 +900,9 @@ fn short_detail(e: &reqwest::Error) -> String {
     innermost
 }
 
-/// Drops `user:password@` from a URL-ish string.
-fn redact_userinfo(url: &str) -> String {
+/// Drops `user:password@` from a URL-ish string (credentials never appear in errors, logs
+/// or `status`).
+pub fn redact_userinfo(url: &str) -> String {
     match (url.find("://"), url.find('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             let host_start = url[scheme_end + 3..]
