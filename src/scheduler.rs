@@ -630,15 +630,10 @@ impl Scheduler {
         reply: Replier,
         playing: Option<&Job>,
     ) -> Option<Preempt> {
-        let fail = |this: &mut Self, id: Option<String>, reason: String| {
-            this.counters.failed += 1;
-            reply.send(Reply::Failed { id, reason });
-            None
-        };
         if let Some(id) = &s.id {
             if self.queue.iter().any(|j| &j.id == id) || playing.is_some_and(|j| &j.id == id) {
-                return fail(
-                    self,
+                return self.refuse(
+                    &reply,
                     None,
                     format!("id '{id}' is already in use by a queued or playing job (ids must be unique among live jobs)"),
                 );
@@ -646,7 +641,7 @@ impl Scheduler {
         }
         let voice = match self.voice_for(&s) {
             Ok(v) => v,
-            Err(reason) => return fail(self, s.id.clone(), reason),
+            Err(reason) => return self.refuse(&reply, s.id.clone(), reason),
         };
         let source = if s.cache && self.presets.is_some() {
             JobSource::Cached { pinned: false }
@@ -654,6 +649,13 @@ impl Scheduler {
             JobSource::Live
         };
         self.admit(s, voice, source, None, reply, playing)
+    }
+
+    /// Answers a request that is not accepted (counted as a failure).
+    fn refuse(&mut self, reply: &Replier, id: Option<String>, reason: String) -> Option<Preempt> {
+        self.counters.failed += 1;
+        reply.send(Reply::Failed { id, reason });
+        None
     }
 
     /// Queues a job whose request was validated.
@@ -666,18 +668,13 @@ impl Scheduler {
         reply: Replier,
         playing: Option<&Job>,
     ) -> Option<Preempt> {
-        let fail = |this: &mut Self, id: Option<String>, reason: String| {
-            this.counters.failed += 1;
-            reply.send(Reply::Failed { id, reason });
-            None
-        };
         if self.stopping.is_some() {
-            return fail(self, s.id.clone(), "the daemon is stopping".into());
+            return self.refuse(&reply, s.id.clone(), "the daemon is stopping".into());
         }
         let limit = self.cfg.daemon.queue_size;
         if self.queue.len() >= limit {
-            return fail(
-                self,
+            return self.refuse(
+                &reply,
                 s.id.clone(),
                 format!(
                     "the queue is full ({} jobs waiting; queue_size = {limit}): try again later",
