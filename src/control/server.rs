@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch, Notify};
 
@@ -21,6 +21,9 @@ use crate::scheduler::{Command, Replier, SchedulerHandle};
 pub const REPLY_QUEUE: usize = 256;
 /// How long a refused connection is given to read the refusal.
 const REFUSAL_WRITE: Duration = Duration::from_secs(1);
+/// How long a refused connection's input is drained before closing, and at most how much.
+const REFUSAL_LINGER: Duration = Duration::from_millis(500);
+const REFUSAL_DRAIN_BYTES: usize = 256 * 1024;
 
 /// Errors setting up the control socket; each names the path.
 #[derive(Debug, thiserror::Error)]
@@ -164,6 +167,19 @@ async fn refuse(mut stream: UnixStream, max: usize) {
     .to_line();
     let _ = tokio::time::timeout(REFUSAL_WRITE, stream.write_all(line.as_bytes())).await;
     let _ = stream.shutdown().await;
+    // Lingering close: a client that writes its request before reading (`echo … | socat`)
+    // would otherwise get EPIPE instead of the reason. Bounded in time and bytes.
+    let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+        let mut buf = [0u8; 4096];
+        let mut drained = 0;
+        while drained < REFUSAL_DRAIN_BYTES {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+    })
+    .await;
 }
 
 async fn connection(
