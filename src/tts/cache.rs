@@ -244,6 +244,23 @@ impl Index {
         self.total = self.total.saturating_sub(e.size);
         Some(e)
     }
+
+    /// Records `name` (replacing any entry of that name) as the most recently used.
+    fn insert(&mut self, name: String, size: u64, last_use: SystemTime, pinned: bool) {
+        self.remove(&name);
+        self.seq += 1;
+        self.total += size;
+        let seq = self.seq;
+        self.entries.insert(
+            name,
+            Entry {
+                size,
+                last_use,
+                seq,
+                pinned,
+            },
+        );
+    }
 }
 
 /// A size-capped, verified, atomic disk cache of speech audio. Methods do blocking file
@@ -286,15 +303,7 @@ impl AudioCache {
         }
         found.sort();
         for (mtime, name, size) in found {
-            index.seq += 1;
-            index.total += size;
-            let e = Entry {
-                size,
-                last_use: mtime,
-                seq: index.seq,
-                pinned: false,
-            };
-            index.entries.insert(name, e);
+            index.insert(name, size, mtime, false);
         }
         let cache = AudioCache {
             dir: dir.to_path_buf(),
@@ -374,21 +383,9 @@ impl AudioCache {
             return Ok(None);
         }
         let now = SystemTime::now();
-        idx.seq += 1;
-        let seq = idx.seq;
-        let size = bytes.len() as u64;
         // A file that appeared behind the index's back is adopted.
-        let old = idx.remove(&name);
-        idx.total += size;
-        idx.entries.insert(
-            name,
-            Entry {
-                size,
-                last_use: now,
-                seq,
-                pinned: old.is_some_and(|e| e.pinned),
-            },
-        );
+        let pinned = idx.entries.get(&name).is_some_and(|e| e.pinned);
+        idx.insert(name, bytes.len() as u64, now, pinned);
         // Persist the use for the next start's LRU order; failure only costs ordering.
         if let Ok(f) = File::options().write(true).open(&path) {
             let _ = f.set_modified(now);
@@ -454,19 +451,7 @@ impl AudioCache {
                 source,
             });
         }
-        idx.remove(&name);
-        idx.seq += 1;
-        let seq = idx.seq;
-        idx.total += size;
-        idx.entries.insert(
-            name,
-            Entry {
-                size,
-                last_use: now,
-                seq,
-                pinned,
-            },
-        );
+        idx.insert(name, size, now, pinned);
         drop(idx);
         // Makes the rename survive a power cut. The file is complete and in place either
         // way, so a failure here only costs durability: log it, do not fail the store.
