@@ -248,6 +248,12 @@ async fn open(client: &OpenAiClient, req: &SpeechRequest) -> Result<SpeechStream
         .expect("open() hung")
 }
 
+/// An Opus request to `server` with the default config; expects an error (see `open_err`).
+async fn opus_err(server: &ScriptedServer) -> TtsError {
+    let client = OpenAiClient::new(config(server.base())).unwrap();
+    open_err(&client, &request(AudioFormat::Opus)).await
+}
+
 /// Opens and expects an error; checks the key leaks into neither Display nor Debug.
 async fn open_err(client: &OpenAiClient, req: &SpeechRequest) -> TtsError {
     match open(client, req).await {
@@ -437,8 +443,7 @@ async fn server_saying_do_not_retry_is_obeyed() {
         ok_ogg(vec![ogg_bytes(10)]),
     ])
     .await;
-    let client = OpenAiClient::new(config(server.base())).unwrap();
-    let e = open_err(&client, &request(AudioFormat::Opus)).await;
+    let e = opus_err(&server).await;
     assert!(
         matches!(&e, TtsError::Server { status: 503, attempts: 1, message } if message.contains("overloaded")),
         "{e:?}"
@@ -502,8 +507,7 @@ async fn exhausted_quota_is_not_retried_and_says_so() {
         ok_ogg(vec![ogg_bytes(10)]),
     ])
     .await;
-    let client = OpenAiClient::new(config(server.base())).unwrap();
-    let e = open_err(&client, &request(AudioFormat::Opus)).await;
+    let e = opus_err(&server).await;
     assert!(matches!(e, TtsError::QuotaExhausted { .. }), "{e:?}");
     let shown = e.to_string();
     assert!(
@@ -570,8 +574,7 @@ async fn a_retry_after_longer_than_allowed_fails_at_once_naming_the_wait() {
         ok_ogg(vec![ogg_bytes(10)]),
     ])
     .await;
-    let client = OpenAiClient::new(config(server.base())).unwrap();
-    let e = open_err(&client, &request(AudioFormat::Opus)).await;
+    let e = opus_err(&server).await;
     assert!(
         matches!(e, TtsError::RateLimited { attempts: 1, .. }),
         "{e:?}"
@@ -721,8 +724,7 @@ async fn a_200_with_an_html_page_is_not_audio_and_says_what_came_back() {
         page,
     )])
     .await;
-    let client = OpenAiClient::new(config(server.base())).unwrap();
-    let e = open_err(&client, &request(AudioFormat::Opus)).await;
+    let e = opus_err(&server).await;
     assert!(
         matches!(
             e,
@@ -772,8 +774,7 @@ async fn a_200_with_other_audio_says_it_is_not_ogg() {
         steps: vec![Step::Send(mp3)],
     }])
     .await;
-    let client = OpenAiClient::new(config(server.base())).unwrap();
-    let e = open_err(&client, &request(AudioFormat::Opus)).await;
+    let e = opus_err(&server).await;
     assert!(e.to_string().contains("MP3"), "{e}");
 }
 
@@ -869,8 +870,7 @@ async fn a_server_echoing_the_key_does_not_leak_it_into_errors() {
         ),
     )])
     .await;
-    let client = OpenAiClient::new(config(server.base())).unwrap();
-    let e = open_err(&client, &request(AudioFormat::Opus)).await;
+    let e = opus_err(&server).await;
     assert!(
         e.to_string()
             .contains("Incorrect API key provided: [redacted]"),
@@ -992,8 +992,7 @@ async fn a_redirect_is_not_followed_and_is_reported_as_a_portal_or_proxy() {
         ok_ogg(vec![ogg_bytes(10)]),
     ])
     .await;
-    let client = OpenAiClient::new(config(server.base())).unwrap();
-    let e = open_err(&client, &request(AudioFormat::Opus)).await;
+    let e = opus_err(&server).await;
     assert!(matches!(e, TtsError::Rejected { status: 302, .. }), "{e:?}");
     let shown = e.to_string();
     assert!(
