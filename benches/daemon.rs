@@ -10,54 +10,30 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::{claim_fifo, FifoClock};
+use support::daemon::{timed_request, OnFifo};
 
 const KEY: &str = "sk-bench-daemon-0123456789";
 const TEXT: &str = "The doorbell rang at the front door.";
 const IDLE: Duration = Duration::from_secs(60);
 
 struct Daemon {
-    child: Child,
-    socket: std::path::PathBuf,
-    fifo: support::FifoPcm,
-    clock: Option<FifoClock>,
+    served: OnFifo,
     closes_when_idle: bool,
 }
 
 fn start(dir: &Path, name: &str, base: &str, idle_close_s: u32) -> Daemon {
-    let fifo = claim_fifo();
-    let clock = FifoClock::start(&fifo.path, 48_000, 1);
-    let socket = dir.join(format!("{name}.sock"));
-    let cfg = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &cfg,
+    let served = OnFifo::start(dir, name, KEY, |device, socket, cache| {
         format!(
-            "[api]\napi_base = \"{base}\"\n[audio]\ndevice = \"{}\"\n[cache]\ndir = \"{}\"\n[daemon]\nsocket_path = \"{}\"\nidle_close_s = {idle_close_s}\n",
-            fifo.pcm,
-            dir.join(format!("{name}-cache")).display(),
+            "[api]\napi_base = \"{base}\"\n[audio]\ndevice = \"{device}\"\n[cache]\ndir = \"{}\"\n[daemon]\nsocket_path = \"{}\"\nidle_close_s = {idle_close_s}\n",
+            cache.display(),
             socket.display()
-        ),
-    )
-    .unwrap();
-    let child = support::daemon::serve_command(&cfg, KEY)
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn herald serve");
-    assert!(
-        support::daemon::wait_for_socket(&socket, Duration::from_secs(10)),
-        "daemon did not come up"
-    );
+        )
+    });
     Daemon {
-        child,
-        socket,
-        fifo,
-        clock: Some(clock),
+        served,
         closes_when_idle: idle_close_s > 0,
     }
 }
@@ -65,26 +41,9 @@ fn start(dir: &Path, name: &str, base: &str, idle_close_s: u32) -> Daemon {
 /// Sends one speak request; returns (client-side send → `started` reply, the daemon's own
 /// time_to_first_audio_ms) once the job finished.
 fn say(d: &Daemon, id: &str) -> (f64, f64) {
-    let mut s = UnixStream::connect(&d.socket).unwrap();
-    let t0 = Instant::now();
-    writeln!(s, "{{\"text\":\"{TEXT}\",\"id\":\"{id}\"}}").unwrap();
-    let mut started = None;
-    for line in BufReader::new(s.try_clone().unwrap()).lines() {
-        let line = line.unwrap();
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        match v["event"].as_str() {
-            Some("started") => {
-                started = Some((
-                    t0.elapsed().as_secs_f64() * 1000.0,
-                    v["time_to_first_audio_ms"].as_f64().unwrap_or(f64::NAN),
-                ))
-            }
-            Some("finished") => break,
-            Some("queued") => {}
-            other => panic!("unexpected reply {other:?}: {line}"),
-        }
-    }
-    started.expect("no started reply")
+    let line = format!("{{\"text\":\"{TEXT}\",\"id\":\"{id}\"}}");
+    let (client, daemon, _) = timed_request(&d.served.socket, &line);
+    (client, daemon)
 }
 
 /// (RSS KiB, CPU seconds) of a process from /proc.
@@ -154,16 +113,13 @@ fn main() {
     // Both idle at once for 60 s, measuring the daemons' idle cost.
     let before: Vec<_> = daemons
         .iter()
-        .map(|(_, d)| proc_usage(d.child.id()))
+        .map(|(_, d)| proc_usage(d.served.child.id()))
         .collect();
     std::thread::sleep(IDLE);
     for (i, (label, d)) in daemons.iter_mut().enumerate() {
-        let (rss, cpu) = proc_usage(d.child.id());
-        // A device closed while idle closed the FIFO too, which ends its "DAC" reader: a
-        // fresh reader stands in for the DAC waking up (opening the FIFO blocks without one).
+        let (rss, cpu) = proc_usage(d.served.child.id());
         if d.closes_when_idle {
-            drop(d.clock.take());
-            d.clock = Some(FifoClock::start(&d.fifo.path, 48_000, 1));
+            d.served.restart_clock();
         }
         idle_figures.push((
             *label,
@@ -188,8 +144,6 @@ fn main() {
         );
     }
     for (_, d) in daemons.iter_mut() {
-        // SAFETY: plain kill(2) of our own child.
-        unsafe { libc::kill(d.child.id() as libc::pid_t, libc::SIGTERM) };
-        let _ = d.child.wait();
+        d.served.terminate();
     }
 }

@@ -14,58 +14,29 @@ mod support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support::{claim_fifo, FifoClock};
+use support::daemon::{timed_request, OnFifo};
 
 const KEY: &str = "sk-bench-press-0123456789";
 const TEXT: &str = "Dinner is ready.";
 const PRESSES: usize = 10;
 
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-    fifo: support::FifoPcm,
-    clock: Option<FifoClock>,
-}
-
-fn start(dir: &Path, name: &str, base: &str, idle_close_s: u32, lead_in_ms: u32) -> Daemon {
-    let fifo = claim_fifo();
-    let clock = FifoClock::start(&fifo.path, 48_000, 1);
-    let socket = dir.join(format!("{name}.sock"));
-    let cfg = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &cfg,
+fn start(dir: &Path, name: &str, base: &str, idle_close_s: u32, lead_in_ms: u32) -> OnFifo {
+    let d = OnFifo::start(dir, name, KEY, |device, socket, cache| {
         format!(
-            "[api]\napi_base = \"{base}\"\n[audio]\ndevice = \"{}\"\n[daemon]\nsocket_path = \"{}\"\nidle_close_s = {idle_close_s}\nlead_in_ms = {lead_in_ms}\nkeepalive_s = 0\n[cache]\ndir = \"{}\"\n[presets.dinner]\ntext = \"{TEXT}\"\n",
-            fifo.pcm,
+            "[api]\napi_base = \"{base}\"\n[audio]\ndevice = \"{device}\"\n[daemon]\nsocket_path = \"{}\"\nidle_close_s = {idle_close_s}\nlead_in_ms = {lead_in_ms}\nkeepalive_s = 0\n[cache]\ndir = \"{}\"\n[presets.dinner]\ntext = \"{TEXT}\"\n",
             socket.display(),
-            dir.join(format!("{name}-cache")).display()
-        ),
-    )
-    .unwrap();
-    let child = support::daemon::serve_command(&cfg, KEY)
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn herald serve");
-    assert!(
-        support::daemon::wait_for_socket(&socket, Duration::from_secs(10)),
-        "daemon did not come up"
-    );
-    let d = Daemon {
-        child,
-        socket,
-        fifo,
-        clock: Some(clock),
-    };
+            cache.display()
+        )
+    });
     wait_cached(&d);
     d
 }
 
 /// Polls `presets` until the preset is cached.
-fn wait_cached(d: &Daemon) {
+fn wait_cached(d: &OnFifo) {
     let t = Instant::now();
     loop {
         let mut s = UnixStream::connect(&d.socket).unwrap();
@@ -86,30 +57,14 @@ fn wait_cached(d: &Daemon) {
 
 /// One press; returns (client send → `started` reply, daemon time_to_first_audio_ms) once
 /// the job finished.
-fn press(d: &Daemon) -> (f64, f64) {
-    let mut s = UnixStream::connect(&d.socket).unwrap();
-    let t0 = Instant::now();
-    writeln!(s, "{{\"cmd\":\"preset\",\"name\":\"dinner\"}}").unwrap();
-    let mut started = None;
-    for line in BufReader::new(s.try_clone().unwrap()).lines() {
-        let line = line.unwrap();
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        match v["event"].as_str() {
-            Some("started") => {
-                started = Some((
-                    t0.elapsed().as_secs_f64() * 1000.0,
-                    v["time_to_first_audio_ms"].as_f64().unwrap_or(f64::NAN),
-                ))
-            }
-            Some("finished") => {
-                assert_eq!(v["attempts"], 0, "the press used the network: {line}");
-                break;
-            }
-            Some("queued") => {}
-            other => panic!("unexpected reply {other:?}: {line}"),
-        }
-    }
-    started.expect("no started reply")
+fn press(d: &OnFifo) -> (f64, f64) {
+    let (client, daemon, finished) =
+        timed_request(&d.socket, "{\"cmd\":\"preset\",\"name\":\"dinner\"}");
+    assert_eq!(
+        finished["attempts"], 0,
+        "the press used the network: {finished}"
+    );
+    (client, daemon)
 }
 
 fn summary(v: &[(f64, f64)], f: fn(&(f64, f64)) -> f64) -> String {
@@ -152,10 +107,7 @@ fn main() {
         for _ in 0..PRESSES {
             if idle > 0 {
                 std::thread::sleep(Duration::from_secs(2));
-                // The device closed while idle and with it the FIFO, which ends the "DAC"
-                // reader: a fresh reader stands in for the DAC waking up.
-                drop(d.clock.take());
-                d.clock = Some(FifoClock::start(&d.fifo.path, 48_000, 1));
+                d.restart_clock();
             } else {
                 std::thread::sleep(Duration::from_millis(200));
             }
@@ -170,8 +122,6 @@ fn main() {
             "  press sent → `started` reply (client)  {}",
             summary(&figures, |x| x.0)
         );
-        // SAFETY: plain kill(2) of our own child.
-        unsafe { libc::kill(d.child.id() as libc::pid_t, libc::SIGTERM) };
-        let _ = d.child.wait();
+        d.terminate();
     }
 }

@@ -8,12 +8,13 @@ mod support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use herald::emulator::EmulatorHandle;
 use serde_json::{json, Value};
+use support::daemon::Served;
 use support::{FifoClock, FifoPcm};
 
 const KEY: &str = "sk-daemon-0123456789abcdefSECRET";
@@ -28,12 +29,23 @@ fn emu() -> &'static EmulatorHandle {
 
 /// A running `herald serve` with its own socket, config and log.
 struct Daemon {
-    child: Child,
-    dir: tempfile::TempDir,
-    sock: PathBuf,
-    config: PathBuf,
+    /// First field: dropped (killed) before the clock that drains its FIFO.
+    served: Served,
     /// Kept alive while the daemon may write to its FIFO.
     _clock: Option<FifoClock>,
+}
+
+impl std::ops::Deref for Daemon {
+    type Target = Served;
+    fn deref(&self) -> &Served {
+        &self.served
+    }
+}
+
+impl std::ops::DerefMut for Daemon {
+    fn deref_mut(&mut self) -> &mut Served {
+        &mut self.served
+    }
 }
 
 struct Setup<'a> {
@@ -85,42 +97,12 @@ impl Daemon {
                 (fifo.pcm, Some(clock))
             }
         };
-        let config = dir.path().join("herald.toml");
-        std::fs::write(
-            &config,
-            config_text(setup.scenario, &device, &sock, setup.extra),
-        )
-        .unwrap();
-        let log = std::fs::File::create(dir.path().join("herald.log")).unwrap();
-        let mut cmd = support::daemon::serve_command(&config, KEY);
-        cmd.env("HERALD_LOG", "herald=debug");
-        for (k, v) in &setup.env {
-            cmd.env(k, v);
-        }
-        let child = cmd.stderr(log).spawn().unwrap();
-        let mut d = Daemon {
-            child,
-            dir,
-            sock,
-            config,
+        let text = config_text(setup.scenario, &device, &sock, setup.extra);
+        let served = Served::start(dir, sock, &text, KEY, &setup.env, Duration::from_secs(20));
+        Daemon {
+            served,
             _clock: clock,
-        };
-        d.wait_ready();
-        d
-    }
-
-    fn wait_ready(&mut self) {
-        let until = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < until {
-            if UnixStream::connect(&self.sock).is_ok() {
-                return;
-            }
-            if let Ok(Some(st)) = self.child.try_wait() {
-                panic!("herald serve exited with {st}: {}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("herald serve did not open its socket: {}", self.log());
     }
 
     /// The ALSA device named in the config.
@@ -130,36 +112,8 @@ impl Daemon {
         v["audio"]["device"].as_str().unwrap().to_string()
     }
 
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("herald.log")).unwrap_or_default()
-    }
-
     fn conn(&self) -> Conn {
         Conn::open(&self.sock)
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: sending a signal to our own child process.
-        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
-    }
-
-    fn herald(&self, args: &[&str]) -> std::process::Output {
-        Command::new(env!("CARGO_BIN_EXE_herald"))
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .env_remove("OPENAI_API_KEY")
-            .output()
-            .unwrap()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let log = self.log();
-        assert!(!log.contains(KEY), "the API key leaked into the log");
     }
 }
 

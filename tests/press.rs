@@ -8,12 +8,13 @@ mod support;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use herald::emulator::{expected_body, Emulator, EmulatorConfig, EmulatorHandle};
 use herald::tts::AudioFormat;
 use serde_json::{json, Value};
+use support::daemon::Served;
 use support::reference::decode_ogg_opus;
 use support::FifoClock;
 
@@ -38,11 +39,16 @@ fn emulator() -> (tokio::runtime::Runtime, EmulatorHandle) {
 }
 
 struct Daemon {
-    child: Child,
-    dir: tempfile::TempDir,
-    sock: PathBuf,
-    config: PathBuf,
+    /// First field: dropped (killed) before the clock that drains its FIFO.
+    served: Served,
     clock: Option<FifoClock>,
+}
+
+impl std::ops::Deref for Daemon {
+    type Target = Served;
+    fn deref(&self) -> &Served {
+        &self.served
+    }
 }
 
 impl Daemon {
@@ -59,56 +65,17 @@ impl Daemon {
         } else {
             ("herald_null".to_string(), None)
         };
-        let config = dir.path().join("herald.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[api]\napi_base = \"{base}\"\nmax_attempts = 1\n\n[audio]\ndevice = \"{device}\"\nrealtime_priority = 0\n\n[daemon]\nsocket_path = \"{}\"\nidle_close_s = 0\nlead_in_ms = 0\nkeepalive_s = 0\n\n[cache]\ndir = \"{}\"\n\n{extra}",
-                sock.display(),
-                dir.path().join("cache").display()
-            ),
-        )
-        .unwrap();
-        let log = std::fs::File::create(dir.path().join("herald.log")).unwrap();
-        let child = support::daemon::serve_command(&config, KEY)
-            .env("HERALD_LOG", "herald=debug")
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let mut d = Daemon {
-            child,
-            dir,
-            sock,
-            config,
-            clock,
-        };
-        let until = Instant::now() + TIMEOUT;
-        while UnixStream::connect(&d.sock).is_err() {
-            if let Ok(Some(st)) = d.child.try_wait() {
-                panic!("herald serve exited with {st}: {}", d.log());
-            }
-            assert!(Instant::now() < until, "no socket: {}", d.log());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        d
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("herald.log")).unwrap_or_default()
+        let text = format!(
+            "[api]\napi_base = \"{base}\"\nmax_attempts = 1\n\n[audio]\ndevice = \"{device}\"\nrealtime_priority = 0\n\n[daemon]\nsocket_path = \"{}\"\nidle_close_s = 0\nlead_in_ms = 0\nkeepalive_s = 0\n\n[cache]\ndir = \"{}\"\n\n{extra}",
+            sock.display(),
+            dir.path().join("cache").display()
+        );
+        let served = Served::start(dir, sock, &text, KEY, &[], TIMEOUT);
+        Daemon { served, clock }
     }
 
     fn cache_dir(&self) -> PathBuf {
         self.dir.path().join("cache")
-    }
-
-    fn herald(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_herald"))
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .env_remove("OPENAI_API_KEY")
-            .output()
-            .unwrap()
     }
 
     /// `herald presets --json`.
@@ -173,14 +140,6 @@ impl Daemon {
         let clock = self.clock.take().unwrap();
         drop(self);
         clock.finish(Duration::from_secs(2))
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        assert!(!self.log().contains(KEY), "the API key leaked into the log");
     }
 }
 
@@ -426,8 +385,7 @@ fn a_reload_renders_new_and_changed_presets_in_the_background() {
         format!("{text}\n[presets.door]\ntext = \"Someone is at the door.\"\n"),
     )
     .unwrap();
-    // SAFETY: sending SIGHUP to our own child process.
-    assert_eq!(unsafe { libc::kill(d.child.id() as i32, libc::SIGHUP) }, 0);
+    d.signal(libc::SIGHUP);
     d.wait_state("door", "cached");
     // Only the new preset was fetched; the unchanged one stayed cached.
     assert_eq!(emu.stats().requests_for(sc), 2);
