@@ -231,29 +231,41 @@ pub enum ConfigError {
     /// The file could not be read.
     #[error("cannot read config {path}: {source}")]
     Read {
+        /// The config file.
         path: PathBuf,
+        /// The OS error.
         source: std::io::Error,
     },
     /// TOML syntax or type error.
     #[error("config {path}, line {line}, column {column}: {message}")]
     Parse {
+        /// The config file.
         path: PathBuf,
+        /// 1-based line of the problem.
         line: usize,
+        /// 1-based column of the problem.
         column: usize,
+        /// What is wrong and what is allowed.
         message: String,
     },
     /// A value outside what herald accepts.
     #[error("config {path}{}: {key}: {message}", line.map(|l| format!(", line {l}")).unwrap_or_default())]
     Invalid {
+        /// The config file.
         path: PathBuf,
+        /// The dotted key, e.g. `audio.period_ms`.
         key: String,
+        /// 1-based line of the problem.
         line: Option<usize>,
+        /// What is wrong and what is allowed.
         message: String,
     },
     /// The API key file could not be read.
     #[error("cannot read API key file {path}: {source}")]
     KeyFile {
+        /// The key file.
         path: PathBuf,
+        /// The OS error.
         source: std::io::Error,
     },
 }

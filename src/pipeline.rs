@@ -138,21 +138,29 @@ pub enum PipelineError {
     /// Fetching speech failed.
     #[error("segment {segment} of {of}: {source}")]
     Tts {
+        /// Which segment failed (1-based).
         segment: usize,
+        /// Segments in the text.
         of: usize,
+        /// The underlying error.
         source: TtsError,
     },
     /// The audio could not be decoded.
     #[error("segment {segment} of {of}: {source}")]
     Codec {
+        /// Which segment failed (1-based).
         segment: usize,
+        /// Segments in the text.
         of: usize,
+        /// The underlying error.
         source: CodecError,
     },
     /// Reading a local file failed.
     #[error("cannot read {path}: {source}")]
     File {
+        /// The file.
         path: String,
+        /// The underlying error.
         source: std::io::Error,
     },
     /// The audio device or the audio thread failed.

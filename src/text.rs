@@ -16,7 +16,12 @@ pub enum TextError {
     Empty,
     /// Longer than `max_text_chars`.
     #[error("the text has {chars} characters; at most {max} are allowed (max_text_chars)")]
-    TooLong { chars: usize, max: usize },
+    TooLong {
+        /// Characters in the text.
+        chars: usize,
+        /// The configured limit.
+        max: usize,
+    },
 }
 
 /// Checks text against the configured limits before anything is sent.

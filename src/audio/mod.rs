@@ -50,30 +50,54 @@ impl Default for SinkRequest {
 pub enum SinkError {
     /// The device does not exist.
     #[error("audio device '{device}' not found: {detail}")]
-    NotFound { device: String, detail: String },
+    NotFound {
+        /// The ALSA device name.
+        device: String,
+        /// alsa-lib's or the OS's description.
+        detail: String,
+    },
     /// The device is held by another program.
     #[error("audio device '{device}' is busy (another program is using it)")]
-    Busy { device: String },
+    Busy {
+        /// The ALSA device name.
+        device: String,
+    },
     /// A hardware parameter could not be set.
     #[error("audio device '{device}': cannot set {param}: {detail}")]
     Params {
+        /// The ALSA device name.
         device: String,
+        /// The hardware parameter being set.
         param: &'static str,
+        /// alsa-lib's or the OS's description.
         detail: String,
     },
     /// Writing or draining failed and could not be recovered.
     #[error("audio device '{device}': {op} failed: {detail}")]
     Io {
+        /// The ALSA device name.
         device: String,
+        /// The operation that failed.
         op: &'static str,
+        /// alsa-lib's or the OS's description.
         detail: String,
     },
     /// The device went away (e.g. a USB DAC was unplugged).
     #[error("audio device '{device}' disappeared: {detail}")]
-    Gone { device: String, detail: String },
+    Gone {
+        /// The ALSA device name.
+        device: String,
+        /// alsa-lib's or the OS's description.
+        detail: String,
+    },
     /// A WAV file could not be written.
     #[error("cannot write WAV file '{path}': {detail}")]
-    Wav { path: String, detail: String },
+    Wav {
+        /// The WAV file.
+        path: String,
+        /// alsa-lib's or the OS's description.
+        detail: String,
+    },
 }
 
 /// A place whole periods of PCM go to. Only the audio thread calls these.

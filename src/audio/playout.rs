@@ -143,16 +143,27 @@ pub enum PlayoutError {
     /// A configuration value is out of range.
     #[error("playout setting {field} = {value} is not allowed: {allowed}")]
     Config {
+        /// The setting.
         field: &'static str,
+        /// The value given.
         value: i64,
+        /// What is allowed.
         allowed: &'static str,
     },
     /// The sink granted a format playout cannot use.
     #[error("audio device '{device}' granted an unusable format: {detail}")]
-    Format { device: String, detail: String },
+    Format {
+        /// The device name.
+        device: String,
+        /// What went wrong.
+        detail: String,
+    },
     /// The audio thread or its wake-up channel could not be created.
     #[error("cannot start the audio thread: {detail}")]
-    Spawn { detail: String },
+    Spawn {
+        /// What went wrong.
+        detail: String,
+    },
     /// The device failed; the audio thread has stopped.
     #[error("playback stopped: {0}")]
     Device(#[source] SinkError),
@@ -164,19 +175,33 @@ pub enum PlayoutError {
     Panicked,
     /// A call that needs an utterance came without one.
     #[error("{op}() needs an utterance in progress: call begin() first (the last one has finished or was interrupted)")]
-    NoUtterance { op: &'static str },
+    NoUtterance {
+        /// The method called.
+        op: &'static str,
+    },
     /// `finished()` without `end()` would wait forever.
     #[error("finished() needs end() first: without it the utterance never finishes")]
     NotEnded,
     /// `push` got a partial frame.
     #[error("push() got {len} samples, which is not a whole number of {channels}-channel frames")]
-    Misaligned { len: usize, channels: u16 },
+    Misaligned {
+        /// Samples pushed.
+        len: usize,
+        /// The device's channels.
+        channels: u16,
+    },
     /// Awaiting playout outside a Tokio runtime.
     #[error("playout must be awaited inside a Tokio runtime with I/O enabled: {detail}")]
-    NoRuntime { detail: String },
+    NoRuntime {
+        /// What went wrong.
+        detail: String,
+    },
     /// The wake-up socket between the audio thread and the async side failed.
     #[error("audio thread wake-up channel failed: {detail}")]
-    Wakeup { detail: String },
+    Wakeup {
+        /// What went wrong.
+        detail: String,
+    },
 }
 
 #[derive(Debug)]

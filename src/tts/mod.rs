@@ -131,48 +131,82 @@ pub enum TtsError {
     NoKey,
     /// 401: the key was rejected.
     #[error("the API key was rejected (HTTP 401): {message}")]
-    Unauthorized { message: String },
+    Unauthorized {
+        /// OpenAI's own message (or the body's start).
+        message: String,
+    },
     /// 403: e.g. unsupported region.
     #[error("access denied (HTTP 403): {message}")]
-    Forbidden { message: String },
+    Forbidden {
+        /// OpenAI's own message (or the body's start).
+        message: String,
+    },
     /// 429 after all retries.
     #[error("rate limit or quota exceeded (HTTP 429) after {}: {message}", attempts_text(*attempts))]
-    RateLimited { attempts: u32, message: String },
+    RateLimited {
+        /// Requests made, retries included.
+        attempts: u32,
+        /// OpenAI's own message (or the body's start).
+        message: String,
+    },
     /// 400 or another non-retryable client error.
     #[error("the API refused the request (HTTP {status}): {message}")]
-    Rejected { status: u16, message: String },
+    Rejected {
+        /// The HTTP status.
+        status: u16,
+        /// OpenAI's own message (or the body's start).
+        message: String,
+    },
     /// 5xx after all retries.
     #[error("the API failed (HTTP {status}) after {}: {message}", attempts_text(*attempts))]
     Server {
+        /// The HTTP status.
         status: u16,
+        /// Requests made, retries included.
         attempts: u32,
+        /// OpenAI's own message (or the body's start).
         message: String,
     },
     /// A 200 whose body is not the requested audio.
     #[error("the response is not {expected} audio: {detail}")]
     NotAudio {
+        /// The format that was asked for.
         expected: &'static str,
+        /// What arrived or what failed.
         detail: String,
     },
     /// Could not connect (DNS, TCP, TLS) after all retries.
     #[error("cannot reach {base}: {detail} (after {})", attempts_text(*attempts))]
     Connect {
+        /// The API base, without credentials.
         base: String,
+        /// Requests made, retries included.
         attempts: u32,
+        /// What arrived or what failed.
         detail: String,
     },
     /// A timeout (connect, first byte, or no progress mid-stream).
     #[error("timed out {phase} after {after:?}")]
     Timeout {
+        /// Connect, first byte or no progress.
         phase: &'static str,
+        /// The configured timeout.
         after: Duration,
     },
     /// The connection broke after audio had started.
     #[error("the audio stream broke after {received} bytes: {detail}")]
-    Broken { received: u64, detail: String },
+    Broken {
+        /// Bytes received before the break.
+        received: u64,
+        /// What arrived or what failed.
+        detail: String,
+    },
     /// 429 with code `insufficient_quota`: waiting will not help, the account needs credit.
     #[error("quota exhausted (HTTP 429, insufficient_quota): {message}")]
-    QuotaExhausted { message: String },
+    QuotaExhausted {
+        /// OpenAI's own message (or the body's start).
+        message: String,
+    },
 }
 
 impl SpeechRequest {
