@@ -100,7 +100,7 @@ pub enum OggError {
     NotOgg {
         /// How many bytes arrived.
         bytes: u64,
-        /// What the bytes looked like, e.g. "looks like HTML: starts with '<html>'".
+        /// What the bytes looked like, e.g. "looks like HTML: starts with `<html>`".
         looks_like: String,
     },
     /// Input ended; pages were found but every one failed its CRC check.
