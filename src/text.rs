@@ -166,6 +166,40 @@ mod tests {
         );
     }
 
+    /// Text with words, sentence and clause marks, quotes, multi-byte letters and odd
+    /// whitespace.
+    fn texty() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::strategy::Strategy;
+        proptest::collection::vec(
+            proptest::prop_oneof![
+                "[a-zA-Z0-9]{1,12}",
+                "[ÄöüßéÑ漢字🙂]{1,4}",
+                proptest::sample::select(vec![
+                    ".", "!", "?", "…", "。", ",", ";", ":", "—", "\"", "”", ")", " ", "  ", "\n",
+                    "\t", "\u{a0}", "3.14",
+                ])
+                .prop_map(str::to_string),
+            ],
+            0..80,
+        )
+        .prop_map(|parts| parts.concat())
+    }
+
+    proptest::proptest! {
+        // Nothing is lost, reordered or cut inside a character, and every segment fits.
+        #[test]
+        fn segments_fit_and_keep_every_character(text in texty(), max in 1usize..40) {
+            let segs = segment(&text, max);
+            let visible = |s: &str| s.chars().filter(|c| !c.is_whitespace()).collect::<String>();
+            proptest::prop_assert_eq!(visible(&segs.concat()), visible(&text));
+            for s in &segs {
+                proptest::prop_assert!(!s.is_empty());
+                proptest::prop_assert_eq!(s.trim(), s.as_str());
+                proptest::prop_assert!(s.chars().count() <= max, "{:?} > {} chars", s, max);
+            }
+        }
+    }
+
     #[test]
     fn validation_messages_say_what_is_allowed() {
         assert_eq!(validate(" \n\t", 10), Err(TextError::Empty));

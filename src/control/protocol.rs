@@ -572,6 +572,117 @@ mod tests {
         assert!(e.contains("twice") && e.contains("restart"), "{e}");
     }
 
+    /// Field names a request may carry, plus ones no command takes; the required ones
+    /// (`text`, `name`) and `id` more often, so that valid requests come up too.
+    #[rustfmt::skip]
+    const KEYS: &[&str] = &[
+        "text", "text", "text", "id", "id", "name", "name", "voice", "model", "format", "speed",
+        "instructions", "priority", "cache", "while_playing", "colour", "",
+    ];
+
+    /// A value a client might plausibly send for `key` (right type, valid or not).
+    fn plausible(key: &'static str) -> proptest::strategy::BoxedStrategy<serde_json::Value> {
+        use proptest::prelude::*;
+        let words = |w: &'static [&'static str]| {
+            proptest::sample::select(w.to_vec())
+                .prop_map(serde_json::Value::from)
+                .boxed()
+        };
+        match key {
+            "speed" => (0.0f64..5.0).prop_map(serde_json::Value::from).boxed(),
+            "cache" => any::<bool>().prop_map(serde_json::Value::from).boxed(),
+            "priority" => words(&["normal", "high", "interrupt", "urgent", ""]),
+            "format" => words(&["opus", "pcm", "mp3"]),
+            "while_playing" => words(&["restart", "ignore", "queue", "twice"]),
+            _ => prop_oneof![
+                Just(String::new()),
+                Just("  ".to_string()),
+                "[a-zA-Z ]{1,10}",
+                Just("x".repeat(129)),
+            ]
+            .prop_map(serde_json::Value::from)
+            .boxed(),
+        }
+    }
+
+    /// Any JSON value, nested a little.
+    fn json_value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>()
+                .prop_filter("JSON has no NaN/inf", |f| f.is_finite())
+                .prop_map(serde_json::Value::from),
+            ".{0,12}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(2, 8, 3, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..3).prop_map(serde_json::Value::from),
+                proptest::collection::btree_map(".{0,4}", inner, 0..3)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Request objects: a command (or none, or a bogus one) and fields with mostly
+    /// plausible values, sometimes values of any type.
+    fn request_object() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let cmd = proptest::option::of(proptest::sample::select(vec![
+            "speak", "cancel", "preset", "presets", "status", "stop", "skip", "dance",
+        ]));
+        let field = proptest::sample::select(KEYS).prop_flat_map(|k| {
+            let v = prop_oneof![4 => plausible(k), 1 => json_value().boxed()];
+            (Just(k), v)
+        });
+        (cmd, proptest::collection::vec(field, 0..5)).prop_map(|(cmd, fields)| {
+            let mut obj: serde_json::Map<String, serde_json::Value> = fields
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+            if let Some(c) = cmd {
+                obj.insert("cmd".into(), c.into());
+            }
+            serde_json::Value::Object(obj)
+        })
+    }
+
+    proptest::proptest! {
+        // Whatever a local process writes, the parser answers without panicking: a request,
+        // or an error whose message is not empty.
+        #[test]
+        fn any_bytes_parse_or_fail_with_a_message(line in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            match parse_line(&line) {
+                Ok(Request::Speak(r)) => proptest::prop_assert!(!r.text.trim().is_empty()),
+                Ok(_) => {}
+                Err(e) => proptest::prop_assert!(!e.to_string().is_empty()),
+            }
+        }
+
+        // JSON objects built from real and unknown field names with values of any type.
+        #[test]
+        fn any_json_object_parses_or_fails_with_a_message(obj in request_object()) {
+            let line = obj.to_string();
+            match parse_line(line.as_bytes()) {
+                Ok(Request::Speak(r)) => {
+                    proptest::prop_assert!(!r.text.trim().is_empty());
+                    proptest::prop_assert!(r.id.as_ref().is_none_or(|id| !id.is_empty() && id.len() <= 128));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let msg = e.to_string();
+                    proptest::prop_assert!(!msg.is_empty());
+                    // An unknown field is named, with what the command takes.
+                    if msg.contains("unknown field") {
+                        proptest::prop_assert!(msg.contains("allowed fields"), "{}", msg);
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn replies_are_one_json_line_tagged_by_event() {
         let line = Reply::Queued {
