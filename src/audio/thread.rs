@@ -28,6 +28,11 @@ pub(super) const RT_GRANTED: i32 = 0;
 const IDLE_PARK: Duration = Duration::from_millis(50);
 /// Same while waiting for the prebuffer to fill (every push unparks it).
 const PREBUFFER_PARK: Duration = Duration::from_millis(20);
+/// Scheduling slack kept on top of one period when judging that the device is about to
+/// run out (the stall's fade and silence must be written before it does).
+const DRY_MARGIN: Duration = Duration::from_millis(5);
+/// Longest single wait for data while the device still has audio queued.
+const DRY_PARK_MAX: Duration = Duration::from_millis(5);
 /// Event slots kept free for the one terminal event of an utterance.
 const TERMINAL_RESERVE: usize = 4;
 
@@ -135,6 +140,35 @@ struct LeadIn {
     written: u64,
 }
 
+/// Audio queued in the device, estimated against the wall clock: frames written since the
+/// device last ran empty, minus what it can have played since. It errs low (a device that
+/// has not started yet holds more), and is capped at the device buffer, so waiting on it
+/// can only be too short, never so long that the device underruns.
+#[derive(Debug, Default)]
+struct DeviceQueue {
+    since: Option<Instant>,
+    written: u64,
+}
+
+impl DeviceQueue {
+    fn wrote(&mut self, frames: u64, now: Instant) {
+        self.since.get_or_insert(now);
+        self.written += frames;
+    }
+
+    /// Frames still queued at `now` (at most `cap`).
+    fn queued(&mut self, now: Instant, rate: u32, cap: u64) -> u64 {
+        let Some(since) = self.since else { return 0 };
+        let played = (now.saturating_duration_since(since).as_secs_f64() * f64::from(rate)) as u64;
+        if played >= self.written {
+            // Ran empty: start counting afresh at the next write.
+            *self = DeviceQueue::default();
+            return 0;
+        }
+        (self.written - played).min(cap)
+    }
+}
+
 /// The audio thread's state; everything is allocated before `run` enters its loop.
 pub(super) struct AudioThread {
     sink: Box<dyn Sink>,
@@ -160,6 +194,8 @@ pub(super) struct AudioThread {
     clocked: bool,
     fade_in: Option<usize>,
     lead: LeadIn,
+    queue: DeviceQueue,
+    buffer_frames: u64,
 }
 
 impl AudioThread {
@@ -204,6 +240,8 @@ impl AudioThread {
             },
             fade_in: None,
             lead: LeadIn::default(),
+            queue: DeviceQueue::default(),
+            buffer_frames: format.buffer_frames as u64,
         }
     }
 
@@ -342,7 +380,7 @@ impl AudioThread {
         let period = self.period as f64;
         if queued <= period {
             self.buf.fill(0);
-            self.sink.write(&self.buf)?;
+            self.write_buf()?;
             self.lead.written += self.period as u64;
         } else {
             // Unparked early by `push`/`begin`; otherwise wake when one period is left.
@@ -396,6 +434,11 @@ impl AudioThread {
         } else if !self.clocked {
             thread::park_timeout(PREBUFFER_PARK);
             Ok(())
+        } else if let Some(wait) = self.device_still_busy() {
+            // The ring is short but the device still has audio queued: wait for data (a push
+            // unparks us) rather than insert silence the listener would hear.
+            thread::park_timeout(wait);
+            Ok(())
         } else {
             // Running dry mid-utterance: play out what is there, fading its end to zero,
             // then keep the device fed with silence until the buffer refills.
@@ -409,6 +452,20 @@ impl AudioThread {
             self.stall_frames_now = pad as u64;
             Ok(())
         }
+    }
+
+    /// How long to wait for data before the device gets close to running out (`None`:
+    /// it is that close already).
+    fn device_still_busy(&mut self) -> Option<Duration> {
+        let margin = (DRY_MARGIN.as_secs_f64() * f64::from(self.rate)) as u64;
+        let threshold = self.period as u64 + margin;
+        let queued = self
+            .queue
+            .queued(Instant::now(), self.rate, self.buffer_frames);
+        (queued > threshold).then(|| {
+            Duration::from_secs_f64((queued - threshold) as f64 / f64::from(self.rate))
+                .min(DRY_PARK_MAX)
+        })
     }
 
     fn stalled(&mut self) -> Result<(), SinkError> {
@@ -429,7 +486,7 @@ impl AudioThread {
         }
         // The blocking write of silence keeps the clock and keeps ALSA from underrunning.
         self.buf.fill(0);
-        self.sink.write(&self.buf)?;
+        self.write_buf()?;
         self.stall_frames_now += self.period as u64;
         Ok(())
     }
@@ -450,6 +507,7 @@ impl AudioThread {
         self.discard(rest);
         if self.state != State::Prebuffering {
             self.sink.drain()?;
+            self.queue = DeviceQueue::default();
         }
         self.report.interrupted = true;
         self.done();
@@ -458,6 +516,7 @@ impl AudioThread {
 
     fn finish(&mut self) -> Result<(), SinkError> {
         self.sink.drain()?;
+        self.queue = DeviceQueue::default();
         self.done();
         Ok(())
     }
@@ -472,6 +531,13 @@ impl AudioThread {
         self.state = State::Idle;
     }
 
+    /// Writes the period buffer to the sink, counting it into the device queue estimate.
+    fn write_buf(&mut self) -> Result<(), SinkError> {
+        self.sink.write(&self.buf)?;
+        self.queue.wrote(self.period as u64, Instant::now());
+        Ok(())
+    }
+
     /// Writes the period buffer holding `audio` frames of the utterance (rest silence).
     fn write_audio(&mut self, audio: usize) -> Result<(), SinkError> {
         if self.report.started_at.is_none() {
@@ -479,7 +545,7 @@ impl AudioThread {
             self.report.started_at = Some(at);
             self.emit(RawEvent::Started { gen: self.gen, at });
         }
-        self.sink.write(&self.buf)?;
+        self.write_buf()?;
         self.report.frames_played += audio as u64;
         Ok(())
     }
