@@ -603,6 +603,20 @@ impl Playout {
                     self.pending.push_back(PlayoutEvent::Started { at })
                 }
                 RawEvent::StallBegan { gen, at } if gen == self.gen => {
+                    if let Some(u) = &self.utt {
+                        // When and with how much delivered the stall came: tells a slow
+                        // stream from a start policy that started too early.
+                        tracing::debug!(
+                            after_first_audio_ms = u
+                                .stats
+                                .first_at()
+                                .map_or(0, |t| at.saturating_duration_since(t).as_millis() as u64),
+                            delivered_ms = u.stats.received() * 1000 / rate,
+                            pushed_frames =
+                                self.pushed - self.shared.start_pos.load(Ordering::Acquire),
+                            "playout ran dry; feeding silence until the buffer refills"
+                        );
+                    }
                     self.pending.push_back(PlayoutEvent::StallBegan { at })
                 }
                 RawEvent::StallEnded { gen, frames } if gen == self.gen => {

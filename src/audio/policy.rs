@@ -101,6 +101,11 @@ impl ArrivalStats {
         self.received += frames;
     }
 
+    /// When the first audio arrived.
+    pub fn first_at(&self) -> Option<Instant> {
+        self.first_at
+    }
+
     /// Frames received so far.
     pub fn received(&self) -> u64 {
         self.received
