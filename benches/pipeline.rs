@@ -219,13 +219,12 @@ fn main() {
         println!("pipeline benchmark: run it with `cargo bench --bench pipeline`");
         return;
     }
-    // `cargo bench --bench pipeline -- cpu` (or `scenarios`) runs one part only.
-    let only = |part: &str| {
-        let parts: Vec<String> = std::env::args()
-            .filter(|a| a == "cpu" || a == "scenarios")
-            .collect();
-        parts.is_empty() || parts.iter().any(|p| p == part)
-    };
+    // `cargo bench --bench pipeline -- cpu` (or `scenarios`, or `sweep`) runs one part
+    // only; `sweep` (WiFi stalls over many seeds) runs only when named.
+    let parts: Vec<String> = std::env::args()
+        .filter(|a| a == "cpu" || a == "scenarios" || a == "sweep")
+        .collect();
+    let only = |part: &str| parts.is_empty() || parts.iter().any(|p| p == part);
     // The emulator stands in for OpenAI on 127.0.0.1 for the whole run.
     let emu = support::emulator::shared(KEY);
     let dir = tempfile::tempdir().unwrap();
@@ -293,5 +292,56 @@ fn main() {
     // blocks, so the audio thread would spin on silence whenever the decoder is behind.)
     if only("cpu") {
         cpu_figures(dir.path());
+    }
+    if parts.iter().any(|p| p == "sweep") {
+        sweep(emu, dir.path(), &fifo);
+    }
+}
+
+/// The WiFi profile over many stall patterns (seeds) per format and jitter reserve: one
+/// seed says little about a policy that must survive stalls wherever they fall.
+fn sweep(emu: &herald::emulator::EmulatorHandle, dir: &std::path::Path, fifo: &support::FifoPcm) {
+    const SEEDS: u64 = 8;
+    println!();
+    println!("WiFi profile (2.5x, stalls 150-1000 ms every ~2 s) over seeds 1..={SEEDS}:");
+    println!(
+        "{:<6} {:<8} {:>14} {:>12} {:>14} {:>6} {:>16}",
+        "format", "reserve", "runs stalled", "stalls", "stall ms max", "gaps", "overhead ms mean"
+    );
+    for format in ["opus", "pcm"] {
+        for reserve in [0u32, 250, 500, 750, 1000] {
+            let cfg = dir.join(format!("sweep-{reserve}.toml"));
+            std::fs::write(&cfg, format!("[audio]\njitter_reserve_ms = {reserve}\n")).unwrap();
+            let (mut stalled, mut stalls, mut worst, mut gaps, mut overhead) =
+                (0, 0, 0.0f64, 0, 0.0);
+            for seed in 1..=SEEDS {
+                let base = emu.base_url(&format!(
+                    "wifi,seed={seed},id=sweep-{format}-{reserve}-{seed}"
+                ));
+                let r = speak(&base, format, &cfg, fifo);
+                let count: u32 = r
+                    .stalls
+                    .split(' ')
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+                let ms = field(&format!("{} ", r.stalls), "(", " ms)").unwrap_or(0.0);
+                stalled += u32::from(count > 0);
+                stalls += count;
+                worst = worst.max(ms);
+                gaps += r.gaps;
+                overhead += r.overhead_ms / SEEDS as f64;
+            }
+            println!(
+                "{:<6} {:<8} {:>14} {:>12} {:>14.0} {:>6} {:>16.0}",
+                format,
+                reserve,
+                format!("{stalled}/{SEEDS}"),
+                stalls,
+                worst,
+                gaps,
+                overhead
+            );
+        }
     }
 }
