@@ -238,6 +238,9 @@ impl Sink for MeteredSink {
     fn xruns(&self) -> u64 {
         self.inner.xruns()
     }
+    fn queued_frames(&mut self) -> Option<u64> {
+        self.inner.queued_frames()
+    }
 }
 
 /// Delays the first audio of a freshly opened device until `until`, so the device plays

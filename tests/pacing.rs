@@ -99,31 +99,6 @@ fn pcm_under_wifi_stalls_causes_no_gap() {
     assert!(capture.gaps.is_empty(), "audible gaps: {:?}", capture.gaps);
 }
 
-/// With no jitter reserve playback starts on the first Ogg page (or the first 150 ms of
-/// pcm), and the ring empties while the device still holds a buffer's worth of audio. The
-/// next burst arrives in time for the device, so no silence may be inserted: no stall.
-#[test]
-fn a_burst_arriving_while_the_device_still_plays_is_not_a_stall() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("eager.toml");
-    std::fs::write(&cfg, "[audio]\njitter_reserve_ms = 0\n").unwrap();
-    let cfg = cfg.to_str().unwrap();
-    for (sc, format) in [
-        ("slow,id=pace-eager-opus", "opus"),
-        ("realtime,id=pace-eager-pcm", "pcm"),
-    ] {
-        let (out, capture) = speak_clocked(sc, &["--config", cfg, "--format", format]);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{sc}: {err}");
-        assert!(err.contains("stalls 0 (0 ms)"), "{sc}: {err}");
-        assert!(capture.gaps.is_empty(), "{sc}: gaps {:?}", capture.gaps);
-        if format == "opus" {
-            let body = expected_body(sc, TEXT, "alloy", 1.0, AudioFormat::Opus).unwrap();
-            assert_gapless(sc, &out, &capture, &decode_ogg_opus(&body, 48_000));
-        }
-    }
-}
-
 /// Devices that cannot take what herald prefers: only 44.1 kHz (resampled from the 48 kHz
 /// decode), only stereo (mono up-mixed). Both are alsa-lib external plugins from
 /// tests/support that swallow data like `null`.

@@ -69,7 +69,8 @@ struct Recording {
 /// Stands in for a sound card, which this machine does not have: it plays `RATE` frames per
 /// wall-clock second from a `BUFFER`-frame device buffer. `write` blocks while the buffer is
 /// full, as ALSA's blocking write does, so the audio thread is clocked as by real hardware;
-/// `drain` blocks until everything written has "played". It records every sample and write.
+/// `drain` blocks until everything written has "played"; `queued_frames` reports what is
+/// still queued, as ALSA's `snd_pcm_delay` does. It records every sample and write.
 struct ClockedSink {
     format: DeviceFormat,
     rec: Arc<Mutex<Recording>>,
@@ -84,13 +85,18 @@ struct ClockedSink {
 
 impl ClockedSink {
     fn new(channels: u16) -> (Self, Arc<Mutex<Recording>>) {
+        Self::with_buffer(channels, BUFFER)
+    }
+
+    /// A device with a `buffer`-frame buffer.
+    fn with_buffer(channels: u16, buffer: usize) -> (Self, Arc<Mutex<Recording>>) {
         let rec = Arc::new(Mutex::new(Recording::default()));
         let sink = ClockedSink {
             format: DeviceFormat {
                 rate: RATE,
                 channels,
                 period_frames: PERIOD,
-                buffer_frames: BUFFER,
+                buffer_frames: buffer,
             },
             rec: rec.clone(),
             running: None,
@@ -150,7 +156,8 @@ impl Sink for ClockedSink {
         // Block until this period fits into the device buffer.
         loop {
             let played = Self::played(start, Instant::now());
-            let free = BUFFER as u64 - written.saturating_sub(played).min(BUFFER as u64);
+            let buffer = self.format.buffer_frames as u64;
+            let free = buffer - written.saturating_sub(played).min(buffer);
             if free >= frames {
                 break;
             }
@@ -189,6 +196,11 @@ impl Sink for ClockedSink {
 
     fn xruns(&self) -> u64 {
         self.rec.lock().map(|r| r.xruns).unwrap_or(0)
+    }
+
+    fn queued_frames(&mut self) -> Option<u64> {
+        let (start, written) = self.running?;
+        Some(written.saturating_sub(Self::played(start, Instant::now())))
     }
 }
 
@@ -426,6 +438,38 @@ async fn stream_pause_gives_one_faded_stall_with_silence_between() {
                 ms: report.stall_ms as u32
             }
         );
+    })
+    .await
+}
+
+/// The ring runs short while the device still holds most of its 400 ms buffer; the next
+/// burst comes long before the device would run out, so nothing may be inserted.
+#[tokio::test]
+async fn ring_running_short_while_the_device_still_plays_is_not_a_stall() {
+    guarded(async {
+        let (sink, rec) = ClockedSink::with_buffer(1, 40 * PERIOD);
+        let cfg = PlayoutConfig {
+            min_prebuffer_ms: 50,
+            jitter_reserve_ms: 0,
+            ..config()
+        };
+        let mut p = Playout::spawn(Box::new(sink), cfg).unwrap();
+        let input = tone(frames_of(1000));
+        let half = frames_of(500);
+        p.begin(ms(1000));
+        // One burst: playback starts, the device takes 400 ms of it at once and the ring
+        // is down to its last period ~75 ms later.
+        p.push(&input[..half]).await.unwrap();
+        tokio::time::sleep(ms(250)).await;
+        // About 225 ms are still queued in the device when the rest arrives.
+        p.push(&input[half..]).await.unwrap();
+        p.end();
+        let report = p.finished().await.unwrap();
+        let rec = rec.lock().unwrap();
+        assert_whole_periods(&rec, 1);
+        assert_eq!(report.stalls, 0, "silence was inserted: {report:?}");
+        assert_eq!(rec.xruns, 0, "the device ran empty");
+        assert_played_exactly(&rec.samples, &input);
     })
     .await
 }

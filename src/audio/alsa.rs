@@ -603,6 +603,12 @@ impl Sink for AlsaSink {
     fn xruns(&self) -> u64 {
         self.xruns
     }
+
+    fn queued_frames(&mut self) -> Option<u64> {
+        // An error (e.g. the PCM is in XRUN) means: do not count on anything queued.
+        let delay = self.pcm.delay().ok()?;
+        u64::try_from(delay).ok()
+    }
 }
 
 /// What `device` accepts, probed without blocking (a busy device gives `SinkError::Busy`).

@@ -120,4 +120,9 @@ pub trait Sink: Send {
     fn xruns(&self) -> u64 {
         0
     }
+    /// Frames written but not yet played, if the device can tell (ALSA's delay). The audio
+    /// thread waits for data rather than insert silence while this is more than a period.
+    fn queued_frames(&mut self) -> Option<u64> {
+        None
+    }
 }

@@ -140,35 +140,6 @@ struct LeadIn {
     written: u64,
 }
 
-/// Audio queued in the device, estimated against the wall clock: frames written since the
-/// device last ran empty, minus what it can have played since. It errs low (a device that
-/// has not started yet holds more), and is capped at the device buffer, so waiting on it
-/// can only be too short, never so long that the device underruns.
-#[derive(Debug, Default)]
-struct DeviceQueue {
-    since: Option<Instant>,
-    written: u64,
-}
-
-impl DeviceQueue {
-    fn wrote(&mut self, frames: u64, now: Instant) {
-        self.since.get_or_insert(now);
-        self.written += frames;
-    }
-
-    /// Frames still queued at `now` (at most `cap`).
-    fn queued(&mut self, now: Instant, rate: u32, cap: u64) -> u64 {
-        let Some(since) = self.since else { return 0 };
-        let played = (now.saturating_duration_since(since).as_secs_f64() * f64::from(rate)) as u64;
-        if played >= self.written {
-            // Ran empty: start counting afresh at the next write.
-            *self = DeviceQueue::default();
-            return 0;
-        }
-        (self.written - played).min(cap)
-    }
-}
-
 /// The audio thread's state; everything is allocated before `run` enters its loop.
 pub(super) struct AudioThread {
     sink: Box<dyn Sink>,
@@ -194,7 +165,6 @@ pub(super) struct AudioThread {
     clocked: bool,
     fade_in: Option<usize>,
     lead: LeadIn,
-    queue: DeviceQueue,
     buffer_frames: u64,
 }
 
@@ -240,7 +210,6 @@ impl AudioThread {
             },
             fade_in: None,
             lead: LeadIn::default(),
-            queue: DeviceQueue::default(),
             buffer_frames: format.buffer_frames as u64,
         }
     }
@@ -380,7 +349,7 @@ impl AudioThread {
         let period = self.period as f64;
         if queued <= period {
             self.buf.fill(0);
-            self.write_buf()?;
+            self.sink.write(&self.buf)?;
             self.lead.written += self.period as u64;
         } else {
             // Unparked early by `push`/`begin`; otherwise wake when one period is left.
@@ -455,13 +424,11 @@ impl AudioThread {
     }
 
     /// How long to wait for data before the device gets close to running out (`None`:
-    /// it is that close already).
+    /// it is that close already, or cannot say how much it holds).
     fn device_still_busy(&mut self) -> Option<Duration> {
         let margin = (DRY_MARGIN.as_secs_f64() * f64::from(self.rate)) as u64;
         let threshold = self.period as u64 + margin;
-        let queued = self
-            .queue
-            .queued(Instant::now(), self.rate, self.buffer_frames);
+        let queued = self.sink.queued_frames()?.min(self.buffer_frames);
         (queued > threshold).then(|| {
             Duration::from_secs_f64((queued - threshold) as f64 / f64::from(self.rate))
                 .min(DRY_PARK_MAX)
@@ -486,7 +453,7 @@ impl AudioThread {
         }
         // The blocking write of silence keeps the clock and keeps ALSA from underrunning.
         self.buf.fill(0);
-        self.write_buf()?;
+        self.sink.write(&self.buf)?;
         self.stall_frames_now += self.period as u64;
         Ok(())
     }
@@ -507,7 +474,6 @@ impl AudioThread {
         self.discard(rest);
         if self.state != State::Prebuffering {
             self.sink.drain()?;
-            self.queue = DeviceQueue::default();
         }
         self.report.interrupted = true;
         self.done();
@@ -516,7 +482,6 @@ impl AudioThread {
 
     fn finish(&mut self) -> Result<(), SinkError> {
         self.sink.drain()?;
-        self.queue = DeviceQueue::default();
         self.done();
         Ok(())
     }
@@ -531,13 +496,6 @@ impl AudioThread {
         self.state = State::Idle;
     }
 
-    /// Writes the period buffer to the sink, counting it into the device queue estimate.
-    fn write_buf(&mut self) -> Result<(), SinkError> {
-        self.sink.write(&self.buf)?;
-        self.queue.wrote(self.period as u64, Instant::now());
-        Ok(())
-    }
-
     /// Writes the period buffer holding `audio` frames of the utterance (rest silence).
     fn write_audio(&mut self, audio: usize) -> Result<(), SinkError> {
         if self.report.started_at.is_none() {
@@ -545,7 +503,7 @@ impl AudioThread {
             self.report.started_at = Some(at);
             self.emit(RawEvent::Started { gen: self.gen, at });
         }
-        self.write_buf()?;
+        self.sink.write(&self.buf)?;
         self.report.frames_played += audio as u64;
         Ok(())
     }
