@@ -349,14 +349,12 @@ impl Config {
             message,
         };
         let s = &self.speech;
-        if !MODELS
-            .iter()
-            .any(|m| s.model == *m || s.model.starts_with(&format!("{m}-20")))
-        {
+        // The same rules as `SpeechRequest::validate`, reported against the config key.
+        if crate::tts::base_model(&s.model).is_none() {
             return Err(bad(
                 "speech.model",
                 format!(
-                    "unknown model '{}' (allowed: {})",
+                    "unknown model '{}' (allowed: {}, or a dated snapshot such as gpt-4o-mini-tts-2025-03-20)",
                     s.model,
                     MODELS.join(", ")
                 ),
@@ -378,7 +376,7 @@ impl Config {
                 format!("{} is out of range (allowed: 0.25 to 4.0)", s.speed),
             ));
         }
-        if !s.instructions.is_empty() && s.model.starts_with("tts-1") {
+        if !s.instructions.trim().is_empty() && !crate::tts::takes_instructions(&s.model) {
             return Err(bad(
                 "speech.instructions",
                 format!(
@@ -780,6 +778,12 @@ mod tests {
     fn dated_model_snapshots_are_accepted() {
         assert!(parse("[speech]\nmodel = \"gpt-4o-mini-tts-2025-03-20\"\n").is_ok());
         assert!(parse("[speech]\nmodel = \"gpt-5\"\n").is_err());
+        // The same rules as a request: four-digit snapshots count, a loose prefix does not,
+        // and blank instructions are no instructions.
+        assert!(parse("[speech]\nmodel = \"tts-1-1106\"\n").is_ok());
+        assert!(parse("[speech]\nmodel = \"tts-1-20x\"\n").is_err());
+        assert!(parse("[speech]\nmodel = \"tts-1\"\ninstructions = \"  \"\n").is_ok());
+        assert!(parse("[speech]\nmodel = \"tts-1-hd-1106\"\ninstructions = \"calm\"\n").is_err());
     }
 
     #[test]

@@ -248,7 +248,7 @@ impl SpeechRequest {
             .instructions
             .as_deref()
             .is_some_and(|i| !i.trim().is_empty());
-        if has_instructions && matches!(base_model, "tts-1" | "tts-1-hd") {
+        if has_instructions && !takes_instructions(base_model) {
             return Err(TtsError::Invalid(format!(
                 "model '{}' does not accept instructions (allowed with: gpt-4o-mini-tts)",
                 self.model
@@ -259,17 +259,24 @@ impl SpeechRequest {
 }
 
 /// The entry of [`MODELS`] that `model` is, or is a snapshot of (`-YYYY-MM-DD` or `-NNNN`).
-fn base_model(model: &str) -> Option<&'static str> {
-    // Longest first, so "tts-1-hd-1106" is a snapshot of tts-1-hd, not a suffix of tts-1.
-    let mut known: Vec<&'static str> = MODELS.to_vec();
-    known.sort_by_key(|m| std::cmp::Reverse(m.len()));
-    known.into_iter().find(|base| {
-        model == *base
-            || model
-                .strip_prefix(base)
-                .and_then(|rest| rest.strip_prefix('-'))
-                .is_some_and(is_snapshot_suffix)
-    })
+pub fn base_model(model: &str) -> Option<&'static str> {
+    // The longest match, so "tts-1-hd-1106" is a snapshot of tts-1-hd, not a suffix of tts-1.
+    MODELS
+        .iter()
+        .copied()
+        .filter(|base| {
+            model == *base
+                || model
+                    .strip_prefix(base)
+                    .and_then(|rest| rest.strip_prefix('-'))
+                    .is_some_and(is_snapshot_suffix)
+        })
+        .max_by_key(|base| base.len())
+}
+
+/// Whether `model` takes `instructions` (tts-1 and tts-1-hd do not).
+pub fn takes_instructions(model: &str) -> bool {
+    !matches!(base_model(model), Some("tts-1" | "tts-1-hd"))
 }
 
 /// `2025-03-20` (dated snapshot) or `1106` (the older four-digit snapshots).
