@@ -61,6 +61,30 @@ impl Voice {
                 .filter(|i| !i.trim().is_empty()),
         }
     }
+
+    /// The request that speaks `input` with these settings.
+    pub fn request(&self, input: String) -> SpeechRequest {
+        SpeechRequest {
+            model: self.model.clone(),
+            voice: self.voice.clone(),
+            input,
+            format: self.format,
+            speed: self.speed,
+            instructions: self.instructions.clone(),
+        }
+    }
+}
+
+impl From<&SpeechRequest> for Voice {
+    fn from(r: &SpeechRequest) -> Voice {
+        Voice {
+            model: r.model.clone(),
+            voice: r.voice.clone(),
+            format: r.format,
+            speed: r.speed,
+            instructions: r.instructions.clone(),
+        }
+    }
 }
 
 /// Limits that shape how text is split and fetched.
@@ -314,14 +338,7 @@ pub async fn speak(
     let of = segments.len();
     let requests: Vec<SpeechRequest> = segments
         .into_iter()
-        .map(|input| SpeechRequest {
-            model: voice.model.clone(),
-            voice: voice.voice.clone(),
-            input,
-            format: voice.format,
-            speed: voice.speed,
-            instructions: voice.instructions.clone(),
-        })
+        .map(|input| voice.request(input))
         .collect();
     for (i, r) in requests.iter().enumerate() {
         r.validate().map_err(|source| PipelineError::Tts {

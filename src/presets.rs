@@ -57,14 +57,7 @@ impl PresetConfig {
             self.speed,
             self.instructions.clone(),
         );
-        let req = SpeechRequest {
-            model: v.model,
-            voice: v.voice,
-            input: self.text.trim().to_string(),
-            format: v.format,
-            speed: v.speed,
-            instructions: v.instructions,
-        };
+        let req = v.request(self.text.trim().to_string());
         req.validate().map_err(|e| PresetError::Request {
             preset: name.to_string(),
             reason: e.to_string(),

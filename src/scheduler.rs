@@ -801,13 +801,7 @@ impl Scheduler {
                 return None;
             }
         }
-        let voice = Voice {
-            model: req.model.clone(),
-            voice: req.voice.clone(),
-            format: req.format,
-            speed: req.speed,
-            instructions: req.instructions.clone(),
-        };
+        let voice = Voice::from(&req);
         let source = if self.presets.is_some() {
             JobSource::Cached { pinned: true }
         } else {
@@ -898,16 +892,10 @@ impl Scheduler {
             s.speed,
             s.instructions.clone(),
         );
-        SpeechRequest {
-            model: voice.model.clone(),
-            voice: voice.voice.clone(),
-            input: "check".into(),
-            format: voice.format,
-            speed: voice.speed,
-            instructions: voice.instructions.clone(),
-        }
-        .validate()
-        .map_err(|e| e.to_string())?;
+        voice
+            .request("check".into())
+            .validate()
+            .map_err(|e| e.to_string())?;
         Ok(voice)
     }
 
