@@ -12,7 +12,7 @@ use crate::audio::SinkRequest;
 use crate::pipeline::Voice;
 use crate::presets::{ButtonConfig, PresetConfig};
 use crate::tts::openai::OpenAiConfig;
-use crate::tts::{ApiKey, AudioFormat, MAX_INPUT_CHARS, MODELS, VOICES};
+use crate::tts::{ApiKey, AudioFormat, MODELS, VOICES};
 
 /// Where the daemon and the CLI look for the config when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/herald/herald.toml";
@@ -673,11 +673,6 @@ impl Config {
     /// Preset and button warnings (wirings that are probably mistakes).
     pub fn preset_warnings(&self) -> Vec<String> {
         crate::presets::wiring_warnings(&self.buttons)
-    }
-
-    /// The longest input sent in one request.
-    pub fn segment_chars(&self) -> usize {
-        MAX_INPUT_CHARS
     }
 }
 

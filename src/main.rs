@@ -297,7 +297,6 @@ async fn speak(config: &mut Config, args: SpeakArgs) -> Result<()> {
         .with(v.model, v.voice, v.format, v.speed, v.instructions);
     let limits = Limits {
         max_text_chars: s.max_text_chars,
-        segment_chars: config.segment_chars(),
         lookahead: s.lookahead,
     };
     // Reject bad text before opening the device or touching the network.

@@ -92,8 +92,6 @@ impl From<&SpeechRequest> for Voice {
 pub struct Limits {
     /// Longest accepted text, in characters.
     pub max_text_chars: usize,
-    /// Longest text per request, in characters.
-    pub segment_chars: usize,
     /// Segments fetched ahead of the one being decoded.
     pub lookahead: usize,
 }
@@ -334,7 +332,7 @@ pub async fn speak(
     limits: Limits,
 ) -> Result<SpeakReport, PipelineError> {
     text::validate(text, limits.max_text_chars)?;
-    let segments = text::segment(text, limits.segment_chars);
+    let segments = text::segment(text, crate::tts::MAX_INPUT_CHARS);
     let of = segments.len();
     let requests: Vec<SpeechRequest> = segments
         .into_iter()

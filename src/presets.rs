@@ -462,8 +462,6 @@ impl std::fmt::Display for PresetState {
 pub struct PresetStatus {
     /// Preset name.
     pub name: String,
-    /// Its cache key.
-    pub key: CacheKey,
     /// Where its rendering stands.
     pub state: PresetState,
 }
@@ -487,7 +485,6 @@ impl Default for RenderBackoff {
 }
 
 struct Slot {
-    req: SpeechRequest,
     key: CacheKey,
     state: PresetState,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -549,11 +546,6 @@ impl Renderer {
         *lock(&self.source) = source;
     }
 
-    /// The request of preset `name`, if configured.
-    pub fn request(&self, name: &str) -> Option<SpeechRequest> {
-        lock(&self.slots).get(name).map(|s| s.req.clone())
-    }
-
     /// Applies a new preset set: starts background renders for new or changed presets (and
     /// ones whose audio left the cache, and failed ones), cancels renders of removed ones. Must be called
     /// inside a tokio runtime; returns at once.
@@ -599,7 +591,6 @@ impl Renderer {
             slots.insert(
                 name.clone(),
                 Slot {
-                    req: req.clone(),
                     key,
                     state: PresetState::Pending,
                     task: Some(task),
@@ -621,7 +612,6 @@ impl Renderer {
             .iter()
             .map(|(name, s)| PresetStatus {
                 name: name.clone(),
-                key: s.key.clone(),
                 state: match &s.state {
                     PresetState::Cached if !cache.contains(&s.key) => PresetState::Pending,
                     other => other.clone(),

@@ -358,24 +358,11 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// Starts the scheduler task; the returned handle feeds it commands, the join handle
-    /// tells when the task ended (after a shutdown, or if it panicked: a bug).
+    /// Starts the scheduler task with the audio cache and preset renderer (or why there is
+    /// none), and starts rendering the configured presets in the background. The returned
+    /// handle feeds it commands; the join handle tells when the task ended (after a
+    /// shutdown, or if it panicked: a bug).
     pub fn spawn(
-        cfg: Config,
-        client: OpenAiClient,
-        notifier: Notifier,
-    ) -> (SchedulerHandle, tokio::task::JoinHandle<()>) {
-        Self::spawn_with_presets(
-            cfg,
-            client,
-            notifier,
-            Err("the scheduler was started without an audio cache".into()),
-        )
-    }
-
-    /// Like [`spawn`](Self::spawn), with the audio cache and preset renderer (or why there
-    /// is none). Starts rendering the configured presets in the background.
-    pub fn spawn_with_presets(
         cfg: Config,
         client: OpenAiClient,
         notifier: Notifier,
@@ -957,7 +944,6 @@ impl Scheduler {
         }
         let limits = Limits {
             max_text_chars: self.cfg.speech.max_text_chars,
-            segment_chars: self.cfg.segment_chars(),
             lookahead: self.cfg.speech.lookahead,
         };
         self.current = Some((job.id.clone(), preview(&job.text), t0));

@@ -167,16 +167,6 @@ impl PressDetector {
         }
     }
 
-    /// The configuration this detector runs with.
-    pub fn config(&self) -> &DetectorConfig {
-        &self.cfg
-    }
-
-    /// True while a press is confirmed and not yet released.
-    pub fn is_pressed(&self) -> bool {
-        self.stable == self.cfg.active
-    }
-
     /// A raw edge to `level` at time `at`.
     pub fn on_edge(&mut self, level: Level, at: Instant, out: &mut Vec<ButtonEvent>) {
         // Decisions that were due before this edge happen first.

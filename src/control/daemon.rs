@@ -104,7 +104,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), D
     let presets = open_cache(&config, &client);
     // Presets render in the background (spawned by the scheduler): never before READY=1.
     let (sched, mut sched_task) =
-        Scheduler::spawn_with_presets(config.clone(), client, notifier.clone(), presets);
+        Scheduler::spawn(config.clone(), client, notifier.clone(), presets);
     start_buttons(&config, &sched);
     let (stop_tx, stop_rx) = watch::channel(false);
     let server = tokio::spawn(server::serve(

@@ -128,7 +128,7 @@ pub enum ProtocolError {
     #[error("invalid JSON: {0} (send one JSON object per line, or plain text to speak)")]
     Json(String),
     /// `cmd` names no command.
-    #[error("unknown command '{0}' (allowed: speak, stop, skip, cancel, status, preset, presets)")]
+    #[error("unknown command '{0}' (allowed: {allowed})", allowed = COMMANDS.join(", "))]
     UnknownCommand(String),
     /// A field is wrong: unknown, missing or of the wrong type.
     #[error("{cmd}: {message}")]
