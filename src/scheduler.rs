@@ -620,15 +620,6 @@ impl Scheduler {
         reply: Replier,
         playing: Option<&Job>,
     ) -> Option<Preempt> {
-        if let Some(id) = &s.id {
-            if self.queue.iter().any(|j| &j.id == id) || playing.is_some_and(|j| &j.id == id) {
-                return self.refuse(
-                    &reply,
-                    None,
-                    format!("id '{id}' is already in use by a queued or playing job (ids must be unique among live jobs)"),
-                );
-            }
-        }
         let voice = match self.voice_for(&s) {
             Ok(v) => v,
             Err(reason) => return self.refuse(&reply, s.id.clone(), reason),
@@ -658,6 +649,15 @@ impl Scheduler {
         reply: Replier,
         playing: Option<&Job>,
     ) -> Option<Preempt> {
+        if let Some(id) = &s.id {
+            if self.queue.iter().any(|j| &j.id == id) || playing.is_some_and(|j| &j.id == id) {
+                return self.refuse(
+                    &reply,
+                    None,
+                    format!("id '{id}' is already in use by a queued or playing job (ids must be unique among live jobs)"),
+                );
+            }
+        }
         if self.stopping.is_some() {
             return self.refuse(&reply, s.id.clone(), "the daemon is stopping".into());
         }
@@ -774,16 +774,6 @@ impl Scheduler {
                 reply.send(Reply::Ok {
                     cmd: "preset".into(),
                     jobs: vec![id],
-                });
-                return None;
-            }
-        }
-        if let Some(id) = &p.id {
-            if self.queue.iter().any(|j| &j.id == id) || playing.is_some_and(|j| &j.id == id) {
-                self.counters.failed += 1;
-                reply.send(Reply::Failed {
-                    id: None,
-                    reason: format!("id '{id}' is already in use by a queued or playing job (ids must be unique among live jobs)"),
                 });
                 return None;
             }
