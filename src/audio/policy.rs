@@ -111,11 +111,6 @@ impl ArrivalStats {
         self.received
     }
 
-    /// Bursts seen so far.
-    pub fn bursts(&self) -> u32 {
-        self.bursts
-    }
-
     /// Measured generation speed (audio seconds per wall second), once a second burst has
     /// arrived: the audio that had arrived before the latest burst began, over the time from
     /// the first burst to it (so the first burst's size does not inflate the rate).

@@ -556,11 +556,6 @@ impl OpusPacketDecoder {
         self.output_rate
     }
 
-    /// Converts a 48 kHz sample count to output frames: `(x + k/2) / k`, `k = 48000 / rate`.
-    pub fn scale(&self, samples_48k: u64) -> u64 {
-        scale(samples_48k, u64::from(48000 / self.output_rate))
-    }
-
     /// Handles one demuxed packet, appending decoded interleaved samples to `out`.
     pub fn packet(&mut self, p: &Packet, out: &mut Vec<i16>) -> Result<(), OpusError> {
         let Some(stream) = self.stream.as_mut() else {
@@ -775,13 +770,12 @@ mod tests {
 
     #[test]
     fn scale_rounds_half_up() {
-        let d = OpusPacketDecoder::new(24000).unwrap();
-        assert_eq!(d.scale(312), 156);
-        assert_eq!(d.scale(313), 157);
-        let d = OpusPacketDecoder::new(16000).unwrap();
-        assert_eq!(d.scale(312), 104);
-        assert_eq!(d.scale(313), 104);
-        assert_eq!(d.scale(314), 105);
+        // 24 kHz: k = 2; 16 kHz: k = 3.
+        assert_eq!(scale(312, 2), 156);
+        assert_eq!(scale(313, 2), 157);
+        assert_eq!(scale(312, 3), 104);
+        assert_eq!(scale(313, 3), 104);
+        assert_eq!(scale(314, 3), 105);
     }
 
     #[test]

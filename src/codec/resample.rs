@@ -132,21 +132,6 @@ impl Resampler {
         })
     }
 
-    /// Input rate (Hz).
-    pub fn from_rate(&self) -> u32 {
-        self.from
-    }
-
-    /// Output rate (Hz).
-    pub fn to_rate(&self) -> u32 {
-        self.to
-    }
-
-    /// Input frames collected per resampling block, i.e. added latency (0 when passing through).
-    pub fn block_frames(&self) -> usize {
-        self.fft.as_ref().map_or(0, |f| f.block_in)
-    }
-
     /// Resamples interleaved `input` (whole frames), appending what is ready to `out`.
     pub fn process(&mut self, input: &[i16], out: &mut Vec<i16>) -> Result<(), ResampleError> {
         let ch = usize::from(self.channels);
@@ -265,11 +250,6 @@ impl<D: StreamDecoder> ResampledDecoder<D> {
             resampler: None,
             decoded: Vec::new(),
         }
-    }
-
-    /// The wrapped decoder.
-    pub fn inner(&self) -> &D {
-        &self.inner
     }
 
     fn convert(&mut self, out: &mut Vec<i16>) -> Result<(), ResampleError> {
