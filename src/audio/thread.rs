@@ -31,8 +31,6 @@ const PREBUFFER_PARK: Duration = Duration::from_millis(20);
 /// Scheduling slack kept on top of one period when judging that the device is about to
 /// run out (the stall's fade and silence must be written before it does).
 const DRY_MARGIN: Duration = Duration::from_millis(5);
-/// Longest single wait for data while the device still has audio queued.
-const DRY_PARK_MAX: Duration = Duration::from_millis(5);
 /// Event slots kept free for the one terminal event of an utterance.
 const TERMINAL_RESERVE: usize = 4;
 
@@ -166,6 +164,9 @@ pub(super) struct AudioThread {
     fade_in: Option<usize>,
     lead: LeadIn,
     buffer_frames: u64,
+    /// Device queue (frames) at or below which a short ring means a stall: a period plus
+    /// `DRY_MARGIN`.
+    dry_threshold: u64,
 }
 
 impl AudioThread {
@@ -211,6 +212,8 @@ impl AudioThread {
             fade_in: None,
             lead: LeadIn::default(),
             buffer_frames: format.buffer_frames as u64,
+            dry_threshold: format.period_frames as u64
+                + (DRY_MARGIN.as_secs_f64() * f64::from(format.rate)) as u64,
         }
     }
 
@@ -366,10 +369,8 @@ impl AudioThread {
             // An empty utterance: nothing to play.
             return self.finish();
         }
-        let target = self.shared.target_frames.load(Ordering::Acquire);
-        let target = target.max((self.period + self.lookahead) as u64);
         let ready = !self.clocked && avail >= self.period;
-        if ready || all_in || avail as u64 >= target || self.ring_full() {
+        if ready || self.enough_buffered(avail, all_in) {
             self.report.prebuffer_frames = avail as u64;
             self.shared.lead_in.store(false, Ordering::Release);
             self.lead = LeadIn::default();
@@ -388,16 +389,11 @@ impl AudioThread {
         let (avail, all_in) = self.available();
         let p = self.period;
         if avail >= p + self.lookahead || (all_in && avail >= p) {
-            self.pop(p);
-            self.apply_fade_in(0, p);
-            self.write_audio(p)
+            self.write_fading(p, 0).map(drop)
         } else if all_in {
             // The last, partial period: pad with silence, then wait until it has played.
-            self.pop(avail);
-            self.apply_fade_in(0, avail);
-            self.buf[avail * self.channels..].fill(0);
             if avail > 0 {
-                self.write_audio(avail)?;
+                self.write_fading(avail, 0)?;
             }
             self.finish()
         } else if !self.clocked {
@@ -424,22 +420,25 @@ impl AudioThread {
     }
 
     /// How long to wait for data before the device gets close to running out (`None`:
-    /// it is that close already, or cannot say how much it holds).
+    /// it is that close already, or cannot say how much it holds). A push unparks earlier.
     fn device_still_busy(&mut self) -> Option<Duration> {
-        let margin = (DRY_MARGIN.as_secs_f64() * f64::from(self.rate)) as u64;
-        let threshold = self.period as u64 + margin;
         let queued = self.sink.queued_frames()?.min(self.buffer_frames);
-        (queued > threshold).then(|| {
-            Duration::from_secs_f64((queued - threshold) as f64 / f64::from(self.rate))
-                .min(DRY_PARK_MAX)
+        (queued > self.dry_threshold).then(|| {
+            Duration::from_secs_f64((queued - self.dry_threshold) as f64 / f64::from(self.rate))
         })
+    }
+
+    /// The start policy's test, for starting and for resuming after a stall: the target is
+    /// buffered, or everything is in, or the ring cannot take more.
+    fn enough_buffered(&self, avail: usize, all_in: bool) -> bool {
+        let target = self.shared.target_frames.load(Ordering::Acquire);
+        let target = target.max((self.period + self.lookahead) as u64);
+        all_in || avail as u64 >= target || self.ring_full()
     }
 
     fn stalled(&mut self) -> Result<(), SinkError> {
         let (avail, all_in) = self.available();
-        let target = self.shared.target_frames.load(Ordering::Acquire);
-        let target = target.max((self.period + self.lookahead) as u64);
-        if all_in || avail as u64 >= target || self.ring_full() {
+        if self.enough_buffered(avail, all_in) {
             self.report.stalls += 1;
             self.report.stall_frames += self.stall_frames_now;
             self.emit(RawEvent::StallEnded {
@@ -541,11 +540,11 @@ impl AudioThread {
     }
 
     /// Fade-in after a stall: gain rises linearly over `stall_fade` frames.
-    fn apply_fade_in(&mut self, from: usize, to: usize) {
+    fn apply_fade_in(&mut self, frames: usize) {
         let Some(mut pos) = self.fade_in else { return };
         let len = self.params.stall_fade.max(1);
         let ch = self.channels;
-        for frame in self.buf[from * ch..to * ch].chunks_exact_mut(ch) {
+        for frame in self.buf[..frames * ch].chunks_exact_mut(ch) {
             if pos >= len {
                 break;
             }
@@ -558,8 +557,9 @@ impl AudioThread {
         self.fade_in = if pos >= len { None } else { Some(pos) };
     }
 
-    /// Writes the next `frames` frames of the utterance in whole periods, the last `fade`
-    /// of them fading to exactly zero; returns the silent frames padding the last period.
+    /// Writes the next `frames` (> 0) frames of the utterance in whole periods, the last
+    /// `fade` of them fading to exactly zero (none for 0); returns the silent frames padding
+    /// the last period.
     fn write_fading(&mut self, frames: usize, fade: usize) -> Result<usize, SinkError> {
         let p = self.period;
         let fade_from = frames - fade.min(frames);
@@ -567,7 +567,7 @@ impl AudioThread {
         loop {
             let k = (frames - done).min(p);
             self.pop(k);
-            self.apply_fade_in(0, k);
+            self.apply_fade_in(k);
             let ch = self.channels;
             for (j, frame) in self.buf[..k * ch].chunks_exact_mut(ch).enumerate() {
                 let pos = done + j;
