@@ -361,11 +361,12 @@ impl AudioCache {
     pub fn get(&self, key: &CacheKey) -> Result<Option<Vec<u8>>, CacheError> {
         let name = key.file_name();
         let path = self.dir.join(&name);
-        let mut idx = self.lock();
+        // Read and verify without the index lock: both are slow on an SD card, and the
+        // index is only touched once the outcome is known (as `put` does).
         let mut bytes = match fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                idx.remove(&name);
+                self.lock().remove(&name);
                 return Ok(None);
             }
             Err(source) => {
@@ -379,13 +380,15 @@ impl AudioCache {
         if let Err(reason) = verify(key.format, &bytes) {
             tracing::warn!(file = %path.display(), %reason, "audio cache: deleting a damaged entry; it will be fetched again");
             let _ = fs::remove_file(&path);
-            idx.remove(&name);
+            self.lock().remove(&name);
             return Ok(None);
         }
         let now = SystemTime::now();
+        let mut idx = self.lock();
         // A file that appeared behind the index's back is adopted.
         let pinned = idx.entries.get(&name).is_some_and(|e| e.pinned);
         idx.insert(name, bytes.len() as u64, now, pinned);
+        drop(idx);
         // Persist the use for the next start's LRU order; failure only costs ordering.
         if let Ok(f) = File::options().write(true).open(&path) {
             let _ = f.set_modified(now);
@@ -587,10 +590,11 @@ impl CachingSource {
         key(&self.api_base, req)
     }
 
-    /// The verified cached audio for `req`, if any (errors are logged and count as a miss).
-    pub async fn lookup(&self, req: &SpeechRequest) -> Option<Vec<u8>> {
+    /// The verified cached audio under `key`, if any (errors are logged and count as a
+    /// miss).
+    pub async fn lookup(&self, key: &CacheKey) -> Option<Vec<u8>> {
         let cache = self.cache.clone();
-        let k = self.key(req);
+        let k = key.clone();
         match tokio::task::spawn_blocking(move || cache.get(&k)).await {
             Ok(Ok(hit)) => hit,
             Ok(Err(e)) => {
@@ -612,9 +616,10 @@ impl CachingSource {
         pinned: bool,
     ) -> Result<SpeechStream, TtsError> {
         let started = Instant::now();
-        if let Some(audio) = self.lookup(req).await {
+        let key = self.key(req);
+        if let Some(audio) = self.lookup(&key).await {
             if pinned {
-                self.cache.pin(&self.key(req), true);
+                self.cache.pin(&key, true);
             }
             let body: ByteStream = Box::pin(futures_util::stream::iter([Ok(Bytes::from(audio))]));
             return Ok(SpeechStream {
@@ -627,9 +632,8 @@ impl CachingSource {
         let tee = Tee {
             inner: live.body,
             buf: Some(Vec::new()),
-            limit: self.cache.max_bytes,
             cache: self.cache.clone(),
-            key: self.key(req),
+            key,
             pinned,
             writes: self.writes.clone(),
         };
@@ -648,7 +652,7 @@ impl CachingSource {
         pinned: bool,
     ) -> Result<bool, RenderError> {
         let k = self.key(req);
-        if self.lookup(req).await.is_some() {
+        if self.lookup(&k).await.is_some() {
             self.cache.pin(&k, pinned);
             return Ok(false);
         }
@@ -703,7 +707,6 @@ struct Tee {
     inner: ByteStream,
     /// `None` once the copy was abandoned (error, too big, or already stored).
     buf: Option<Vec<u8>>,
-    limit: u64,
     cache: Arc<AudioCache>,
     key: CacheKey,
     pinned: bool,
@@ -718,7 +721,7 @@ impl Stream for Tee {
         let item = this.inner.as_mut().poll_next(cx);
         match &item {
             Poll::Ready(Some(Ok(chunk))) => {
-                let limit = this.limit;
+                let limit = this.cache.max_bytes;
                 if let Some(buf) = &mut this.buf {
                     if (buf.len() + chunk.len()) as u64 > limit {
                         this.buf = None;
