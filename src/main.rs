@@ -303,7 +303,7 @@ async fn speak(config: &mut Config, args: SpeakArgs) -> Result<()> {
     herald::text::validate(&text, limits.max_text_chars)?;
     let key = config.api_key()?;
     if key.is_none() {
-        bail!("no API key: set OPENAI_API_KEY, or api.api_key_file in the config");
+        return Err(herald::tts::TtsError::NoKey.into());
     }
     let client = OpenAiClient::new(config.openai(key))?;
     let mut playout = open_playout(config, &args.out)?;

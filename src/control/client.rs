@@ -88,10 +88,7 @@ impl Client {
         line.push('\n');
         self.writer
             .write_all(line.as_bytes())
-            .map_err(|source| ClientError::Io {
-                path: self.path.clone(),
-                source,
-            })
+            .map_err(|source| self.io(source))
     }
 
     /// Reads the next reply.
@@ -100,10 +97,7 @@ impl Client {
         let n = self
             .reader
             .read_line(&mut line)
-            .map_err(|source| ClientError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
+            .map_err(|source| self.io(source))?;
         if n == 0 {
             return Err(ClientError::Closed {
                 path: self.path.clone(),

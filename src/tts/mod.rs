@@ -127,7 +127,7 @@ pub enum TtsError {
     #[error("invalid request: {0}")]
     Invalid(String),
     /// No API key was configured.
-    #[error("no API key: set OPENAI_API_KEY or api_key_file in the config")]
+    #[error("no API key: set OPENAI_API_KEY, or api.api_key_file in the config")]
     NoKey,
     /// 401: the key was rejected.
     #[error("the API key was rejected (HTTP 401): {message}")]
