@@ -13,10 +13,19 @@ set -euo pipefail
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO=sudo
 
+# apt packages, with the package lists refreshed once, before the first install.
+APT_UPDATED=0
+apt_install() {
+  if [ "$APT_UPDATED" = 0 ]; then
+    $SUDO apt-get update -qq
+    APT_UPDATED=1
+  fi
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
 if ! dpkg-query -W -f='${Status}' dpkg-dev 2>/dev/null | grep -q "install ok installed"; then
   echo "ci-extras: installing dpkg-dev"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends dpkg-dev >/dev/null
+  apt_install dpkg-dev
 fi
 
 if ! command -v cargo-deb >/dev/null 2>&1; then
@@ -34,8 +43,9 @@ if ! command -v ansible-playbook >/dev/null 2>&1 || ! command -v ansible-lint >/
   else
     VENV=$HOME/.local/share/herald-ci/venv
     echo "ci-extras: installing ${PY_PKGS[*]} into $VENV"
-    if ! python3 -m venv --help >/dev/null 2>&1; then
-      DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+    # Debian ships the venv module without ensurepip, which `venv` needs for pip.
+    if ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+      apt_install python3-venv
     fi
     [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV"
     "$VENV/bin/pip" install --quiet "${PY_PKGS[@]}"
