@@ -527,11 +527,8 @@ fn too_many_connections_are_refused_and_a_client_that_never_reads_blocks_nobody(
     // The connected client is served while the stuck one never read anything.
     a.speak("x", "Not blocked.", "normal");
     assert_eq!(a.until("finished").last().unwrap()["id"], "x");
-    let until = Instant::now() + REPLY_TIMEOUT;
-    while !d.log().contains("does not read its replies") {
-        assert!(Instant::now() < until, "the stuck client was not dropped");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // The stuck client was dropped.
+    d.wait_log("does not read its replies", REPLY_TIMEOUT);
 }
 
 #[test]
@@ -614,10 +611,7 @@ fn sighup_reloads_the_config_and_a_bad_one_keeps_the_old() {
     std::fs::write(&d.config, format!("{good}\n[speech]\nvoice = \"nova\"\n")).unwrap();
     d.signal(libc::SIGHUP);
     // The reload is asynchronous: wait for the log line rather than racing it.
-    let until = Instant::now() + Duration::from_secs(10);
-    while !d.log().contains("configuration reloaded") && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    d.wait_log("configuration reloaded", Duration::from_secs(10));
     c.speak("after-good", "New config.", "normal");
     assert_eq!(c.until("finished").last().unwrap()["id"], "after-good");
     let last = emu().stats();
@@ -850,10 +844,7 @@ fn the_device_is_released_when_idle_with_hooks_around_it() {
         .replace("idle_close_s = 0\n", &extra);
     std::fs::write(&d.config, text).unwrap();
     d.signal(libc::SIGHUP);
-    let until = Instant::now() + Duration::from_secs(10);
-    while !d.log().contains("configuration reloaded") && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    d.wait_log("configuration reloaded", Duration::from_secs(10));
     let mut c = d.conn();
     c.speak("a", "One.", "normal");
     c.until("finished");
@@ -1026,11 +1017,7 @@ fn a_job_whose_client_hung_up_still_plays_and_its_end_is_logged() {
         c.speak("orphan", "Nobody is listening.", "normal");
         // Hang up without reading anything.
     }
-    let until = Instant::now() + REPLY_TIMEOUT;
-    while !d.log().contains("client disconnected before") {
-        assert!(Instant::now() < until, "no log line: {}", d.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    d.wait_log("client disconnected before", REPLY_TIMEOUT);
     assert!(d.log().contains("\"id\":\"orphan\""), "{}", d.log());
     let mut c = d.conn();
     c.send(json!({"cmd": "status"}));

@@ -115,6 +115,19 @@ impl Served {
             .unwrap()
     }
 
+    /// Waits until the log contains `needle`; panics with the log after `timeout`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) {
+        let until = Instant::now() + timeout;
+        while !self.log().contains(needle) {
+            assert!(
+                Instant::now() < until,
+                "no {needle:?} in the log within {timeout:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sends `sig` to the daemon.
     pub fn signal(&self, sig: i32) {
         // SAFETY: sending a signal to our own child process.
