@@ -271,7 +271,12 @@ fn a_writer_pause_shows_up_as_a_gap() {
     };
     let cap = clock.finish(IDLE);
     assert!(!cap.gaps.is_empty(), "a 500 ms stall was not detected");
-    assert!(cap.gap_frames() > 0);
+    // Most of the pause is silence: the pipe and the plugin's buffer cover at most ~165 ms.
+    assert!(
+        cap.gap_frames() >= 48 * 250,
+        "only {} frames of gap for a 500 ms pause",
+        cap.gap_frames()
+    );
     // The stall loses time, not data.
     assert!(
         cap.samples == written,

@@ -108,6 +108,7 @@ fn devices_with_fixed_rate_or_channels_play_the_whole_text() {
     let (var, value) = env.env_var();
     for device in ["herald_44k", "herald_stereo"] {
         let base = emu().base_url(&format!("fast,id=dev-{device}"));
+
         let out = Command::new(env!("CARGO_BIN_EXE_herald"))
             .args([
                 "-v",
@@ -133,6 +134,19 @@ fn devices_with_fixed_rate_or_channels_play_the_whole_text() {
             err.contains(granted),
             "{device}: granted format not logged: {err}"
         );
-        assert!(err.contains("audio 0."), "{device}: {err}");
+        // The whole text: the reported duration is the reference decode's.
+        let sc = format!("fast,id=dev-{device}");
+        let body = expected_body(&sc, "Dinner is ready.", "alloy", 1.0, AudioFormat::Opus).unwrap();
+        let expected_s = decode_ogg_opus(&body, 48_000).len() as f64 / 48_000.0;
+        let reported: f64 = err
+            .split(", audio ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{device}: no audio duration in {err}"));
+        assert!(
+            (reported - expected_s).abs() < 0.011,
+            "{device}: played {reported} s of {expected_s:.3} s"
+        );
     }
 }

@@ -72,7 +72,7 @@ impl Daemon {
             .arg("-E")
             .arg(format!("{alsa_key}={alsa_value}"))
             .arg("-E")
-            .arg("RUST_LOG=info")
+            .arg("HERALD_LOG=info")
             .arg(env!("CARGO_BIN_EXE_herald"))
             .arg("serve")
             .arg("--config")
