@@ -34,7 +34,6 @@ pub const FIFO_COUNT: usize = 8;
 #[derive(Debug)]
 pub struct AlsaTestEnv {
     dir: PathBuf,
-    conf: PathBuf,
     config_path: String,
     fifos: Vec<PathBuf>,
     s32_capture: PathBuf,
@@ -43,8 +42,6 @@ pub struct AlsaTestEnv {
 /// A FIFO-backed PCM handed to one test.
 #[derive(Debug, Clone)]
 pub struct FifoPcm {
-    /// Index into `herald_fifo0..7`.
-    pub index: usize,
     /// ALSA device name, e.g. `herald_fifo3`.
     pub pcm: String,
     /// The FIFO the PCM writes raw frames into.
@@ -68,23 +65,12 @@ pub fn claim_fifo() -> FifoPcm {
         "more than {FIFO_COUNT} FIFO PCMs claimed in one test binary"
     );
     FifoPcm {
-        index,
         pcm: format!("herald_fifo{index}"),
         path: env.fifos[index].clone(),
     }
 }
 
 impl AlsaTestEnv {
-    /// The generated configuration file.
-    pub fn conf_path(&self) -> &Path {
-        &self.conf
-    }
-
-    /// The value `ALSA_CONFIG_PATH` was set to.
-    pub fn config_path_value(&self) -> &str {
-        &self.config_path
-    }
-
     /// `("ALSA_CONFIG_PATH", value)`, to hand the same PCMs to a child process.
     pub fn env_var(&self) -> (&'static str, &str) {
         ("ALSA_CONFIG_PATH", &self.config_path)
@@ -98,11 +84,6 @@ impl AlsaTestEnv {
     /// The raw file `herald_s32_file` writes what it was given into (S32 native-endian frames).
     pub fn s32_capture(&self) -> &Path {
         &self.s32_capture
-    }
-
-    /// The per-process directory holding the conf, the plugin and the FIFOs.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 }
 
@@ -165,7 +146,6 @@ fn build() -> AlsaTestEnv {
     std::env::set_var("ALSA_CONFIG_PATH", &config_path);
     AlsaTestEnv {
         dir,
-        conf,
         config_path,
         fifos,
         s32_capture,

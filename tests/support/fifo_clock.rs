@@ -58,11 +58,6 @@ pub struct Capture {
 }
 
 impl Capture {
-    /// Frames captured.
-    pub fn frames(&self) -> usize {
-        self.samples.len() / usize::from(self.channels.max(1))
-    }
-
     /// Total frames of all gaps.
     pub fn gap_frames(&self) -> u64 {
         self.gaps.iter().map(|g| g.frames).sum()
