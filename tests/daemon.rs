@@ -547,11 +547,7 @@ fn herald_say_and_status_clients() {
         stdout.contains("finished: time to first audio") && stdout.contains(" ms), received "),
         "{stdout}"
     );
-    let audio_s: f64 = stdout
-        .split("audio ")
-        .nth(2)
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|v| v.parse().ok())
+    let audio_s = support::summary_audio_s(&stdout)
         .unwrap_or_else(|| panic!("no audio duration in {stdout:?}"));
     assert!(audio_s > 0.5, "{stdout}");
     let out = d.herald(&["say", "--no-wait", "--id", "nw", "Queued only."]);

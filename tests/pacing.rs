@@ -138,11 +138,7 @@ fn devices_with_fixed_rate_or_channels_play_the_whole_text() {
         let sc = format!("fast,id=dev-{device}");
         let body = expected_body(&sc, "Dinner is ready.", "alloy", 1.0, AudioFormat::Opus).unwrap();
         let expected_s = decode_ogg_opus(&body, 48_000).len() as f64 / 48_000.0;
-        let reported: f64 = err
-            .split(", audio ")
-            .nth(1)
-            .and_then(|rest| rest.split(' ').next())
-            .and_then(|v| v.parse().ok())
+        let reported = support::summary_audio_s(&err)
             .unwrap_or_else(|| panic!("{device}: no audio duration in {err}"));
         assert!(
             (reported - expected_s).abs() < 0.011,

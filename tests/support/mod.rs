@@ -16,3 +16,14 @@ pub mod reference;
 pub use alsa_env::{alsa_env, claim_fifo, AlsaTestEnv, FifoPcm};
 #[allow(unused_imports)]
 pub use fifo_clock::{Capture, FifoClock, Gap};
+
+/// The audio duration (seconds) in herald's summary line (`…, audio 1.55 s, …`), if any.
+pub fn summary_audio_s(summary: &str) -> Option<f64> {
+    summary
+        .split(", audio ")
+        .nth(1)?
+        .split(' ')
+        .next()?
+        .parse()
+        .ok()
+}
