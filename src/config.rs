@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::audio::playout::PlayoutConfig;
 use crate::audio::SinkRequest;
+use crate::buttons::config::ButtonConfig;
 use crate::pipeline::Voice;
-use crate::presets::{ButtonConfig, PresetConfig};
+use crate::presets::PresetConfig;
 use crate::tts::openai::OpenAiConfig;
 use crate::tts::{ApiKey, AudioFormat, MODELS, VOICES};
 
@@ -544,7 +545,15 @@ impl Config {
         if self.cache.dir.as_os_str().is_empty() {
             return Err(bad("cache.dir", "must name a directory".into()));
         }
-        if let Err(e) = crate::presets::validate(&self.presets, &self.buttons) {
+        if let Err(e) = crate::buttons::config::validate(&self.buttons, self.presets.keys()) {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: header_line(src, "buttons"),
+                key: "buttons".into(),
+                message: e.to_string(),
+            });
+        }
+        if let Err(e) = crate::presets::validate(&self.presets) {
             let key = match &e {
                 crate::presets::PresetError::BadName { name }
                 | crate::presets::PresetError::EmptyText { preset: name }
@@ -553,7 +562,6 @@ impl Config {
                 | crate::presets::PresetError::Priority { preset: name, .. } => {
                     format!("presets.{name}")
                 }
-                _ => "buttons".to_string(),
             };
             return Err(ConfigError::Invalid {
                 path: path.to_path_buf(),
@@ -672,7 +680,7 @@ impl Config {
 
     /// Preset and button warnings (wirings that are probably mistakes).
     pub fn preset_warnings(&self) -> Vec<String> {
-        crate::presets::wiring_warnings(&self.buttons)
+        crate::buttons::config::wiring_warnings(&self.buttons)
     }
 }
 

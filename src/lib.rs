@@ -4,14 +4,17 @@
 
 pub mod audio;
 pub mod buttons;
+pub mod check;
 pub mod codec;
 pub mod config;
 pub mod control;
+pub mod daemon;
 pub mod emulator;
-pub mod net;
 pub mod pipeline;
 pub mod presets;
+pub mod protocol;
 pub mod scheduler;
 pub mod systemd;
 pub mod text;
 pub mod tts;
+pub mod wifi;

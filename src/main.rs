@@ -13,9 +13,9 @@ use herald::audio::wav::WavSink;
 use herald::audio::Sink;
 use herald::config::{Config, Loaded};
 use herald::control::client::Client;
-use herald::control::daemon;
-use herald::control::protocol::{Reply, StatusReport};
+use herald::daemon;
 use herald::pipeline::{self, Limits, SpeakReport};
+use herald::protocol::{Reply, StatusReport};
 use herald::tts::openai::OpenAiClient;
 use herald::tts::AudioFormat;
 
@@ -265,7 +265,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Devices => devices(),
         Command::Serve => Ok(daemon::serve(config, cli.config.or(path)).await?),
         Command::Check => {
-            if daemon::check(&config, path.as_deref(), &warnings) {
+            if herald::check::check(&config, path.as_deref(), &warnings) {
                 Ok(())
             } else {
                 bail!("check found problems (see above)")

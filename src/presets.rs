@@ -1,6 +1,6 @@
-//! Presets (named announcements) and the buttons that trigger them: config types the
-//! daemon's config embeds (`[presets.NAME]`, `[[buttons]]`), their validation, and the
-//! [`Renderer`] that keeps every preset rendered in the audio cache.
+//! Presets (named announcements): the config type the daemon's config embeds
+//! (`[presets.NAME]`), its validation, and the [`Renderer`] that keeps every preset
+//! rendered in the audio cache. The buttons that trigger them are in `crate::buttons`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -12,12 +12,8 @@ use crate::pipeline::Voice;
 use crate::tts::cache::{CacheKey, CachingSource};
 use crate::tts::{AudioFormat, SpeechRequest, MAX_INPUT_CHARS};
 
-/// Highest BCM GPIO number on the 40-pin header.
-pub const MAX_PIN: u8 = 27;
 /// Priorities a preset may name (the control protocol's values).
 pub const PRIORITIES: &[&str] = &["normal", "high", "interrupt"];
-/// Longest allowed debounce time.
-pub const MAX_DEBOUNCE_MS: u64 = 1000;
 
 /// One named announcement: its text and any speak option (unset ones use `[speech]`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -66,131 +62,7 @@ impl PresetConfig {
     }
 }
 
-/// The internal pull resistor of a button pin.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Pull {
-    /// Pull-up (button wired to ground; the usual wiring).
-    #[default]
-    Up,
-    /// Pull-down (button wired to 3.3 V).
-    Down,
-    /// No pull (an external resistor).
-    None,
-}
-
-/// Which level means "pressed".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ActiveLevel {
-    /// Pressed pulls the pin low (with `pull = "up"`).
-    #[default]
-    Low,
-    /// Pressed pulls the pin high (with `pull = "down"`).
-    High,
-}
-
-/// What a press does while the same preset is already playing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum WhilePlaying {
-    /// Nothing: the announcement is already being heard (the default, so an impatient
-    /// second press neither cuts it off nor repeats it).
-    #[default]
-    Ignore,
-    /// Stop it and play it again from the start.
-    Restart,
-    /// Play it again after the current one.
-    Queue,
-}
-
-/// What a long press does.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LongAction {
-    /// Play another preset.
-    Preset(String),
-    /// Stop everything.
-    Stop,
-    /// Skip the current announcement.
-    Skip,
-}
-
-/// A long press: hold time and action. TOML: `{ ms = 1500, action = "stop" }` (or
-/// `"skip"`), or `{ ms = 1500, preset = "NAME" }`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "LongPressToml")]
-pub struct LongPress {
-    /// Hold time in milliseconds.
-    pub ms: u64,
-    /// What it does.
-    pub action: LongAction,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LongPressToml {
-    ms: u64,
-    #[serde(default)]
-    action: Option<String>,
-    #[serde(default)]
-    preset: Option<String>,
-}
-
-impl TryFrom<LongPressToml> for LongPress {
-    type Error = String;
-    fn try_from(t: LongPressToml) -> Result<Self, String> {
-        let action = match (t.action.as_deref(), t.preset) {
-            (Some("stop"), None) => LongAction::Stop,
-            (Some("skip"), None) => LongAction::Skip,
-            (None, Some(p)) => LongAction::Preset(p),
-            (Some(a), None) => {
-                return Err(format!(
-                    "unknown long_press action '{a}' (allowed: \"stop\", \"skip\", or preset = \"NAME\")"
-                ))
-            }
-            (Some(_), Some(_)) => {
-                return Err("long_press has both action and preset (give one)".into())
-            }
-            (None, None) => {
-                return Err(
-                    "long_press needs action = \"stop\" | \"skip\" or preset = \"NAME\"".into(),
-                )
-            }
-        };
-        Ok(LongPress { ms: t.ms, action })
-    }
-}
-
-fn default_debounce_ms() -> u64 {
-    30
-}
-
-/// One GPIO button (`[[buttons]]`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ButtonConfig {
-    /// BCM GPIO number, 0–27.
-    pub pin: u8,
-    /// The preset a short press plays.
-    pub preset: String,
-    /// Internal pull resistor (default up).
-    #[serde(default)]
-    pub pull: Pull,
-    /// Pressed level (default low).
-    #[serde(default)]
-    pub active: ActiveLevel,
-    /// Debounce time in milliseconds (default 30).
-    #[serde(default = "default_debounce_ms")]
-    pub debounce_ms: u64,
-    /// Optional long press.
-    #[serde(default)]
-    pub long_press: Option<LongPress>,
-    /// What a press does while this preset is playing (default ignore).
-    #[serde(default)]
-    pub while_playing: WhilePlaying,
-}
-
-/// A preset or button configuration error; the message names the entry and what is allowed.
+/// A preset configuration error; the message names the preset and what is allowed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PresetError {
     /// A preset name that cannot be typed on the command line.
@@ -229,62 +101,11 @@ pub enum PresetError {
         /// The value given.
         priority: String,
     },
-    /// A pin beyond the header.
-    #[error("button on pin {pin}: pin out of range (allowed: BCM GPIO 0 to 27)")]
-    PinOutOfRange {
-        /// The pin.
-        pin: u8,
-    },
-    /// Two buttons on one pin.
-    #[error("pin {pin} is used by two buttons (presets '{first}' and '{second}'); each pin can have one button")]
-    PinConflict {
-        /// The pin.
-        pin: u8,
-        /// The first button's preset.
-        first: String,
-        /// The second button's preset.
-        second: String,
-    },
-    /// A button naming a preset that does not exist.
-    #[error("button on pin {pin}: {what} '{preset}' does not exist (defined presets: {known})")]
-    UnknownPreset {
-        /// The pin.
-        pin: u8,
-        /// "preset" or "long_press preset".
-        what: &'static str,
-        /// The name given.
-        preset: String,
-        /// The defined names, comma separated.
-        known: String,
-    },
-    /// A debounce time that would swallow presses.
-    #[error("button on pin {pin}: debounce_ms {ms} is too long (allowed: 0 to 1000; default 30)")]
-    Debounce {
-        /// The pin.
-        pin: u8,
-        /// The value given.
-        ms: u64,
-    },
-    /// A long press that is not longer than the debounce time.
-    #[error(
-        "button on pin {pin}: long_press ms {ms} must be longer than debounce_ms {debounce_ms}"
-    )]
-    LongPress {
-        /// The pin.
-        pin: u8,
-        /// The hold time given.
-        ms: u64,
-        /// The debounce time.
-        debounce_ms: u64,
-    },
 }
 
-/// Checks presets and buttons: names, texts, speech options that do not depend on the
-/// `[speech]` defaults, pins in range and unique, and every referenced preset defined.
-pub fn validate(
-    presets: &BTreeMap<String, PresetConfig>,
-    buttons: &[ButtonConfig],
-) -> Result<(), PresetError> {
+/// Checks presets: names, texts, and speech options that do not depend on the `[speech]`
+/// defaults.
+pub fn validate(presets: &BTreeMap<String, PresetConfig>) -> Result<(), PresetError> {
     for (name, p) in presets {
         if name.is_empty()
             || !name
@@ -329,79 +150,7 @@ pub fn validate(
             reason: e.to_string(),
         })?;
     }
-    let known = || {
-        if presets.is_empty() {
-            "none".to_string()
-        } else {
-            presets.keys().cloned().collect::<Vec<_>>().join(", ")
-        }
-    };
-    let mut pins: BTreeMap<u8, &str> = BTreeMap::new();
-    for b in buttons {
-        if b.pin > MAX_PIN {
-            return Err(PresetError::PinOutOfRange { pin: b.pin });
-        }
-        if let Some(first) = pins.insert(b.pin, &b.preset) {
-            return Err(PresetError::PinConflict {
-                pin: b.pin,
-                first: first.to_string(),
-                second: b.preset.clone(),
-            });
-        }
-        if !presets.contains_key(&b.preset) {
-            return Err(PresetError::UnknownPreset {
-                pin: b.pin,
-                what: "preset",
-                preset: b.preset.clone(),
-                known: known(),
-            });
-        }
-        if b.debounce_ms > MAX_DEBOUNCE_MS {
-            return Err(PresetError::Debounce {
-                pin: b.pin,
-                ms: b.debounce_ms,
-            });
-        }
-        if let Some(lp) = &b.long_press {
-            if lp.ms <= b.debounce_ms {
-                return Err(PresetError::LongPress {
-                    pin: b.pin,
-                    ms: lp.ms,
-                    debounce_ms: b.debounce_ms,
-                });
-            }
-            if let LongAction::Preset(p) = &lp.action {
-                if !presets.contains_key(p) {
-                    return Err(PresetError::UnknownPreset {
-                        pin: b.pin,
-                        what: "long_press preset",
-                        preset: p.clone(),
-                        known: known(),
-                    });
-                }
-            }
-        }
-    }
     Ok(())
-}
-
-/// Wirings that are probably mistakes but can be right with external circuitry
-/// (e.g. pull-up with active-high): one message per button, for a config warning.
-pub fn wiring_warnings(buttons: &[ButtonConfig]) -> Vec<String> {
-    buttons
-        .iter()
-        .filter_map(|b| match (b.pull, b.active) {
-            (Pull::Up, ActiveLevel::High) => Some(format!(
-                "button on pin {}: pull = \"up\" with active = \"high\" only works with an external driver; a plain button to 3.3 V is never seen (use pull = \"down\")",
-                b.pin
-            )),
-            (Pull::Down, ActiveLevel::Low) => Some(format!(
-                "button on pin {}: pull = \"down\" with active = \"low\" only works with an external driver; a plain button to ground is never seen (use pull = \"up\")",
-                b.pin
-            )),
-            _ => None,
-        })
-        .collect()
 }
 
 /// The speech requests of all presets with `defaults` applied (after [`validate`]).
@@ -733,7 +482,7 @@ mod tests {
         let p = preset("text = \"Hi.\"\ninstructions = \"Cheerful.\"");
         let mut presets = BTreeMap::new();
         presets.insert("hi".to_string(), p.clone());
-        assert!(validate(&presets, &[]).is_ok());
+        assert!(validate(&presets).is_ok());
         let msg = p.request("hi", &defaults()).unwrap_err().to_string();
         assert!(
             msg.contains("'hi'") && msg.contains("instructions"),
@@ -750,7 +499,7 @@ mod tests {
             "hi".to_string(),
             preset("text = \"Hi.\"\npriority = \"urgent\""),
         );
-        let msg = validate(&presets, &[]).unwrap_err().to_string();
+        let msg = validate(&presets).unwrap_err().to_string();
         assert!(
             msg.contains("'urgent'") && msg.contains("interrupt"),
             "{msg}"

@@ -6,16 +6,16 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use herald::buttons::config::{
+    validate, wiring_warnings, ButtonConfig, ButtonConfigError, LongAction, Pull, WhilePlaying,
+};
 use herald::buttons::rppal::RppalSource;
 use herald::buttons::sim::SimSource;
 use herald::buttons::{
     ButtonAction, ButtonError, ButtonEvent, ButtonService, DetectorConfig, Level, PinSetup,
     PressDetector,
 };
-use herald::presets::{
-    validate, wiring_warnings, ButtonConfig, LongAction, PresetConfig, PresetError, Pull,
-    WhilePlaying,
-};
+use herald::presets::{PresetConfig, PresetError};
 use proptest::prelude::*;
 
 const PIN: u8 = 17;
@@ -253,25 +253,28 @@ fn button_config_defaults_and_long_press_forms() {
 #[test]
 fn a_pin_used_twice_is_rejected_naming_both_buttons() {
     let p = presets(&["dinner", "leaving"]);
-    let err = validate(&p, &[button(17, "dinner"), button(17, "leaving")]).unwrap_err();
-    assert!(matches!(err, PresetError::PinConflict { pin: 17, .. }));
+    let err = validate(&[button(17, "dinner"), button(17, "leaving")], p.keys()).unwrap_err();
+    assert!(matches!(
+        err,
+        ButtonConfigError::PinConflict { pin: 17, .. }
+    ));
     let msg = err.to_string();
     assert!(msg.contains("dinner") && msg.contains("leaving"), "{msg}");
-    assert!(validate(&p, &[button(17, "dinner"), button(27, "leaving")]).is_ok());
+    assert!(validate(&[button(17, "dinner"), button(27, "leaving")], p.keys()).is_ok());
 }
 
 #[test]
 fn pins_beyond_the_header_are_rejected() {
     let p = presets(&["dinner"]);
-    let err = validate(&p, &[button(28, "dinner")]).unwrap_err();
+    let err = validate(&[button(28, "dinner")], p.keys()).unwrap_err();
     assert!(err.to_string().contains("0 to 27"), "{err}");
-    assert!(validate(&p, &[button(0, "dinner")]).is_ok());
+    assert!(validate(&[button(0, "dinner")], p.keys()).is_ok());
 }
 
 #[test]
 fn missing_presets_empty_text_and_bad_long_press_are_config_errors() {
     let p = presets(&["dinner"]);
-    let msg = validate(&p, &[button(4, "supper")])
+    let msg = validate(&[button(4, "supper")], p.keys())
         .unwrap_err()
         .to_string();
     assert!(msg.contains("'supper'") && msg.contains("dinner"), "{msg}");
@@ -279,7 +282,7 @@ fn missing_presets_empty_text_and_bad_long_press_are_config_errors() {
     let b: ButtonConfig =
         toml::from_str("pin = 4\npreset = \"dinner\"\nlong_press = { ms = 900, preset = \"x\" }")
             .unwrap();
-    let msg = validate(&p, &[b]).unwrap_err().to_string();
+    let msg = validate(&[b], p.keys()).unwrap_err().to_string();
     assert!(msg.contains("long_press preset 'x'"), "{msg}");
 
     let b: ButtonConfig = toml::from_str(
@@ -287,22 +290,22 @@ fn missing_presets_empty_text_and_bad_long_press_are_config_errors() {
     )
     .unwrap();
     assert!(matches!(
-        validate(&p, &[b]),
-        Err(PresetError::LongPress { .. })
+        validate(&[b], p.keys()),
+        Err(ButtonConfigError::LongPress { .. })
     ));
 
     let mut empty = presets(&["blank"]);
     empty.get_mut("blank").unwrap().text = "  \n".into();
     assert!(matches!(
-        validate(&empty, &[]),
+        herald::presets::validate(&empty),
         Err(PresetError::EmptyText { .. })
     ));
     let mut bad = presets(&["dinner"]);
     bad.get_mut("dinner").unwrap().voice = Some("robot".into());
-    let msg = validate(&bad, &[]).unwrap_err().to_string();
+    let msg = herald::presets::validate(&bad).unwrap_err().to_string();
     assert!(msg.contains("dinner") && msg.contains("robot"), "{msg}");
     assert!(matches!(
-        validate(&presets(&["two words"]), &[]),
+        herald::presets::validate(&presets(&["two words"])),
         Err(PresetError::BadName { .. })
     ));
 }
@@ -311,7 +314,7 @@ fn missing_presets_empty_text_and_bad_long_press_are_config_errors() {
 fn suspicious_wiring_is_warned_about() {
     let mut b = button(4, "dinner");
     assert!(wiring_warnings(&[b.clone()]).is_empty());
-    b.active = herald::presets::ActiveLevel::High;
+    b.active = herald::buttons::config::ActiveLevel::High;
     let w = wiring_warnings(&[b]);
     assert_eq!(w.len(), 1);
     assert!(w[0].contains("pull = \"down\""), "{}", w[0]);

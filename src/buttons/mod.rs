@@ -14,6 +14,7 @@
 //!   is long.
 //! - A button already held when herald starts is ignored until it is released.
 
+pub mod config;
 pub mod rppal;
 pub mod sim;
 
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use crate::presets::{ActiveLevel, ButtonConfig, LongAction, Pull};
+use config::{ActiveLevel, ButtonConfig, LongAction, Pull, WhilePlaying};
 
 /// A logic level on a pin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -261,7 +262,7 @@ pub enum ButtonAction {
         /// The pin that was pressed.
         pin: u8,
         /// What to do if this preset is already playing.
-        while_playing: crate::presets::WhilePlaying,
+        while_playing: WhilePlaying,
     },
     /// Stop everything (a long press configured as `stop`).
     Stop {
@@ -326,7 +327,7 @@ pub struct ButtonService {
 
 impl ButtonService {
     /// Reads the pins' start levels from `source` and sets up one detector per button.
-    /// `buttons` must have passed [`crate::presets::validate`] (unique pins).
+    /// `buttons` must have passed [`config::validate`] (unique pins).
     pub fn new(
         mut source: Box<dyn ButtonSource>,
         buttons: &[ButtonConfig],

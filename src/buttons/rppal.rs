@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use ::rppal::gpio::{self, Gpio, InputPin, Trigger};
 
+use super::config::Pull;
 use super::{ButtonError, ButtonSource, Edge, Level, PinSetup, SourceEvent};
-use crate::presets::Pull;
 
 /// Longest blocking wait without a deadline.
 const IDLE_WAKE: Duration = Duration::from_secs(1);

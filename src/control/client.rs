@@ -5,7 +5,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::control::protocol::Reply;
+use crate::protocol::Reply;
 
 /// Errors talking to the daemon; each names the socket.
 #[derive(Debug, thiserror::Error)]

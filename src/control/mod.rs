@@ -1,7 +1,6 @@
-//! The control socket of `herald serve`: the line protocol, the server, a client, and the
-//! daemon wiring (`serve`, `check`). See docs/PROTOCOL.md.
+//! The control socket of `herald serve`: the server, where replies go, and a client. The
+//! protocol it speaks lives in `crate::protocol`. See docs/PROTOCOL.md.
 
 pub mod client;
-pub mod daemon;
-pub mod protocol;
+pub mod replier;
 pub mod server;

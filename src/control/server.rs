@@ -14,8 +14,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch, Notify};
 
-use crate::control::protocol::{parse_line, ProtocolError, Reply, MAX_LINE_BYTES};
-use crate::scheduler::{Command, Replier, SchedulerHandle};
+use crate::control::replier::Replier;
+use crate::protocol::{parse_line, Envelope, ProtocolError, Reply, ReplyTo, MAX_LINE_BYTES};
 
 /// Replies buffered per connection before a non-reading client is dropped.
 pub const REPLY_QUEUE: usize = 256;
@@ -111,11 +111,12 @@ fn group_id(name: &str) -> Option<u32> {
     (rc == 0 && !out.is_null()).then_some(grp.gr_gid)
 }
 
-/// Serves connections on `listener` until `stop` turns true; then stops accepting and
-/// returns once every connection has sent its jobs' last replies.
+/// Serves connections on `listener`, handing every request line to `requests`, until
+/// `stop` turns true; then stops accepting and returns once every connection has sent its
+/// jobs' last replies.
 pub async fn serve(
     listener: UnixListener,
-    sched: SchedulerHandle,
+    requests: mpsc::Sender<Envelope>,
     max_connections: usize,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -147,10 +148,10 @@ pub async fn serve(
         }
         live.fetch_add(1, Ordering::SeqCst);
         let live = live.clone();
-        let sched = sched.clone();
+        let requests = requests.clone();
         let stop = stop.clone();
         conns.spawn(async move {
-            connection(stream, conn, sched, stop).await;
+            connection(stream, conn, requests, stop).await;
             live.fetch_sub(1, Ordering::SeqCst);
         });
     }
@@ -185,14 +186,14 @@ async fn refuse(mut stream: UnixStream, max: usize) {
 async fn connection(
     stream: UnixStream,
     conn: u64,
-    sched: SchedulerHandle,
+    requests: mpsc::Sender<Envelope>,
     stop: watch::Receiver<bool>,
 ) {
     tracing::debug!(conn, "client connected");
     let (read, mut write) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Reply>(REPLY_QUEUE);
     let kill = Arc::new(Notify::new());
-    let replier = Replier::new(conn, tx, kill.clone());
+    let replier: Arc<dyn ReplyTo> = Arc::new(Replier::new(conn, tx, kill.clone()));
 
     let writer_kill = kill.clone();
     let writer = tokio::spawn(async move {
@@ -229,7 +230,7 @@ async fn connection(
         writer_kill.notify_one();
     });
 
-    let reader = read_requests(read, conn, &sched, replier, kill.clone(), stop);
+    let reader = read_requests(read, conn, &requests, replier, kill.clone(), stop);
     reader.await;
     // The reader is done (EOF, error or kill): the writer finishes sending what jobs of
     // this connection still report, until they all ended and dropped their repliers.
@@ -240,8 +241,8 @@ async fn connection(
 async fn read_requests(
     read: tokio::net::unix::OwnedReadHalf,
     conn: u64,
-    sched: &SchedulerHandle,
-    replier: Replier,
+    requests: &mpsc::Sender<Envelope>,
+    replier: Arc<dyn ReplyTo>,
     kill: Arc<Notify>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -273,13 +274,11 @@ async fn read_requests(
                 parse_line(&line)
             }
         };
-        if !sched
-            .send(Command::Request {
-                req,
-                reply: replier.clone(),
-            })
-            .await
-        {
+        let envelope = Envelope {
+            req,
+            reply: replier.clone(),
+        };
+        if requests.send(envelope).await.is_err() {
             return;
         }
     }

@@ -1,5 +1,5 @@
-//! `herald serve` and `herald check`: wiring the config, the API client, the control
-//! socket, the scheduler, signals and systemd notification together.
+//! `herald serve`, the composition root: wires the config, the API client, the audio
+//! cache, the control socket, the scheduler, the buttons, signals and systemd together.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -7,13 +7,12 @@ use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{oneshot, watch};
 
-use crate::audio::alsa::AlsaSink;
 use crate::buttons::rppal::RppalSource;
 use crate::buttons::{pin_setups, ButtonAction, ButtonService};
 use crate::config::{Config, ConfigError};
-use crate::control::protocol::{PresetRequest, Reply, Request};
 use crate::control::server::{self, ServerError};
-use crate::scheduler::{Command, Presets, Replier, Scheduler, SchedulerHandle};
+use crate::protocol::{Envelope, PresetRequest, Reply, ReplyTo, Request};
+use crate::scheduler::{Command, Presets, Scheduler, SchedulerHandle};
 use crate::systemd::{self, Notifier, SystemdError};
 use crate::tts::cache::AudioCache;
 use crate::tts::openai::OpenAiClient;
@@ -109,7 +108,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), D
     let (stop_tx, stop_rx) = watch::channel(false);
     let server = tokio::spawn(server::serve(
         listener,
-        sched.clone(),
+        sched.requests(),
         max_connections,
         stop_rx,
     ));
@@ -223,7 +222,8 @@ fn start_buttons(config: &Config, sched: &SchedulerHandle) {
     }
     let pins: Vec<u8> = config.buttons.iter().map(|b| b.pin).collect();
     tracing::info!(?pins, "GPIO buttons ready");
-    let sched = sched.clone();
+    let requests = sched.requests();
+    let reply: std::sync::Arc<dyn ReplyTo> = std::sync::Arc::new(ButtonLog);
     tokio::spawn(async move {
         while let Some(action) = rx.recv().await {
             let req = match action {
@@ -239,13 +239,11 @@ fn start_buttons(config: &Config, sched: &SchedulerHandle) {
                 ButtonAction::Stop { .. } => Request::Stop,
                 ButtonAction::Skip { .. } => Request::Skip,
             };
-            if !sched
-                .send(Command::Request {
-                    req: Ok(req),
-                    reply: button_replier(),
-                })
-                .await
-            {
+            let envelope = Envelope {
+                req: Ok(req),
+                reply: reply.clone(),
+            };
+            if requests.send(envelope).await.is_err() {
                 return;
             }
         }
@@ -253,18 +251,17 @@ fn start_buttons(config: &Config, sched: &SchedulerHandle) {
 }
 
 /// Where replies to a button press go: the log (failures as errors).
-fn button_replier() -> Replier {
-    let (tx, mut rx) = tokio::sync::mpsc::channel(8);
-    tokio::spawn(async move {
-        while let Some(reply) = rx.recv().await {
-            match &reply {
-                Reply::Failed { reason, .. } => tracing::error!("button press failed: {reason}"),
-                r if r.is_terminal() => tracing::info!("button press: {}", r.to_line().trim_end()),
-                _ => {}
-            }
+#[derive(Debug)]
+struct ButtonLog;
+
+impl ReplyTo for ButtonLog {
+    fn send(&self, reply: Reply) {
+        match &reply {
+            Reply::Failed { reason, .. } => tracing::error!("button press failed: {reason}"),
+            r if r.is_terminal() => tracing::info!("button press: {}", r.to_line().trim_end()),
+            _ => {}
         }
-    });
-    Replier::new(0, tx, std::sync::Arc::new(tokio::sync::Notify::new()))
+    }
 }
 
 /// SIGHUP: loads the config again; a bad one is reported and the old one kept.
@@ -332,82 +329,4 @@ async fn watchdog(sched: SchedulerHandle, notifier: Notifier, every: Duration) {
             None => tracing::error!("the scheduler did not answer; not pinging the watchdog"),
         }
     }
-}
-
-/// `herald check`: what was found, one line each; `false` if something would stop the
-/// daemon from speaking.
-pub fn check(config: &Config, path: Option<&Path>, warnings: &[String]) -> bool {
-    let mut ok = true;
-    match path {
-        Some(p) => println!("config: {} is valid", p.display()),
-        None => println!("config: none found, using the built-in defaults"),
-    }
-    for w in warnings {
-        println!("config: warning: {w}");
-    }
-    match config.api_key() {
-        Ok(Some(_)) => println!("API key: found"),
-        Ok(None) => {
-            ok = false;
-            println!("API key: MISSING (set OPENAI_API_KEY, api.api_key_file, or the systemd credential openai_api_key)");
-        }
-        Err(e) => {
-            ok = false;
-            println!("API key: {e}");
-        }
-    }
-    println!("API: {}", config.api.api_base);
-    let req = config.sink_request();
-    match AlsaSink::open(&config.audio.device, &req) {
-        Ok(sink) => {
-            use crate::audio::Sink;
-            let f = sink.format();
-            println!(
-                "audio device: '{}' opens: {} Hz, {} channel(s), {} frames per period, {} frames buffer",
-                config.audio.device, f.rate, f.channels, f.period_frames, f.buffer_frames
-            );
-            if f.rate != config.audio.rate {
-                println!(
-                    "audio device: note: {} Hz was asked for; audio will be resampled to {} Hz",
-                    config.audio.rate, f.rate
-                );
-            }
-        }
-        Err(e) => {
-            ok = false;
-            println!("audio device: {e}");
-        }
-    }
-    let sock = &config.daemon.socket_path;
-    if std::fs::symlink_metadata(sock).is_ok() {
-        match std::os::unix::net::UnixStream::connect(sock) {
-            Ok(_) => println!(
-                "socket: {} — a herald daemon is serving on it",
-                sock.display()
-            ),
-            Err(_) => println!(
-                "socket: {} exists but nobody answers (a stale file; `herald serve` replaces it)",
-                sock.display()
-            ),
-        }
-    } else {
-        match sock.parent() {
-            Some(dir) if dir.as_os_str().is_empty() || dir.is_dir() => {
-                println!("socket: {} (free; its directory exists)", sock.display())
-            }
-            Some(dir) => println!(
-                "socket: {} (free; `herald serve` will create {})",
-                sock.display(),
-                dir.display()
-            ),
-            None => println!("socket: {}", sock.display()),
-        }
-    }
-    // A warning, not a failure: the daemon works, it just has to absorb more jitter.
-    match crate::net::wifi_power_save() {
-        Ok(Some(w)) => println!("network: warning: {}", w.warning()),
-        Ok(None) => println!("network: no WiFi interface with power saving on"),
-        Err(e) => println!("network: cannot check WiFi power saving: {e}"),
-    }
-    ok
 }

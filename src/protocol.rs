@@ -3,9 +3,10 @@
 //! A line that starts with `{` is a JSON request whose `cmd` names the command (`speak`
 //! when absent); any other line is text to speak with the defaults. See docs/PROTOCOL.md.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
-use crate::presets::WhilePlaying;
 use crate::tts::AudioFormat;
 
 /// The longest request line, newline excluded.
@@ -26,6 +27,20 @@ pub enum Priority {
     High,
     /// Fades out what is playing and plays next.
     Interrupt,
+}
+
+/// What a press does while the same preset is already playing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WhilePlaying {
+    /// Nothing: the announcement is already being heard (the default, so an impatient
+    /// second press neither cuts it off nor repeats it).
+    #[default]
+    Ignore,
+    /// Stop it and play it again from the start.
+    Restart,
+    /// Play it again after the current one.
+    Queue,
 }
 
 /// A `speak` request; every field but `text` falls back to the configured default.
@@ -244,6 +259,21 @@ fn check_id(cmd: &str, id: Option<&str>) -> Result<(), ProtocolError> {
         }),
         _ => Ok(()),
     }
+}
+
+/// Where the replies to a request go (a client connection, a button's log); never blocks.
+pub trait ReplyTo: Send + Sync + std::fmt::Debug {
+    /// Hands `reply` to whoever asked.
+    fn send(&self, reply: Reply);
+}
+
+/// One request (or why its line could not be parsed) and where its replies go.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    /// The parsed line.
+    pub req: Result<Request, ProtocolError>,
+    /// Where its replies go.
+    pub reply: Arc<dyn ReplyTo>,
 }
 
 /// Every reply the daemon sends, one JSON object per line, tagged by `event`.

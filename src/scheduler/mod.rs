@@ -16,19 +16,19 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::sleep_until;
 
 use crate::audio::alsa::AlsaSink;
 use crate::audio::playout::{Playout, PlayoutError, RealtimeStatus};
 use crate::audio::{DeviceFormat, Sink, SinkError};
 use crate::config::Config;
-use crate::control::protocol::{
-    Counters, DeviceStatus, NetworkStatus, NowPlaying, PresetInfo, PresetRequest, Priority,
-    ProtocolError, QueuedJob, Reply, Request, SpeakRequest, StatusReport,
-};
 use crate::pipeline::{self, Limits, PipelineError, Voice};
-use crate::presets::{PresetState, Renderer, WhilePlaying};
+use crate::presets::{PresetState, Renderer};
+use crate::protocol::{
+    Counters, DeviceStatus, Envelope, NetworkStatus, NowPlaying, PresetInfo, PresetRequest,
+    Priority, QueuedJob, Reply, ReplyTo, Request, SpeakRequest, StatusReport, WhilePlaying,
+};
 use crate::systemd::Notifier;
 use crate::tts::cache::{AudioCache, CachingSource};
 use crate::tts::openai::OpenAiClient;
@@ -52,47 +52,6 @@ const STATUS_QUEUE_MAX: usize = 100;
 /// Characters of text shown in status and logs.
 const PREVIEW_CHARS: usize = 40;
 
-/// Sends replies to one connection without ever blocking the scheduler.
-#[derive(Debug, Clone)]
-pub struct Replier {
-    conn: u64,
-    tx: mpsc::Sender<Reply>,
-    kill: Arc<Notify>,
-}
-
-impl Replier {
-    /// A replier for connection `conn`; `kill` is notified when the client stops reading.
-    pub fn new(conn: u64, tx: mpsc::Sender<Reply>, kill: Arc<Notify>) -> Self {
-        Replier { conn, tx, kill }
-    }
-
-    /// Queues `reply` for the connection. A client whose reply queue is full is not
-    /// reading: its connection is closed (never waited for). A terminal reply to a
-    /// client that is gone is logged instead.
-    pub fn send(&self, reply: Reply) {
-        match self.tx.try_send(reply) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(r)) => {
-                tracing::warn!(
-                    conn = self.conn,
-                    "client does not read its replies; closing its connection (lost: {})",
-                    r.to_line().trim_end()
-                );
-                self.kill.notify_one();
-            }
-            Err(mpsc::error::TrySendError::Closed(r)) => {
-                if r.is_terminal() {
-                    tracing::info!(
-                        conn = self.conn,
-                        "client disconnected before: {}",
-                        r.to_line().trim_end()
-                    );
-                }
-            }
-        }
-    }
-}
-
 /// What the watchdog learns from a liveness probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Health {
@@ -103,13 +62,6 @@ pub struct Health {
 /// Messages to the scheduler.
 #[derive(Debug)]
 pub enum Command {
-    /// A request line from a client (or why it could not be parsed).
-    Request {
-        /// The parsed line.
-        req: Result<Request, ProtocolError>,
-        /// Where its replies go.
-        reply: Replier,
-    },
     /// Liveness probe for the watchdog.
     Ping(oneshot::Sender<Health>),
     /// A reloaded config (and a client built from it, if the API settings changed).
@@ -127,9 +79,15 @@ pub enum Command {
 #[derive(Debug, Clone)]
 pub struct SchedulerHandle {
     tx: mpsc::Sender<Command>,
+    requests: mpsc::Sender<Envelope>,
 }
 
 impl SchedulerHandle {
+    /// Where clients' requests go (the control server and the buttons send here).
+    pub fn requests(&self) -> mpsc::Sender<Envelope> {
+        self.requests.clone()
+    }
+
     /// Sends a command; `false` if the scheduler has stopped.
     pub async fn send(&self, cmd: Command) -> bool {
         self.tx.send(cmd).await.is_ok()
@@ -307,7 +265,7 @@ struct Job {
     text: String,
     voice: Voice,
     priority: Priority,
-    reply: Replier,
+    reply: Arc<dyn ReplyTo>,
     source: JobSource,
     /// The preset this job plays, if any.
     preset: Option<String>,
@@ -334,6 +292,7 @@ pub struct Scheduler {
     cfg: Config,
     client: OpenAiClient,
     rx: mpsc::Receiver<Command>,
+    requests: mpsc::Receiver<Envelope>,
     queue: VecDeque<Job>,
     device: Option<Device>,
     device_error: Option<String>,
@@ -368,7 +327,8 @@ impl Scheduler {
         notifier: Notifier,
         presets: Result<Presets, String>,
     ) -> (SchedulerHandle, tokio::task::JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(256);
+        let (tx, rx) = mpsc::channel(16);
+        let (req_tx, requests) = mpsc::channel(256);
         let preset_reqs = preset_requests(&cfg);
         let (presets, cache_error) = match presets {
             Ok(p) => {
@@ -387,6 +347,7 @@ impl Scheduler {
             cfg,
             client,
             rx,
+            requests,
             queue: VecDeque::new(),
             device: None,
             device_error: None,
@@ -405,7 +366,13 @@ impl Scheduler {
             stopping: None,
         };
         let task = tokio::spawn(s.run());
-        (SchedulerHandle { tx }, task)
+        (
+            SchedulerHandle {
+                tx,
+                requests: req_tx,
+            },
+            task,
+        )
     }
 
     async fn run(mut self) {
@@ -446,6 +413,9 @@ impl Scheduler {
                         return;
                     }
                 },
+                Some(env) = self.requests.recv() => {
+                    self.handle_request(env, None);
+                }
                 _ = sleep_until(close_at.unwrap_or(self.started).into()), if close_at.is_some() => {
                     tracing::info!("closing the audio device after {} s idle", idle.as_secs());
                     self.close_device().await;
@@ -535,24 +505,31 @@ impl Scheduler {
                 }
                 playing.map(|_| Preempt::Cancelled("shutdown"))
             }
-            Command::Request { req, reply } => {
-                self.counters.requests += 1;
-                match req {
-                    Err(e) => {
-                        self.counters.failed += 1;
-                        reply.send(Reply::Failed {
-                            id: None,
-                            reason: e.to_string(),
-                        });
-                        None
-                    }
-                    Ok(req) => self.request(req, reply, playing),
-                }
-            }
         }
     }
 
-    fn request(&mut self, req: Request, reply: Replier, playing: Option<&Job>) -> Option<Preempt> {
+    /// Handles one client request, like [`Self::handle`].
+    fn handle_request(&mut self, env: Envelope, playing: Option<&Job>) -> Option<Preempt> {
+        self.counters.requests += 1;
+        match env.req {
+            Err(e) => {
+                self.counters.failed += 1;
+                env.reply.send(Reply::Failed {
+                    id: None,
+                    reason: e.to_string(),
+                });
+                None
+            }
+            Ok(req) => self.request(req, env.reply, playing),
+        }
+    }
+
+    fn request(
+        &mut self,
+        req: Request,
+        reply: Arc<dyn ReplyTo>,
+        playing: Option<&Job>,
+    ) -> Option<Preempt> {
         match req {
             Request::Status => {
                 reply.send(Reply::Status(Box::new(self.status())));
@@ -617,7 +594,7 @@ impl Scheduler {
     fn enqueue(
         &mut self,
         s: SpeakRequest,
-        reply: Replier,
+        reply: Arc<dyn ReplyTo>,
         playing: Option<&Job>,
     ) -> Option<Preempt> {
         let voice = match self.voice_for(&s) {
@@ -633,7 +610,12 @@ impl Scheduler {
     }
 
     /// Answers a request that is not accepted (counted as a failure).
-    fn refuse(&mut self, reply: &Replier, id: Option<String>, reason: String) -> Option<Preempt> {
+    fn refuse(
+        &mut self,
+        reply: &Arc<dyn ReplyTo>,
+        id: Option<String>,
+        reason: String,
+    ) -> Option<Preempt> {
         self.counters.failed += 1;
         reply.send(Reply::Failed { id, reason });
         None
@@ -646,7 +628,7 @@ impl Scheduler {
         voice: Voice,
         source: JobSource,
         preset: Option<String>,
-        reply: Replier,
+        reply: Arc<dyn ReplyTo>,
         playing: Option<&Job>,
     ) -> Option<Preempt> {
         if let Some(id) = &s.id {
@@ -711,7 +693,7 @@ impl Scheduler {
     fn press(
         &mut self,
         p: PresetRequest,
-        reply: Replier,
+        reply: Arc<dyn ReplyTo>,
         playing: Option<&Job>,
     ) -> Option<Preempt> {
         let Some(req) = self.preset_reqs.get(&p.name).cloned() else {
@@ -961,6 +943,9 @@ impl Scheduler {
                         },
                         // Every sender is gone: the daemon is exiting.
                         None => break Err(Preempt::Cancelled("shutdown")),
+                    },
+                    Some(env) = self.requests.recv() => if let Some(p) = self.handle_request(env, Some(&job)) {
+                        break Err(p);
                     },
                 }
             }

@@ -1,0 +1,85 @@
+//! `herald check`: the config, the API key, the audio device, the socket path and the
+//! network, one line each, before the daemon is trusted with announcements.
+
+use std::path::Path;
+
+use crate::audio::alsa::AlsaSink;
+use crate::audio::Sink;
+use crate::config::Config;
+
+/// `herald check`: what was found, one line each; `false` if something would stop the
+/// daemon from speaking.
+pub fn check(config: &Config, path: Option<&Path>, warnings: &[String]) -> bool {
+    let mut ok = true;
+    match path {
+        Some(p) => println!("config: {} is valid", p.display()),
+        None => println!("config: none found, using the built-in defaults"),
+    }
+    for w in warnings {
+        println!("config: warning: {w}");
+    }
+    match config.api_key() {
+        Ok(Some(_)) => println!("API key: found"),
+        Ok(None) => {
+            ok = false;
+            println!("API key: MISSING (set OPENAI_API_KEY, api.api_key_file, or the systemd credential openai_api_key)");
+        }
+        Err(e) => {
+            ok = false;
+            println!("API key: {e}");
+        }
+    }
+    println!("API: {}", config.api.api_base);
+    let req = config.sink_request();
+    match AlsaSink::open(&config.audio.device, &req) {
+        Ok(sink) => {
+            let f = sink.format();
+            println!(
+                "audio device: '{}' opens: {} Hz, {} channel(s), {} frames per period, {} frames buffer",
+                config.audio.device, f.rate, f.channels, f.period_frames, f.buffer_frames
+            );
+            if f.rate != config.audio.rate {
+                println!(
+                    "audio device: note: {} Hz was asked for; audio will be resampled to {} Hz",
+                    config.audio.rate, f.rate
+                );
+            }
+        }
+        Err(e) => {
+            ok = false;
+            println!("audio device: {e}");
+        }
+    }
+    let sock = &config.daemon.socket_path;
+    if std::fs::symlink_metadata(sock).is_ok() {
+        match std::os::unix::net::UnixStream::connect(sock) {
+            Ok(_) => println!(
+                "socket: {} — a herald daemon is serving on it",
+                sock.display()
+            ),
+            Err(_) => println!(
+                "socket: {} exists but nobody answers (a stale file; `herald serve` replaces it)",
+                sock.display()
+            ),
+        }
+    } else {
+        match sock.parent() {
+            Some(dir) if dir.as_os_str().is_empty() || dir.is_dir() => {
+                println!("socket: {} (free; its directory exists)", sock.display())
+            }
+            Some(dir) => println!(
+                "socket: {} (free; `herald serve` will create {})",
+                sock.display(),
+                dir.display()
+            ),
+            None => println!("socket: {}", sock.display()),
+        }
+    }
+    // A warning, not a failure: the daemon works, it just has to absorb more jitter.
+    match crate::wifi::wifi_power_save() {
+        Ok(Some(w)) => println!("network: warning: {}", w.warning()),
+        Ok(None) => println!("network: no WiFi interface with power saving on"),
+        Err(e) => println!("network: cannot check WiFi power saving: {e}"),
+    }
+    ok
+}
