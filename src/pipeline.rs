@@ -10,8 +10,11 @@ use futures_util::StreamExt;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
+use crate::audio::alsa::AlsaSink;
 use crate::audio::channels::map_channels;
-use crate::audio::playout::{Playout, PlayoutError};
+use crate::audio::playout::{Playout, PlayoutConfig, PlayoutError};
+use crate::audio::wav::WavSink;
+use crate::audio::{Sink, SinkError, SinkRequest};
 use crate::codec::opus::{decode_rate_for, OggOpusDecoder};
 use crate::codec::pcm::RawPcmDecoder;
 use crate::codec::resample::ResampledDecoder;
@@ -99,6 +102,8 @@ pub struct Limits {
 /// What one utterance did, for the one-line summary and the daemon's `finished` event.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SpeakReport {
+    /// When the first sample was written to the sink.
+    pub started_at: Option<Instant>,
     /// Request sent → first sample written to the sink.
     pub time_to_first_audio: Option<Duration>,
     /// Bytes of the first audio received → first sample written to the sink (the start
@@ -188,6 +193,35 @@ pub enum PipelineError {
     /// The audio device or the audio thread failed.
     #[error(transparent)]
     Playout(#[from] PlayoutError),
+    /// The audio device or WAV file could not be opened.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+}
+
+/// Where `speak` and `play` send their audio.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// An ALSA PCM by name.
+    Device(String),
+    /// A WAV file (no sound card needed).
+    Wav(std::path::PathBuf),
+}
+
+/// Opens `output` (negotiating `req` with a device) and starts the playout on it.
+pub fn open_playout(
+    output: &Output,
+    req: &SinkRequest,
+    cfg: PlayoutConfig,
+) -> Result<Playout, PipelineError> {
+    let sink: Box<dyn Sink> = match output {
+        Output::Wav(path) => {
+            // A file plays in whole periods of the requested length (only the last is short).
+            let period = (req.rate as usize * req.period_ms as usize / 1000).max(1);
+            Box::new(WavSink::create(path, req.rate, req.channels, period)?)
+        }
+        Output::Device(name) => Box::new(AlsaSink::open(name, req)?),
+    };
+    Ok(Playout::spawn(sink, cfg)?)
 }
 
 /// Decodes encoded streams at the device rate and pushes them to the playout in the
@@ -323,7 +357,22 @@ fn spawn_fetch(source: Arc<dyn SpeechSource>, req: SpeechRequest) -> mpsc::Recei
     rx
 }
 
+/// The next message of a segment's fetch; while waiting for the network, the playout's
+/// events (first audio, stalls) are forwarded to its subscriber as they happen.
+async fn next_fetched(
+    rx: &mut mpsc::Receiver<Fetched>,
+    playout: &mut Playout,
+) -> Result<Option<Fetched>, PlayoutError> {
+    loop {
+        tokio::select! {
+            m = rx.recv() => return Ok(m),
+            r = playout.wait_event() => r?,
+        }
+    }
+}
+
 /// Speaks `text` with `voice` on `playout`; returns once the last sample has been played.
+/// Progress events go to the playout's subscriber ([`Playout::subscribe`]) as they happen.
 pub async fn speak(
     source: Arc<dyn SpeechSource>,
     playout: &mut Playout,
@@ -376,7 +425,7 @@ pub async fn speak(
                 source,
             };
             let mut dec = feeder.decoder(voice.format).map_err(codec_err)?;
-            while let Some(msg) = rx.recv().await {
+            while let Some(msg) = next_fetched(&mut rx, playout).await? {
                 match msg {
                     Fetched::Opened { attempts } => {
                         report.attempts += attempts;
@@ -478,6 +527,7 @@ async fn conclude(
     }
     playout.end();
     let done = playout.finished().await?;
+    report.started_at = done.started_at;
     report.time_to_first_audio = done.started_at.map(|s| s.saturating_duration_since(t0));
     report.overhead = done
         .started_at

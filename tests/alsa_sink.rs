@@ -437,3 +437,57 @@ fn listing_shows_the_test_devices_with_what_they_accept() {
     let s32 = probe("herald_s32").unwrap();
     assert_eq!(s32.formats, vec!["S32_LE".to_string()]);
 }
+
+/// CPU time this process has used (all threads).
+fn process_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer for the call.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime failed");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// ALSA's `null` PCM takes every write at once and reports no delay, so nothing clocks the
+/// audio thread: a stall on it used to spin writing silence (half the machine's CPU) and
+/// report hundreds of millions of milliseconds of it.
+#[test]
+fn a_stall_on_a_device_that_never_blocks_is_timed_by_the_clock_not_spun() {
+    use herald::audio::playout::{Playout, PlayoutConfig};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let sink = open("herald_null", &SinkRequest::default());
+        let cfg = PlayoutConfig {
+            min_prebuffer_ms: 100,
+            jitter_reserve_ms: 0,
+            realtime_priority: None,
+            ..PlayoutConfig::default()
+        };
+        let mut p = Playout::spawn(Box::new(sink), cfg).unwrap();
+        let tone: Vec<i16> = (0..9600).map(|i| ((i % 96) as i16 - 48) * 300).collect();
+        p.begin(Duration::from_millis(1200));
+        p.push(&tone).await.unwrap();
+        // The network goes quiet for a second with 200 ms played: a stall.
+        let (cpu0, wall0) = (process_cpu(), std::time::Instant::now());
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let (cpu, wall) = (process_cpu() - cpu0, wall0.elapsed());
+        p.push(&tone).await.unwrap();
+        p.end();
+        let report = p.finished().await.unwrap();
+        assert_eq!(report.stalls, 1, "{report:?}");
+        assert!(
+            (500..=2500).contains(&report.stall_ms),
+            "a 1 s network pause reported as {} ms of silence",
+            report.stall_ms
+        );
+        // Spinning takes a whole core; waiting takes next to nothing.
+        assert!(
+            cpu < wall / 2,
+            "the stall used {cpu:?} of CPU in {wall:?}: the audio thread spins"
+        );
+        assert_eq!(report.frames_played, 2 * tone.len() as u64);
+        p.shutdown().unwrap();
+    });
+}

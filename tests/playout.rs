@@ -12,6 +12,7 @@ use herald::audio::playout::{
     Playout, PlayoutConfig, PlayoutError, PlayoutEvent, RealtimeStatus, UtteranceReport,
 };
 use herald::audio::{DeviceFormat, Sink, SinkError};
+use tokio::sync::mpsc::UnboundedReceiver;
 
 const RATE: u32 = 8000;
 const PERIOD: usize = 80; // 10 ms
@@ -299,6 +300,7 @@ async fn fast_source_starts_near_the_floor_and_plays_everything_in_order() {
         // Real-time priority is asked for; granted or not, playout must work.
         assert_ne!(*p.realtime(), RealtimeStatus::NotRequested);
         let input = tone(frames_of(1500));
+        let mut events = p.subscribe();
         p.begin(ms(1500));
         // 40 ms of audio every 12 ms: about 3.3× real time.
         feed(&mut p, &input, frames_of(40), ms(12)).await;
@@ -323,8 +325,7 @@ async fn fast_source_starts_near_the_floor_and_plays_everything_in_order() {
             "prebuffer {} ms",
             report.prebuffer_ms
         );
-        let started: Vec<_> = p
-            .events()
+        let started: Vec<_> = std::iter::from_fn(|| events.try_recv().ok())
             .filter(|e| matches!(e, PlayoutEvent::Started { .. }))
             .collect();
         assert_eq!(
@@ -371,6 +372,7 @@ async fn stream_pause_gives_one_faded_stall_with_silence_between() {
         let mut p = Playout::spawn(Box::new(sink), config()).unwrap();
         let input = tone(frames_of(1200));
         let half = frames_of(600);
+        let mut rx = p.subscribe();
         p.begin(ms(1200));
         feed(&mut p, &input[..half], frames_of(40), ms(12)).await;
         // The network stalls for a second: the 0.6 s already here runs out first.
@@ -378,7 +380,7 @@ async fn stream_pause_gives_one_faded_stall_with_silence_between() {
         feed(&mut p, &input[half..], frames_of(40), ms(12)).await;
         p.end();
         let report = p.finished().await.unwrap();
-        let events: Vec<_> = p.events().collect();
+        let events: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
 
         let rec = rec.lock().unwrap();
         let out = &rec.samples;
@@ -474,14 +476,15 @@ async fn ring_running_short_while_the_device_still_plays_is_not_a_stall() {
     .await
 }
 
-async fn wait_started(p: &mut Playout) {
+/// Waits for the playout's `Started` event (the caller subscribed before `begin`).
+async fn wait_started(p: &mut Playout, events: &mut UnboundedReceiver<PlayoutEvent>) {
     loop {
-        if p.events()
-            .any(|e| matches!(e, PlayoutEvent::Started { .. }))
-        {
-            return;
+        while let Ok(ev) = events.try_recv() {
+            if matches!(ev, PlayoutEvent::Started { .. }) {
+                return;
+            }
         }
-        tokio::time::sleep(ms(5)).await;
+        p.wait_event().await.unwrap();
     }
 }
 
@@ -491,9 +494,10 @@ async fn interrupt_fades_out_within_20_ms_and_drops_the_rest() {
         let (sink, rec) = ClockedSink::new(1);
         let mut p = Playout::spawn(Box::new(sink), config()).unwrap();
         let input = tone(frames_of(3000));
+        let mut events = p.subscribe();
         p.begin(ms(3000));
         feed(&mut p, &input, frames_of(40), ms(12)).await;
-        wait_started(&mut p).await;
+        wait_started(&mut p, &mut events).await;
         tokio::time::sleep(ms(100)).await;
         let report = p.interrupt().await.unwrap();
 
@@ -708,9 +712,10 @@ async fn begin_during_playback_fades_the_old_utterance_out_and_plays_the_new_one
         let mut p = Playout::spawn(Box::new(sink), config()).unwrap();
         let a = tone(frames_of(3000));
         let b: Vec<i16> = tone(frames_of(400)).iter().map(|s| -s).collect();
+        let mut events = p.subscribe();
         p.begin(ms(3000));
         feed(&mut p, &a[..frames_of(1000)], frames_of(40), ms(12)).await;
-        wait_started(&mut p).await;
+        wait_started(&mut p, &mut events).await;
         p.begin(ms(400));
         p.push(&b).await.unwrap();
         p.end();

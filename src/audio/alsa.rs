@@ -538,6 +538,16 @@ impl AlsaSink {
     }
 }
 
+/// Opens ALSA PCMs for the daemon.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AlsaOpener;
+
+impl super::SinkOpener for AlsaOpener {
+    fn open(&self, device: &str, req: &SinkRequest) -> Result<Box<dyn Sink>, SinkError> {
+        Ok(Box::new(AlsaSink::open(device, req)?))
+    }
+}
+
 impl Sink for AlsaSink {
     fn format(&self) -> DeviceFormat {
         self.format

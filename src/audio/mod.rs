@@ -126,3 +126,10 @@ pub trait Sink: Send {
         None
     }
 }
+
+/// Opens the daemon's audio device by name: ALSA on the appliance, a stand-in in tests.
+/// Called off the async runtime (opening may block).
+pub trait SinkOpener: Send + Sync {
+    /// Opens `device`, negotiating `req`.
+    fn open(&self, device: &str, req: &SinkRequest) -> Result<Box<dyn Sink>, SinkError>;
+}

@@ -19,7 +19,6 @@
 //! An interrupt is heard after what the device buffer already holds (≤ `buffer_frames`),
 //! plus at most one period being written, plus the fade.
 
-use std::collections::VecDeque;
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
@@ -28,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use rtrb::{Consumer, Producer, RingBuffer};
 use tokio::net::UnixStream;
+use tokio::sync::mpsc;
 
 use super::policy::{prebuffer_needed, ArrivalStats, PolicyParams};
 use super::thread::{
@@ -220,6 +220,21 @@ enum Wake {
     None,
 }
 
+/// Tells whether the audio thread is stuck in a device call (a hung DAC), without touching
+/// the playout itself.
+#[derive(Debug, Clone)]
+pub struct PlayoutHealth {
+    shared: Arc<Shared>,
+}
+
+impl PlayoutHealth {
+    /// How long the device write or drain in progress has been blocked (`None`: the thread
+    /// is not in a device call).
+    pub fn device_call_for(&self) -> Option<Duration> {
+        self.shared.device_call_for()
+    }
+}
+
 /// The playout buffer: owns the audio thread, which owns the sink. Dropping it stops the
 /// thread like `shutdown` (blocking until any fade-out has played).
 pub struct Playout {
@@ -236,7 +251,7 @@ pub struct Playout {
     pushed: u64,
     utt: Option<Utterance>,
     done: Option<RawReport>,
-    pending: VecDeque<PlayoutEvent>,
+    events_tx: Option<mpsc::UnboundedSender<PlayoutEvent>>,
     failed: bool,
     error_taken: bool,
 }
@@ -410,7 +425,7 @@ impl Playout {
             pushed: 0,
             utt: None,
             done: None,
-            pending: VecDeque::new(),
+            events_tx: None,
             failed: false,
             error_taken: false,
         })
@@ -439,7 +454,6 @@ impl Playout {
             ended: false,
         });
         self.done = None;
-        self.pending.clear();
         // Order matters: the thread reads the generation first, then these.
         self.shared.target_frames.store(target, Ordering::Release);
         self.shared.start_pos.store(self.pushed, Ordering::Release);
@@ -529,10 +543,41 @@ impl Playout {
         self.wait_done().await
     }
 
-    /// Events of the current utterance since the last call (never blocks).
-    pub fn events(&mut self) -> impl Iterator<Item = PlayoutEvent> + '_ {
+    /// From now on, the events of each utterance go to the returned receiver (replacing an
+    /// earlier one). They are forwarded whenever this side runs: during `push`, `finished`,
+    /// `interrupt`, and `wait_event` — call that while waiting on anything else.
+    pub fn subscribe(&mut self) -> mpsc::UnboundedReceiver<PlayoutEvent> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.events_tx = Some(tx);
+        rx
+    }
+
+    /// Waits until the audio thread reports something and forwards it to the subscriber.
+    /// Cancel-safe: meant for a `select!` beside the network, so events are not held back
+    /// while no audio arrives.
+    pub async fn wait_event(&mut self) -> Result<(), PlayoutError> {
         self.pump();
-        self.pending.drain(..)
+        self.check_alive()?;
+        self.wait_wakeup().await?;
+        self.pump();
+        self.check_alive()
+    }
+
+    /// A handle that tells, from any thread, whether the audio thread is stuck in a device
+    /// call; it stays valid while the playout is lent out.
+    pub fn health(&self) -> PlayoutHealth {
+        PlayoutHealth {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Gives up on an audio thread stuck in a device call: asks it to stop and returns at
+    /// once without joining. If the call ever returns, the thread exits and closes the sink.
+    pub fn abandon(mut self) {
+        self.shared.shutdown.store(true, Ordering::Release);
+        self.audio_thread.unpark();
+        // Detached: dropping the handle does not wait for the thread.
+        drop(self.thread.take());
     }
 
     /// Feeds the device silence until the next utterance starts playing, keeping about
@@ -594,13 +639,13 @@ impl Playout {
         }
     }
 
-    /// Moves events from the audio thread's ring into `pending` / `done`.
+    /// Moves events from the audio thread's ring to the subscriber and `done`.
     fn pump(&mut self) {
         let rate = u64::from(self.format.rate);
         while let Ok(ev) = self.events.pop() {
             match ev {
                 RawEvent::Started { gen, at } if gen == self.gen => {
-                    self.pending.push_back(PlayoutEvent::Started { at })
+                    self.forward(PlayoutEvent::Started { at })
                 }
                 RawEvent::StallBegan { gen, at } if gen == self.gen => {
                     if let Some(u) = &self.utt {
@@ -617,16 +662,25 @@ impl Playout {
                             "playout ran dry; feeding silence until the buffer refills"
                         );
                     }
-                    self.pending.push_back(PlayoutEvent::StallBegan { at })
+                    self.forward(PlayoutEvent::StallBegan { at })
                 }
                 RawEvent::StallEnded { gen, frames } if gen == self.gen => {
                     let ms = u32::try_from(frames * 1000 / rate).unwrap_or(u32::MAX);
-                    self.pending.push_back(PlayoutEvent::StallEnded { ms })
+                    self.forward(PlayoutEvent::StallEnded { ms })
                 }
                 RawEvent::Done { gen, report } if gen == self.gen => self.done = Some(report),
                 RawEvent::Failed => self.failed = true,
                 // Events of utterances already replaced.
                 _ => {}
+            }
+        }
+    }
+
+    fn forward(&mut self, ev: PlayoutEvent) {
+        if let Some(tx) = &self.events_tx {
+            // A receiver that is gone no longer wants events.
+            if tx.send(ev).is_err() {
+                self.events_tx = None;
             }
         }
     }

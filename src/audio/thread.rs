@@ -57,11 +57,33 @@ pub(super) struct Shared {
     pub space_wanted: AtomicBool,
     /// One of the `RT_*` values or the errno of a refused real-time request.
     pub realtime: AtomicI32,
+    /// Origin of the nanosecond stamps below.
+    pub base: Instant,
+    /// Nanoseconds after `base` when the device call in progress (write or drain) began;
+    /// 0 = none. Lets the async side see a hung device while the thread is stuck in it.
+    pub device_call_ns: AtomicU64,
     /// The sink error that stopped the thread; written once, outside the loop.
     pub error: Mutex<Option<SinkError>>,
 }
 
 impl Shared {
+    /// How long the device call in progress has been blocked (`None`: not in one).
+    pub fn device_call_for(&self) -> Option<Duration> {
+        match self.device_call_ns.load(Ordering::Acquire) {
+            0 => None,
+            ns => Some(self.base.elapsed().saturating_sub(Duration::from_nanos(ns))),
+        }
+    }
+
+    fn stamp_device_call(&self) {
+        let ns = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.device_call_ns.store(ns.max(1), Ordering::Release);
+    }
+
+    fn clear_device_call(&self) {
+        self.device_call_ns.store(0, Ordering::Release);
+    }
+
     /// Fresh control state: no utterance yet (generation 0).
     pub fn new() -> Self {
         Shared {
@@ -75,6 +97,8 @@ impl Shared {
             shutdown: AtomicBool::new(false),
             space_wanted: AtomicBool::new(false),
             realtime: AtomicI32::new(RT_PENDING),
+            base: Instant::now(),
+            device_call_ns: AtomicU64::new(0),
             error: Mutex::new(None),
         }
     }
@@ -138,6 +162,34 @@ struct LeadIn {
     written: u64,
 }
 
+/// Keeps the silence of a stall from being written faster than real time to a sink that
+/// never blocks (ALSA `null`, a broken driver): a real device blocks once its buffer is
+/// full, so being more than a buffer ahead of the wall clock means the sink is not
+/// clocking us, and we wait instead.
+#[derive(Debug, Default)]
+struct Pace {
+    since: Option<Instant>,
+    written: u64,
+}
+
+impl Pace {
+    /// How long to wait before writing `frames` more, so that at most `limit` frames are
+    /// ahead of the wall clock (`None`: write now).
+    fn wait_before(&mut self, frames: u64, limit: u64, rate: u32) -> Option<Duration> {
+        let now = Instant::now();
+        let since = *self.since.get_or_insert(now);
+        let played = (now.saturating_duration_since(since).as_secs_f64() * f64::from(rate)) as u64;
+        if played > self.written {
+            // Ran dry or sat idle: the device's clock starts again with this write.
+            self.since = Some(now);
+            self.written = 0;
+            return None;
+        }
+        let ahead = self.written + frames - played;
+        (ahead > limit).then(|| Duration::from_secs_f64((ahead - limit) as f64 / f64::from(rate)))
+    }
+}
+
 /// The audio thread's state; everything is allocated before `run` enters its loop.
 pub(super) struct AudioThread {
     sink: Box<dyn Sink>,
@@ -163,6 +215,7 @@ pub(super) struct AudioThread {
     clocked: bool,
     fade_in: Option<usize>,
     lead: LeadIn,
+    pace: Pace,
     buffer_frames: u64,
     /// Device queue (frames) at or below which a short ring means a stall: a period plus
     /// `DRY_MARGIN`.
@@ -211,6 +264,7 @@ impl AudioThread {
             },
             fade_in: None,
             lead: LeadIn::default(),
+            pace: Pace::default(),
             buffer_frames: format.buffer_frames as u64,
             dry_threshold: format.period_frames as u64
                 + (DRY_MARGIN.as_secs_f64() * f64::from(format.rate)) as u64,
@@ -352,7 +406,7 @@ impl AudioThread {
         let period = self.period as f64;
         if queued <= period {
             self.buf.fill(0);
-            self.sink.write(&self.buf)?;
+            self.device_write(self.period)?;
             self.lead.written += self.period as u64;
         } else {
             // Unparked early by `push`/`begin`; otherwise wake when one period is left.
@@ -413,6 +467,7 @@ impl AudioThread {
                 at: Instant::now(),
             });
             self.state = State::Stalled;
+            self.pace = Pace::default();
             let pad = self.write_fading(avail, fade)?;
             self.stall_frames_now = pad as u64;
             Ok(())
@@ -451,8 +506,16 @@ impl AudioThread {
             return Ok(());
         }
         // The blocking write of silence keeps the clock and keeps ALSA from underrunning.
+        // A sink that never blocks (ALSA `null`) would take it as fast as it is written:
+        // keep to the wall clock instead of spinning.
+        let frames = self.period as u64;
+        let limit = self.buffer_frames + frames;
+        while let Some(wait) = self.pace.wait_before(frames, limit, self.rate) {
+            thread::park_timeout(wait);
+        }
+        self.pace.written += frames;
         self.buf.fill(0);
-        self.sink.write(&self.buf)?;
+        self.device_write(self.period)?;
         self.stall_frames_now += self.period as u64;
         Ok(())
     }
@@ -472,7 +535,7 @@ impl AudioThread {
         let (rest, _) = self.available();
         self.discard(rest);
         if self.state != State::Prebuffering {
-            self.sink.drain()?;
+            self.device_drain()?;
         }
         self.report.interrupted = true;
         self.done();
@@ -480,7 +543,7 @@ impl AudioThread {
     }
 
     fn finish(&mut self) -> Result<(), SinkError> {
-        self.sink.drain()?;
+        self.device_drain()?;
         self.done();
         Ok(())
     }
@@ -502,9 +565,32 @@ impl AudioThread {
             self.report.started_at = Some(at);
             self.emit(RawEvent::Started { gen: self.gen, at });
         }
-        self.sink.write(&self.buf)?;
+        self.device_write(audio)?;
         self.report.frames_played += audio as u64;
         Ok(())
+    }
+
+    /// Writes the period buffer, `audio` frames of it being audio. A clocked device always
+    /// gets the whole period (it plays in periods); a file gets exactly the audio, so its
+    /// length is the decoded length. Stamps the call so a hung device shows.
+    fn device_write(&mut self, audio: usize) -> Result<(), SinkError> {
+        let samples = if self.clocked {
+            self.buf.len()
+        } else {
+            audio * self.channels
+        };
+        self.shared.stamp_device_call();
+        let r = self.sink.write(&self.buf[..samples]);
+        self.shared.clear_device_call();
+        r
+    }
+
+    /// Drains the device (blocks until played), stamped like a write.
+    fn device_drain(&mut self) -> Result<(), SinkError> {
+        self.shared.stamp_device_call();
+        let r = self.sink.drain();
+        self.shared.clear_device_call();
+        r
     }
 
     /// Pops `frames` frames into the start of the period buffer.
