@@ -179,6 +179,9 @@ pub struct AudioSection {
     pub max_buffer_ms: u32,
     /// SCHED_FIFO priority for the audio thread (0 = don't ask).
     pub realtime_priority: i32,
+    /// A device write blocked this long means the device hangs: the job fails and the
+    /// device is reopened.
+    pub write_timeout_ms: u64,
 }
 
 impl Default for ApiSection {
@@ -222,6 +225,7 @@ impl Default for AudioSection {
             jitter_reserve_ms: p.jitter_reserve_ms,
             max_buffer_ms: p.max_buffer_ms,
             realtime_priority: p.realtime_priority.unwrap_or(0),
+            write_timeout_ms: 5000,
         }
     }
 }
@@ -448,6 +452,17 @@ impl Config {
                 ),
             ));
         }
+        // A drain legitimately blocks for a whole device buffer: the timeout must outlast it.
+        let buffer_ms = u64::from(a.period_ms) * u64::from(a.buffer_periods);
+        if !(buffer_ms + 1000..=120_000).contains(&a.write_timeout_ms) {
+            return Err(bad(
+                "audio.write_timeout_ms",
+                format!(
+                    "{} is out of range (allowed: the device buffer, period_ms × buffer_periods = {buffer_ms} ms, plus 1000, up to 120000 ms)",
+                    a.write_timeout_ms
+                ),
+            ));
+        }
         let api = &self.api;
         if !(api.api_base.starts_with("https://") || api.api_base.starts_with("http://")) {
             return Err(bad(
@@ -558,8 +573,7 @@ impl Config {
                 crate::presets::PresetError::BadName { name }
                 | crate::presets::PresetError::EmptyText { preset: name }
                 | crate::presets::PresetError::TextTooLong { preset: name, .. }
-                | crate::presets::PresetError::Request { preset: name, .. }
-                | crate::presets::PresetError::Priority { preset: name, .. } => {
+                | crate::presets::PresetError::Request { preset: name, .. } => {
                     format!("presets.{name}")
                 }
             };

@@ -2,21 +2,23 @@
 //! cache, the control socket, the scheduler, the buttons, signals and systemd together.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{oneshot, watch};
 
+use crate::audio::alsa::AlsaOpener;
 use crate::buttons::rppal::RppalSource;
 use crate::buttons::{pin_setups, ButtonAction, ButtonService};
 use crate::config::{Config, ConfigError};
 use crate::control::server::{self, ServerError};
 use crate::protocol::{Envelope, PresetRequest, Reply, ReplyTo, Request};
-use crate::scheduler::{Command, Presets, Scheduler, SchedulerHandle};
+use crate::scheduler::{Command, Parts, Presets, Scheduler, SchedulerHandle};
 use crate::systemd::{self, Notifier, SystemdError};
 use crate::tts::cache::AudioCache;
 use crate::tts::openai::OpenAiClient;
-use crate::tts::TtsError;
+use crate::tts::{SpeechSource, TtsError};
 
 /// How long SIGTERM waits for the fade-out and the device to close before exiting anyway
 /// (systemd's budget is 2 s; the rest is process teardown).
@@ -100,10 +102,15 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), D
         })?;
 
     let max_connections = d.max_connections;
-    let presets = open_cache(&config, &client);
+    let source: Arc<dyn SpeechSource> = Arc::new(client);
+    let parts = Parts {
+        presets: open_cache(&config, &source),
+        source,
+        opener: Arc::new(AlsaOpener),
+        notifier: notifier.clone(),
+    };
     // Presets render in the background (spawned by the scheduler): never before READY=1.
-    let (sched, mut sched_task) =
-        Scheduler::spawn(config.clone(), client, notifier.clone(), presets);
+    let (sched, mut sched_task) = Scheduler::spawn(config.clone(), parts);
     start_buttons(&config, &sched);
     let (stop_tx, stop_rx) = watch::channel(false);
     let server = tokio::spawn(server::serve(
@@ -163,15 +170,15 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), D
 
 /// Opens the audio cache (`$CACHE_DIRECTORY` or `cache.dir`); without one, presets and
 /// `"cache": true` requests play live, and the reason is logged once and shown by `presets`.
-fn open_cache(config: &Config, client: &OpenAiClient) -> Result<Presets, String> {
+fn open_cache(config: &Config, source: &Arc<dyn SpeechSource>) -> Result<Presets, String> {
     let dir = config.cache_dir();
     let max = config.cache.max_mb.saturating_mul(1024 * 1024);
     match AudioCache::open(&dir, max) {
         Ok(cache) => {
             tracing::info!(dir = %dir.display(), max_mb = config.cache.max_mb, "audio cache ready");
             Ok(Presets::new(
-                std::sync::Arc::new(cache),
-                client,
+                Arc::new(cache),
+                source.clone(),
                 &config.api.api_base,
             ))
         }
@@ -223,7 +230,7 @@ fn start_buttons(config: &Config, sched: &SchedulerHandle) {
     let pins: Vec<u8> = config.buttons.iter().map(|b| b.pin).collect();
     tracing::info!(?pins, "GPIO buttons ready");
     let requests = sched.requests();
-    let reply: std::sync::Arc<dyn ReplyTo> = std::sync::Arc::new(ButtonLog);
+    let reply: Arc<dyn ReplyTo> = Arc::new(ButtonLog);
     tokio::spawn(async move {
         while let Some(action) = rx.recv().await {
             let req = match action {
@@ -283,9 +290,9 @@ async fn reload(
         tracing::warn!("{w}");
     }
     let new = loaded.config;
-    let client = if new.api != current.api {
+    let source = if new.api != current.api {
         match client_for(&new) {
-            Ok(c) => Some(c),
+            Ok(c) => Some(Arc::new(c) as Arc<dyn SpeechSource>),
             Err(e) => {
                 tracing::error!("reload failed, keeping the old configuration: {e}");
                 notifier.ready(&format!("reload failed, old config kept: {e}"));
@@ -308,7 +315,7 @@ async fn reload(
     sched
         .send(Command::Reload {
             config: Box::new(new.clone()),
-            client,
+            source,
         })
         .await;
     notifier.ready("config reloaded");

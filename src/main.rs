@@ -7,15 +7,13 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
-use herald::audio::alsa::{list_devices, AlsaSink};
+use herald::audio::alsa::list_devices;
 use herald::audio::playout::Playout;
-use herald::audio::wav::WavSink;
-use herald::audio::Sink;
 use herald::config::{Config, Loaded};
 use herald::control::client::Client;
 use herald::daemon;
 use herald::pipeline::{self, Limits, SpeakReport};
-use herald::protocol::{Reply, StatusReport};
+use herald::protocol::{OkCommand, Reply, StatusReport};
 use herald::tts::openai::OpenAiClient;
 use herald::tts::AudioFormat;
 
@@ -326,21 +324,16 @@ fn finish(playout: Playout, result: Result<SpeakReport, pipeline::PipelineError>
 }
 
 fn open_playout(config: &Config, out: &Output) -> Result<Playout> {
-    let req = config.sink_request();
-    let sink: Box<dyn Sink> = match &out.out {
-        Some(path) => {
-            let period = (req.rate as usize * req.period_ms as usize / 1000).max(1);
-            Box::new(WavSink::create(path, req.rate, req.channels, period)?)
-        }
-        None => {
-            let device = out
-                .device
-                .clone()
-                .unwrap_or_else(|| config.audio.device.clone());
-            Box::new(AlsaSink::open(&device, &req)?)
-        }
+    let output = match (&out.out, &out.device) {
+        (Some(path), _) => pipeline::Output::Wav(path.clone()),
+        (None, Some(device)) => pipeline::Output::Device(device.clone()),
+        (None, None) => pipeline::Output::Device(config.audio.device.clone()),
     };
-    Ok(Playout::spawn(sink, config.playout())?)
+    Ok(pipeline::open_playout(
+        &output,
+        &config.sink_request(),
+        config.playout(),
+    )?)
 }
 
 fn devices() -> Result<()> {
@@ -419,12 +412,11 @@ fn follow(client: &mut Client, no_wait: bool) -> Result<()> {
                 }
             }
             Reply::Started {
-                time_to_first_audio_ms,
-                ..
-            } => eprintln!("started after {time_to_first_audio_ms} ms"),
+                start_to_audio_ms, ..
+            } => eprintln!("started after {start_to_audio_ms} ms"),
             Reply::Finished {
                 id,
-                time_to_first_audio_ms,
+                request_to_audio_ms,
                 duration_ms,
                 stalls,
                 stall_ms,
@@ -432,7 +424,7 @@ fn follow(client: &mut Client, no_wait: bool) -> Result<()> {
                 segments,
                 ..
             } => {
-                let ttfa = time_to_first_audio_ms.map_or("-".to_string(), |t| format!("{t} ms"));
+                let ttfa = request_to_audio_ms.map_or("-".to_string(), |t| format!("{t} ms"));
                 println!(
                     "{id} finished: time to first audio {ttfa}, audio {:.2} s, stalls {stalls} ({stall_ms} ms), received {bytes} bytes in {segments} segment{}",
                     duration_ms as f64 / 1000.0,
@@ -444,7 +436,10 @@ fn follow(client: &mut Client, no_wait: bool) -> Result<()> {
             Reply::Cancelled { id, by } => bail!("{id} was cancelled ({by})"),
             Reply::Interrupted { id, by } => bail!("{id} was interrupted by {by}"),
             Reply::Error { reason } => bail!("{reason}"),
-            Reply::Ok { cmd, jobs } if cmd == "preset" => {
+            Reply::Ok {
+                cmd: OkCommand::Preset,
+                jobs,
+            } => {
                 println!(
                     "press ignored: the preset is already playing or queued ({})",
                     jobs.join(", ")
@@ -567,7 +562,7 @@ fn presets(config: &Config, socket: &SocketArg, json: bool) -> Result<()> {
     }
     let width = presets.iter().map(|p| p.name.len()).max().unwrap_or(0);
     for p in &presets {
-        let mut state = p.state.clone();
+        let mut state = p.state.to_string();
         if let Some(r) = &p.reason {
             state.push_str(&format!(": {r}"));
         }

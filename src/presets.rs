@@ -9,11 +9,9 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 use crate::pipeline::Voice;
+use crate::protocol::Priority;
 use crate::tts::cache::{CacheKey, CachingSource};
 use crate::tts::{AudioFormat, SpeechRequest, MAX_INPUT_CHARS};
-
-/// Priorities a preset may name (the control protocol's values).
-pub const PRIORITIES: &[&str] = &["normal", "high", "interrupt"];
 
 /// One named announcement: its text and any speak option (unset ones use `[speech]`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -38,7 +36,7 @@ pub struct PresetConfig {
     pub format: Option<AudioFormat>,
     /// Queue priority: normal, high or interrupt.
     #[serde(default)]
-    pub priority: Option<String>,
+    pub priority: Option<Priority>,
 }
 
 impl PresetConfig {
@@ -93,18 +91,10 @@ pub enum PresetError {
         /// What is wrong.
         reason: String,
     },
-    /// An unknown priority.
-    #[error("preset '{preset}': unknown priority '{priority}' (allowed: normal, high, interrupt)")]
-    Priority {
-        /// Preset name.
-        preset: String,
-        /// The value given.
-        priority: String,
-    },
 }
 
-/// Checks presets: names, texts, and speech options that do not depend on the `[speech]`
-/// defaults.
+/// Checks presets' names and texts; their speech options are checked with the `[speech]`
+/// defaults applied, by [`requests`].
 pub fn validate(presets: &BTreeMap<String, PresetConfig>) -> Result<(), PresetError> {
     for (name, p) in presets {
         if name.is_empty()
@@ -127,28 +117,6 @@ pub fn validate(presets: &BTreeMap<String, PresetConfig>) -> Result<(), PresetEr
                 chars,
             });
         }
-        if let Some(pr) = &p.priority {
-            if !PRIORITIES.contains(&pr.as_str()) {
-                return Err(PresetError::Priority {
-                    preset: name.clone(),
-                    priority: pr.clone(),
-                });
-            }
-        }
-        // Voice, model and speed are checked on their own here; combinations with the
-        // defaults (e.g. instructions with a tts-1 default model) in `PresetConfig::request`.
-        let probe = SpeechRequest {
-            model: p.model.clone().unwrap_or_else(|| "gpt-4o-mini-tts".into()),
-            voice: p.voice.clone().unwrap_or_else(|| "alloy".into()),
-            input: text.to_string(),
-            format: p.format.unwrap_or(AudioFormat::Opus),
-            speed: p.speed,
-            instructions: p.instructions.clone(),
-        };
-        probe.validate().map_err(|e| PresetError::Request {
-            preset: name.clone(),
-            reason: e.to_string(),
-        })?;
     }
     Ok(())
 }
@@ -494,15 +462,9 @@ mod tests {
     #[test]
     fn unknown_fields_and_priorities_are_refused() {
         assert!(toml::from_str::<PresetConfig>("text = \"Hi.\"\nvolume = 3").is_err());
-        let mut presets = BTreeMap::new();
-        presets.insert(
-            "hi".to_string(),
-            preset("text = \"Hi.\"\npriority = \"urgent\""),
-        );
-        let msg = validate(&presets).unwrap_err().to_string();
-        assert!(
-            msg.contains("'urgent'") && msg.contains("interrupt"),
-            "{msg}"
-        );
+        let msg = toml::from_str::<PresetConfig>("text = \"Hi.\"\npriority = \"urgent\"")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("urgent") && msg.contains("interrupt"), "{msg}");
     }
 }

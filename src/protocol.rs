@@ -291,15 +291,21 @@ pub enum Reply {
     Started {
         /// The job's id.
         id: String,
-        /// From the job leaving the queue (device open included) to its first non-silent
-        /// audio at the device.
+        /// From the job leaving the queue (device open and lead-in included) to its first
+        /// audio at the device: what a listener waits once it is this job's turn.
+        start_to_audio_ms: u64,
+        /// Deprecated alias of `start_to_audio_ms` (kept for one release).
         time_to_first_audio_ms: u64,
     },
     /// Terminal: played completely.
     Finished {
         /// The job's id.
         id: String,
-        /// Request sent → first sample at the device.
+        /// From the job leaving the queue to its first audio at the device (as in `started`).
+        start_to_audio_ms: Option<u64>,
+        /// From the first speech request being sent to the first audio at the device.
+        request_to_audio_ms: Option<u64>,
+        /// Deprecated alias of `request_to_audio_ms` (kept for one release).
         time_to_first_audio_ms: Option<u64>,
         /// Audio played.
         duration_ms: u64,
@@ -326,8 +332,8 @@ pub enum Reply {
     Cancelled {
         /// The job's id.
         id: String,
-        /// What cancelled it: "cancel", "skip", "stop" or "shutdown".
-        by: String,
+        /// What cancelled it.
+        by: CancelledBy,
     },
     /// Terminal: faded out for an `interrupt` job.
     Interrupted {
@@ -343,10 +349,10 @@ pub enum Reply {
         /// Every configured preset, by name.
         presets: Vec<PresetInfo>,
     },
-    /// A command (stop, skip, cancel) was carried out.
+    /// A command (stop, skip, cancel, or a preset press that changed nothing) was carried out.
     Ok {
         /// The command.
-        cmd: String,
+        cmd: OkCommand,
         /// Ids of the jobs it affected.
         jobs: Vec<String>,
     },
@@ -390,8 +396,8 @@ pub struct StatusReport {
     pub version: String,
     /// Seconds since the daemon started.
     pub uptime_s: u64,
-    /// "idle", "speaking" or "device error".
-    pub state: String,
+    /// What the daemon is doing.
+    pub state: DaemonState,
     /// The audio device.
     pub device: DeviceStatus,
     /// Jobs waiting.
@@ -414,8 +420,8 @@ pub struct StatusReport {
 pub struct PresetInfo {
     /// The preset's name.
     pub name: String,
-    /// "pending", "rendering", "cached", "failed" or "uncached" (no cache available).
-    pub state: String,
+    /// Where its rendering stands.
+    pub state: PresetCacheState,
     /// Why the last render failed (state "failed"), or why there is no cache.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -426,12 +432,110 @@ pub struct PresetInfo {
     pub text: String,
 }
 
+/// What cancelled a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CancelledBy {
+    /// A `cancel` naming it.
+    Cancel,
+    /// A `skip` while it played.
+    Skip,
+    /// A `stop`.
+    Stop,
+    /// The daemon stopping.
+    Shutdown,
+}
+
+/// The command an `ok` reply answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OkCommand {
+    /// `skip`.
+    Skip,
+    /// `stop`.
+    Stop,
+    /// `cancel`.
+    Cancel,
+    /// A `preset` press that was ignored (the preset is already playing or queued).
+    Preset,
+}
+
+/// What the daemon is doing, as `status` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DaemonState {
+    /// Nothing to play.
+    #[serde(rename = "idle")]
+    Idle,
+    /// A job is on the device.
+    #[serde(rename = "speaking")]
+    Speaking,
+    /// The device failed or hangs; jobs fail until it is back.
+    #[serde(rename = "device error")]
+    DeviceError,
+}
+
+/// A preset's place in the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PresetCacheState {
+    /// Waiting for its turn to render.
+    Pending,
+    /// Being fetched now.
+    Rendering,
+    /// On disk: a press plays without the network.
+    Cached,
+    /// The last render failed (see `reason`, `retry_in_s`).
+    Failed,
+    /// There is no cache (see `reason`): it plays live.
+    Uncached,
+}
+
+/// The audio device's state, as `status` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceState {
+    /// Not held (opened when a job comes).
+    Closed,
+    /// Held and working.
+    Open,
+    /// Held, but a write has been blocked longer than `audio.write_timeout_ms`.
+    Stuck,
+    /// Failed; reopened with backoff (see `error`, `retry_in_ms`).
+    Failed,
+}
+
+/// Unit enums print as their wire names ("device error", "shutdown", …), so messages and
+/// the CLI say exactly what the protocol says.
+macro_rules! wire_display {
+    ($($t:ty),*) => {$(
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                match serde_json::to_value(self) {
+                    Ok(serde_json::Value::String(s)) => f.write_str(&s),
+                    _ => write!(f, "{self:?}"),
+                }
+            }
+        }
+    )*};
+}
+wire_display!(
+    Priority,
+    WhilePlaying,
+    CancelledBy,
+    OkCommand,
+    DaemonState,
+    PresetCacheState,
+    DeviceState
+);
+
 /// The device part of [`StatusReport`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceStatus {
     /// ALSA PCM name from the config.
     pub name: String,
-    /// Whether herald holds it open.
+    /// Closed, open, stuck or failed.
+    pub state: DeviceState,
+    /// Whether herald holds it open (also while a job plays on it).
     pub open: bool,
     /// Granted rate, channels, period (when open).
     pub rate: Option<u32>,
@@ -439,8 +543,11 @@ pub struct DeviceStatus {
     pub channels: Option<u16>,
     /// Granted period in frames (when open).
     pub period_frames: Option<usize>,
-    /// The last device error, if the device is failing.
+    /// Why the device is failing or stuck, if it is.
     pub error: Option<String>,
+    /// Milliseconds until the next reopen attempt (state `failed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_in_ms: Option<u64>,
     /// "granted (N)", "denied: …", "not requested", or "unknown" before the first open.
     pub realtime: String,
 }

@@ -302,7 +302,11 @@ fn missing_presets_empty_text_and_bad_long_press_are_config_errors() {
     ));
     let mut bad = presets(&["dinner"]);
     bad.get_mut("dinner").unwrap().voice = Some("robot".into());
-    let msg = herald::presets::validate(&bad).unwrap_err().to_string();
+    // Speech options are checked once, with the [speech] defaults applied.
+    let defaults = herald::config::Config::default().default_voice();
+    let msg = herald::presets::requests(&bad, &defaults)
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("dinner") && msg.contains("robot"), "{msg}");
     assert!(matches!(
         herald::presets::validate(&presets(&["two words"])),

@@ -316,3 +316,101 @@ fn invalid_config_never_reports_ready() {
         daemon.log()
     );
 }
+
+/// One request line to the control socket; returns the connection for reading replies.
+fn request(socket: &Path, line: &str) -> std::io::BufReader<UnixStream> {
+    let mut s = UnixStream::connect(socket).unwrap();
+    s.write_all(format!("{line}\n").as_bytes()).unwrap();
+    s.set_read_timeout(Some(HANG_GUARD)).unwrap();
+    std::io::BufReader::new(s)
+}
+
+fn reply(r: &mut std::io::BufReader<UnixStream>) -> serde_json::Value {
+    use std::io::BufRead;
+    let mut line = String::new();
+    r.read_line(&mut line).expect("no reply in time");
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad reply {line:?}: {e}"))
+}
+
+fn device_status(socket: &Path) -> serde_json::Value {
+    let mut r = request(socket, r#"{"cmd":"status"}"#);
+    reply(&mut r)["device"].clone()
+}
+
+/// A USB DAC that hangs mid-announcement: the FIFO "DAC" stops reading, so herald's device
+/// write blocks. While it is stuck herald must not feed the watchdog (systemd would restart
+/// a daemon whose audio is wedged) and `status` must say so; the job then fails with the
+/// reason instead of holding the scheduler, and the watchdog is fed again.
+#[test]
+fn a_dac_that_hangs_mid_announcement_stops_the_watchdog_until_the_job_fails() {
+    const KEY: &str = "sk-test-not-a-real-key";
+    let emu = support::emulator::shared(KEY);
+    let fifo = support::claim_fifo();
+    let clock = support::FifoClock::start(&fifo.path, 48_000, 1);
+    let cfg = format!(
+        "[api]\napi_base = \"{}\"\n\n[audio]\ndevice = \"{}\"\nrealtime_priority = 0\nwrite_timeout_ms = 2500\n\n[cache]\ndir = \"{{dir}}/cache\"\n\n[daemon]\nsocket_path = \"{{dir}}/configured.sock\"\nkeepalive_s = 0\n",
+        emu.base_url("fast,tone,id=hung-dac"),
+        fifo.pcm
+    );
+    let Some(mut daemon) = Daemon::start(&cfg) else {
+        return;
+    };
+    daemon.wait_ready();
+    let socket = daemon.socket_path();
+    let text = "This announcement is long enough to be playing when the converter hangs. \
+                It keeps going for several seconds, sentence after sentence, so that the \
+                device is surely in the middle of it.";
+    let mut job = request(
+        &socket,
+        &serde_json::json!({"cmd": "speak", "id": "hung", "text": text}).to_string(),
+    );
+    assert_eq!(reply(&mut job)["event"], "queued");
+    assert_eq!(reply(&mut job)["event"], "started", "{}", daemon.log());
+    std::thread::sleep(Duration::from_millis(300));
+    clock.pause();
+
+    // The write blocks: status says the device is stuck, and says why.
+    let deadline = Instant::now() + HANG_GUARD;
+    let stuck = loop {
+        let d = device_status(&socket);
+        if d["state"] == "stuck" {
+            break d;
+        }
+        assert!(Instant::now() < deadline, "never reported stuck: {d}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let why = stuck["error"].as_str().unwrap_or_default();
+    assert!(why.contains("blocked"), "{stuck}");
+    // No WATCHDOG=1 while the write stays stuck (a ping already on its way may land).
+    std::thread::sleep(Duration::from_millis(100));
+    daemon.receive();
+    let mark = daemon.lines.len();
+    std::thread::sleep(Duration::from_millis(800));
+    daemon.receive();
+    let pinged = daemon.lines[mark..].iter().any(|l| l == "WATCHDOG=1");
+    let still_stuck = device_status(&socket)["state"] == "stuck";
+    assert!(still_stuck, "the job gave up sooner than the test expected");
+    assert!(
+        !pinged,
+        "the watchdog was fed while the device write hung: {:?}",
+        &daemon.lines[mark..]
+    );
+
+    // The job fails with the reason, and the watchdog is fed again.
+    let end = reply(&mut job);
+    assert_eq!(end["event"], "failed", "{end}");
+    let reason = end["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("stopped taking audio"), "{reason}");
+    let after = daemon.lines.len();
+    daemon.poll_until("WATCHDOG=1 after the job failed", |lines| {
+        lines[after..]
+            .iter()
+            .any(|l| l == "WATCHDOG=1")
+            .then_some(())
+    });
+    // The daemon still answers and names the device's state.
+    let d = device_status(&socket);
+    assert_ne!(d["state"], "stuck", "{d}");
+    clock.resume();
+    drop(clock);
+}

@@ -118,7 +118,16 @@ pub trait SpeechSource: Send + Sync {
     /// Sends the request and resolves once the first audio bytes have arrived
     /// (retrying transient failures before that point).
     fn open<'a>(&'a self, req: &'a SpeechRequest) -> OpenFuture<'a>;
+
+    /// Refreshes the connection so the next request starts fast (the daemon's keep-alive);
+    /// sources without a connection have nothing to do.
+    fn warm(&self) -> WarmFuture<'_> {
+        Box::pin(async { Ok(()) })
+    }
 }
+
+/// What [`SpeechSource::warm`] returns.
+pub type WarmFuture<'a> = Pin<Box<dyn Future<Output = Result<(), TtsError>> + Send + 'a>>;
 
 /// Everything that can go wrong fetching speech. Never contains the API key.
 #[derive(Debug, thiserror::Error)]

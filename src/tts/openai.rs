@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use super::retry;
 use super::{
     ApiKey, AudioFormat, ByteStream, OpenFuture, SpeechRequest, SpeechSource, SpeechStream,
-    TtsError,
+    TtsError, WarmFuture,
 };
 
 /// The API base used when none is configured.
@@ -289,6 +289,10 @@ impl OpenAiClient {
 impl SpeechSource for OpenAiClient {
     fn open<'a>(&'a self, req: &'a SpeechRequest) -> OpenFuture<'a> {
         Box::pin(self.fetch(req))
+    }
+
+    fn warm(&self) -> WarmFuture<'_> {
+        Box::pin(OpenAiClient::warm(self))
     }
 }
 

@@ -13,7 +13,7 @@
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -68,6 +68,8 @@ struct Shared {
     /// (when finish was called, idle timeout)
     finish: Mutex<Option<(Instant, Duration)>>,
     consumed: AtomicU64,
+    /// The "DAC" stopped taking data (a hung USB DAC): the writer blocks on the full pipe.
+    paused: AtomicBool,
 }
 
 /// The running reader; call [`FifoClock::finish`] to stop it and get the [`Capture`].
@@ -110,6 +112,7 @@ impl FifoClock {
         let shared = Arc::new(Shared {
             finish: Mutex::new(None),
             consumed: AtomicU64::new(0),
+            paused: AtomicBool::new(false),
         });
         let s = Arc::clone(&shared);
         let handle = std::thread::Builder::new()
@@ -126,6 +129,16 @@ impl FifoClock {
     /// Bytes read from the pipe so far.
     pub fn consumed_bytes(&self) -> u64 {
         self.shared.consumed.load(Ordering::SeqCst)
+    }
+
+    /// Stops reading, as a DAC that hangs does: the writer blocks once the pipe is full.
+    pub fn pause(&self) {
+        self.shared.paused.store(true, Ordering::SeqCst);
+    }
+
+    /// Reads again after [`FifoClock::pause`] (the pause is not counted as a gap).
+    pub fn resume(&self) {
+        self.shared.paused.store(false, Ordering::SeqCst);
     }
 
     /// The pipe capacity granted by `F_SETPIPE_SZ`.
@@ -210,6 +223,7 @@ fn run(fd: OwnedFd, rate: u32, channels: u16, pipe_capacity: usize, shared: &Sha
     let mut forgiven_frames: u64 = 0; // reader lateness not charged to the writer
     let mut in_gap = false;
     let mut last_gap_tick: Option<Instant> = None;
+    let mut paused_since: Option<Instant> = None;
     let mut next = Instant::now();
 
     loop {
@@ -229,6 +243,16 @@ fn run(fd: OwnedFd, rate: u32, channels: u16, pipe_capacity: usize, shared: &Sha
             if now.saturating_duration_since(idle_since) >= idle {
                 break;
             }
+        }
+
+        if shared.paused.load(Ordering::SeqCst) {
+            paused_since.get_or_insert(now);
+            continue;
+        }
+        if let Some(since) = paused_since.take() {
+            // The writer owes nothing for the time we did not read.
+            let paused = now.duration_since(since);
+            forgiven_frames += (paused.as_nanos() * u128::from(rate) / 1_000_000_000) as u64;
         }
 
         let Some(started) = cap.started_at else {
