@@ -13,7 +13,7 @@ use crate::buttons::config::ButtonConfig;
 use crate::pipeline::Voice;
 use crate::presets::PresetConfig;
 use crate::tts::openai::OpenAiConfig;
-use crate::tts::{ApiKey, AudioFormat, MODELS, VOICES};
+use crate::tts::{ApiKey, AudioFormat, RequestField};
 
 /// Where the daemon and the CLI look for the config when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/herald/herald.toml";
@@ -354,41 +354,16 @@ impl Config {
             message,
         };
         let s = &self.speech;
-        // The same rules as `SpeechRequest::validate`, reported against the config key.
-        if crate::tts::base_model(&s.model).is_none() {
-            return Err(bad(
-                "speech.model",
-                format!(
-                    "unknown model '{}' (allowed: {}, or a dated snapshot such as gpt-4o-mini-tts-2025-03-20)",
-                    s.model,
-                    MODELS.join(", ")
-                ),
-            ));
-        }
-        if !VOICES.contains(&s.voice.as_str()) {
-            return Err(bad(
-                "speech.voice",
-                format!(
-                    "unknown voice '{}' (allowed: {})",
-                    s.voice,
-                    VOICES.join(", ")
-                ),
-            ));
-        }
-        if !(0.25..=4.0).contains(&s.speed) {
-            return Err(bad(
-                "speech.speed",
-                format!("{} is out of range (allowed: 0.25 to 4.0)", s.speed),
-            ));
-        }
-        if !s.instructions.trim().is_empty() && !crate::tts::takes_instructions(&s.model) {
-            return Err(bad(
-                "speech.instructions",
-                format!(
-                    "model '{}' does not take instructions (use gpt-4o-mini-tts)",
-                    s.model
-                ),
-            ));
+        // The request's own rules, reported against the config key.
+        if let Err(e) = self.default_voice().request("x".into()).check() {
+            let key = match e.field {
+                RequestField::Model => "speech.model",
+                RequestField::Voice => "speech.voice",
+                RequestField::Speed => "speech.speed",
+                RequestField::Instructions => "speech.instructions",
+                RequestField::Input => "speech",
+            };
+            return Err(bad(key, e.message));
         }
         if s.max_text_chars == 0 {
             return Err(bad("speech.max_text_chars", "must be at least 1".into()));
@@ -424,32 +399,16 @@ impl Config {
                 format!("{} is out of range (allowed: 2 to 64)", a.buffer_periods),
             ));
         }
-        if !(1_000..=120_000).contains(&a.max_buffer_ms) {
+        // The playout's own rules, reported against the config key.
+        if let Err(crate::audio::playout::PlayoutError::Config {
+            field,
+            value,
+            allowed,
+        }) = self.playout().validate()
+        {
             return Err(bad(
-                "audio.max_buffer_ms",
-                format!(
-                    "{} is out of range (allowed: 1000 to 120000)",
-                    a.max_buffer_ms
-                ),
-            ));
-        }
-        if a.min_prebuffer_ms + a.jitter_reserve_ms >= a.max_buffer_ms {
-            return Err(bad(
-                "audio.jitter_reserve_ms",
-                format!(
-                    "min_prebuffer_ms + jitter_reserve_ms ({} ms) must be below max_buffer_ms ({} ms)",
-                    a.min_prebuffer_ms + a.jitter_reserve_ms,
-                    a.max_buffer_ms
-                ),
-            ));
-        }
-        if !(0..=99).contains(&a.realtime_priority) {
-            return Err(bad(
-                "audio.realtime_priority",
-                format!(
-                    "{} is out of range (allowed: 0 = off, 1 to 99)",
-                    a.realtime_priority
-                ),
+                &format!("audio.{field}"),
+                format!("{value} is out of range (allowed: {allowed})"),
             ));
         }
         // A drain legitimately blocks for a whole device buffer: the timeout must outlast it.
@@ -661,7 +620,8 @@ impl Config {
             min_prebuffer_ms: self.audio.min_prebuffer_ms,
             jitter_reserve_ms: self.audio.jitter_reserve_ms,
             max_buffer_ms: self.audio.max_buffer_ms,
-            realtime_priority: Some(self.audio.realtime_priority).filter(|&p| p > 0),
+            // 0 means off; anything else is checked by the playout's own rules.
+            realtime_priority: Some(self.audio.realtime_priority).filter(|&p| p != 0),
             ..PlayoutConfig::default()
         }
     }
@@ -776,7 +736,7 @@ mod tests {
             .to_string();
         assert_eq!(
             e,
-            "config test.toml, line 3: speech.speed: 9 is out of range (allowed: 0.25 to 4.0)"
+            "config test.toml, line 3: speech.speed: speed 9 is out of range (allowed: 0.25 to 4.0)"
         );
         let e = parse("[speech]\nvoice = \"bob\"\n")
             .unwrap_err()

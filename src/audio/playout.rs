@@ -64,6 +64,47 @@ pub struct PlayoutConfig {
     pub realtime_priority: Option<i32>,
 }
 
+impl PlayoutConfig {
+    /// The playout's rules for its settings (the config file reports a break of one
+    /// against its own key).
+    pub fn validate(&self) -> Result<(), PlayoutError> {
+        check(
+            "stall_fade_ms",
+            self.stall_fade_ms,
+            self.stall_fade_ms <= 10,
+            "0 to 10 ms",
+        )?;
+        check(
+            "interrupt_fade_ms",
+            self.interrupt_fade_ms,
+            self.interrupt_fade_ms <= 20,
+            "0 to 20 ms",
+        )?;
+        check(
+            "max_buffer_ms",
+            self.max_buffer_ms,
+            (500..=120_000).contains(&self.max_buffer_ms),
+            "500 to 120000 ms",
+        )?;
+        check(
+            "jitter_reserve_ms",
+            self.jitter_reserve_ms,
+            self.min_prebuffer_ms.saturating_add(self.jitter_reserve_ms) < self.max_buffer_ms,
+            "min_prebuffer_ms + jitter_reserve_ms below max_buffer_ms",
+        )?;
+        if let Some(p) = self.realtime_priority {
+            if !(1..=99).contains(&p) {
+                return Err(PlayoutError::Config {
+                    field: "realtime_priority",
+                    value: i64::from(p),
+                    allowed: "0 = off, 1 to 99 (SCHED_FIFO)",
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Default for PlayoutConfig {
     fn default() -> Self {
         PlayoutConfig {
@@ -280,45 +321,7 @@ fn ms_to_frames(ms: u32, rate: u32) -> usize {
 impl Playout {
     /// Starts the audio thread, which takes the sink; fails on a bad config or format.
     pub fn spawn(sink: Box<dyn Sink>, cfg: PlayoutConfig) -> Result<Playout, PlayoutError> {
-        check(
-            "stall_fade_ms",
-            cfg.stall_fade_ms,
-            cfg.stall_fade_ms <= 10,
-            "0 to 10 ms",
-        )?;
-        check(
-            "interrupt_fade_ms",
-            cfg.interrupt_fade_ms,
-            cfg.interrupt_fade_ms <= 20,
-            "0 to 20 ms",
-        )?;
-        check(
-            "max_buffer_ms",
-            cfg.max_buffer_ms,
-            (500..=120_000).contains(&cfg.max_buffer_ms),
-            "500 to 120000 ms",
-        )?;
-        check(
-            "min_prebuffer_ms",
-            cfg.min_prebuffer_ms,
-            cfg.min_prebuffer_ms < cfg.max_buffer_ms,
-            "less than max_buffer_ms",
-        )?;
-        check(
-            "jitter_reserve_ms",
-            cfg.jitter_reserve_ms,
-            cfg.jitter_reserve_ms <= 60_000,
-            "0 to 60000 ms",
-        )?;
-        if let Some(p) = cfg.realtime_priority {
-            if !(1..=99).contains(&p) {
-                return Err(PlayoutError::Config {
-                    field: "realtime_priority",
-                    value: i64::from(p),
-                    allowed: "1 to 99 (SCHED_FIFO), or none",
-                });
-            }
-        }
+        cfg.validate()?;
 
         let format = sink.format();
         let bad = |detail: String| PlayoutError::Format {

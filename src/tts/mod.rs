@@ -221,36 +221,48 @@ pub enum TtsError {
 impl SpeechRequest {
     /// Checks the request against the endpoint's limits, so nothing invalid is ever sent.
     pub fn validate(&self) -> Result<(), TtsError> {
+        self.check().map_err(|e| TtsError::Invalid(e.message))
+    }
+
+    /// The same rules as [`Self::validate`], naming the field that breaks one (the config
+    /// reports it against its own key).
+    pub fn check(&self) -> Result<(), InvalidField> {
+        let bad = |field, message| Err(InvalidField { field, message });
         if self.input.trim().is_empty() {
-            return Err(TtsError::Invalid(
+            return bad(
+                RequestField::Input,
                 "the input text is empty (allowed: 1 to 4096 characters)".into(),
-            ));
+            );
         }
         let chars = self.input.chars().count();
         if chars > MAX_INPUT_CHARS {
-            return Err(TtsError::Invalid(format!(
+            return bad(RequestField::Input, format!(
                 "the input text has {chars} characters (allowed: at most {MAX_INPUT_CHARS}; split it into segments)"
-            )));
+            ));
         }
         let Some(base_model) = base_model(&self.model) else {
-            return Err(TtsError::Invalid(format!(
+            return bad(RequestField::Model, format!(
                 "unknown model '{}' (allowed: {}, or a dated snapshot such as gpt-4o-mini-tts-2025-03-20)",
                 self.model,
                 MODELS.join(", ")
-            )));
+            ));
         };
         if !VOICES.contains(&self.voice.as_str()) {
-            return Err(TtsError::Invalid(format!(
-                "unknown voice '{}' (allowed: {})",
-                self.voice,
-                VOICES.join(", ")
-            )));
+            return bad(
+                RequestField::Voice,
+                format!(
+                    "unknown voice '{}' (allowed: {})",
+                    self.voice,
+                    VOICES.join(", ")
+                ),
+            );
         }
         if let Some(speed) = self.speed {
             if !(0.25..=4.0).contains(&speed) {
-                return Err(TtsError::Invalid(format!(
-                    "speed {speed} is out of range (allowed: 0.25 to 4.0)"
-                )));
+                return bad(
+                    RequestField::Speed,
+                    format!("speed {speed} is out of range (allowed: 0.25 to 4.0)"),
+                );
             }
         }
         let has_instructions = self
@@ -258,13 +270,40 @@ impl SpeechRequest {
             .as_deref()
             .is_some_and(|i| !i.trim().is_empty());
         if has_instructions && !takes_instructions(base_model) {
-            return Err(TtsError::Invalid(format!(
-                "model '{}' does not accept instructions (allowed with: gpt-4o-mini-tts)",
-                self.model
-            )));
+            return bad(
+                RequestField::Instructions,
+                format!(
+                    "model '{}' does not accept instructions (allowed with: gpt-4o-mini-tts)",
+                    self.model
+                ),
+            );
         }
         Ok(())
     }
+}
+
+/// A request field, for [`InvalidField`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestField {
+    /// The text.
+    Input,
+    /// The model.
+    Model,
+    /// The voice.
+    Voice,
+    /// The speed.
+    Speed,
+    /// The voice instructions.
+    Instructions,
+}
+
+/// A request that breaks one of the endpoint's rules: which field, and what is allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidField {
+    /// The field.
+    pub field: RequestField,
+    /// What is wrong and what is allowed.
+    pub message: String,
 }
 
 /// The entry of [`MODELS`] that `model` is, or is a snapshot of (`-YYYY-MM-DD` or `-NNNN`).
