@@ -494,3 +494,45 @@ async fn a_device_that_hangs_mid_announcement_fails_the_job_and_frees_the_schedu
     ));
     assert!(rig.log.opens.load(Ordering::SeqCst) >= 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skip_and_stop_on_a_hung_device_answer_at_once_and_never_wedge_the_scheduler() {
+    let rig = Rig::start("");
+    rig.speak("a", "Stuck 3000", Priority::Normal).await;
+    rig.speak("b", "Queued 100", Priority::Normal).await;
+    rig.started("a").await;
+    rig.log.hang.store(true, Ordering::Release);
+    // Let the write block (well before the job would give up on its own).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    rig.send(Request::Skip).await;
+    assert!(matches!(
+        rig.client.terminal("a").await,
+        Reply::Cancelled {
+            by: CancelledBy::Skip,
+            ..
+        }
+    ));
+    // The scheduler is free: status answers promptly, and stop ends the queued job.
+    let t = Instant::now();
+    let s = rig.status().await;
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "status took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(s.now_playing, None);
+    rig.send(Request::Stop).await;
+    // `b` either was cancelled by the stop or failed on the busy device: it ended once.
+    let end = rig.client.terminal("b").await;
+    assert!(
+        matches!(
+            end,
+            Reply::Cancelled {
+                by: CancelledBy::Stop,
+                ..
+            } | Reply::Failed { .. }
+        ),
+        "{end:?}"
+    );
+    rig.log.hang.store(false, Ordering::Release);
+}

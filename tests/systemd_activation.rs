@@ -341,31 +341,40 @@ fn device_status(socket: &Path) -> serde_json::Value {
 /// write blocks. While it is stuck herald must not feed the watchdog (systemd would restart
 /// a daemon whose audio is wedged) and `status` must say so; the job then fails with the
 /// reason instead of holding the scheduler, and the watchdog is fed again.
-#[test]
-fn a_dac_that_hangs_mid_announcement_stops_the_watchdog_until_the_job_fails() {
+/// A daemon playing a long announcement on a FIFO "DAC" (speech from the emulator), and the
+/// connection waiting for that job's replies, after its `started`.
+fn playing_on_a_fifo(
+    id: &str,
+) -> Option<(Daemon, support::FifoClock, std::io::BufReader<UnixStream>)> {
     const KEY: &str = "sk-test-not-a-real-key";
     let emu = support::emulator::shared(KEY);
     let fifo = support::claim_fifo();
     let clock = support::FifoClock::start(&fifo.path, 48_000, 1);
     let cfg = format!(
         "[api]\napi_base = \"{}\"\n\n[audio]\ndevice = \"{}\"\nrealtime_priority = 0\nwrite_timeout_ms = 2500\n\n[cache]\ndir = \"{{dir}}/cache\"\n\n[daemon]\nsocket_path = \"{{dir}}/configured.sock\"\nkeepalive_s = 0\n",
-        emu.base_url("fast,tone,id=hung-dac"),
+        emu.base_url(&format!("fast,tone,id={id}")),
         fifo.pcm
     );
-    let Some(mut daemon) = Daemon::start(&cfg) else {
-        return;
-    };
+    let mut daemon = Daemon::start(&cfg)?;
     daemon.wait_ready();
-    let socket = daemon.socket_path();
     let text = "This announcement is long enough to be playing when the converter hangs. \
                 It keeps going for several seconds, sentence after sentence, so that the \
                 device is surely in the middle of it.";
     let mut job = request(
-        &socket,
-        &serde_json::json!({"cmd": "speak", "id": "hung", "text": text}).to_string(),
+        &daemon.socket_path(),
+        &serde_json::json!({"cmd": "speak", "id": id, "text": text}).to_string(),
     );
     assert_eq!(reply(&mut job)["event"], "queued");
     assert_eq!(reply(&mut job)["event"], "started", "{}", daemon.log());
+    Some((daemon, clock, job))
+}
+
+#[test]
+fn a_dac_that_hangs_mid_announcement_stops_the_watchdog_until_the_job_fails() {
+    let Some((mut daemon, clock, mut job)) = playing_on_a_fifo("hung-dac") else {
+        return;
+    };
+    let socket = daemon.socket_path();
     std::thread::sleep(Duration::from_millis(300));
     clock.pause();
 
@@ -413,4 +422,35 @@ fn a_dac_that_hangs_mid_announcement_stops_the_watchdog_until_the_job_fails() {
     assert_ne!(d["state"], "stuck", "{d}");
     clock.resume();
     drop(clock);
+}
+
+/// SIGTERM while the DAC hangs: the playing job still gets its terminal reply (and the log
+/// says so), and herald exits within systemd's stop budget instead of waiting on the device.
+#[test]
+fn sigterm_with_a_hung_dac_ends_the_job_with_a_reply_and_exits_promptly() {
+    let Some((mut daemon, clock, mut job)) = playing_on_a_fifo("hung-term") else {
+        return;
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    clock.pause();
+    std::thread::sleep(Duration::from_millis(400));
+    let t = Instant::now();
+    daemon.signal(libc::SIGTERM);
+    let end = reply(&mut job);
+    assert_eq!(end["event"], "cancelled", "{end}");
+    assert_eq!(end["by"], "shutdown", "{end}");
+    let exit = wait_exit(&mut daemon);
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "exit took {took:?}\n{}",
+        daemon.log()
+    );
+    assert!(exit.success(), "{exit}\n{}", daemon.log());
+    assert!(
+        daemon.log().contains("job cancelled"),
+        "nothing logged about the playing job:\n{}",
+        daemon.log()
+    );
+    clock.resume();
 }

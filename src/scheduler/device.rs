@@ -256,10 +256,23 @@ impl Device {
         let State::Open(o) = &self.state else {
             return None;
         };
-        let buffer = o.format.buffer_frames as f64 / f64::from(o.format.rate.max(1));
-        let stuck_after =
-            (Duration::from_secs_f64(buffer) + STUCK_MARGIN).min(self.settings.write_timeout);
+        let stuck_after = self.stuck_after(o);
         o.health.device_call_for().filter(|d| *d >= stuck_after)
+    }
+
+    /// When the device call in progress will count as stuck (`None`: none is in progress).
+    pub fn stuck_at(&self) -> Option<Instant> {
+        let State::Open(o) = &self.state else {
+            return None;
+        };
+        let blocked = o.health.device_call_for()?;
+        Some(Instant::now() + self.stuck_after(o).saturating_sub(blocked))
+    }
+
+    /// How long a device call may block before the device counts as stuck.
+    fn stuck_after(&self, o: &Open) -> Duration {
+        let buffer = o.format.buffer_frames as f64 / f64::from(o.format.rate.max(1));
+        (Duration::from_secs_f64(buffer) + STUCK_MARGIN).min(self.settings.write_timeout)
     }
 
     /// How long the device call in progress has been blocked, once that is past

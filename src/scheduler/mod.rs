@@ -836,14 +836,23 @@ impl Scheduler {
             let reason = self.device.stuck_reason(blocked);
             return self.device.fail(reason, Some(lease)).await;
         }
-        match tokio::time::timeout(FADE_WAIT, lease.playout.interrupt()).await {
+        // A fade cannot finish while a device call hangs: give up once it counts as stuck.
+        let wait = self
+            .device
+            .stuck_at()
+            .map_or(FADE_WAIT, |at| at.saturating_duration_since(Instant::now()))
+            .min(FADE_WAIT);
+        match tokio::time::timeout(wait, lease.playout.interrupt()).await {
             Ok(Ok(_)) | Ok(Err(PlayoutError::NoUtterance { .. })) => self.device.give_back(lease),
             Ok(Err(e)) => {
                 let reason = format!("audio device failed: {e}");
                 self.device.fail(reason, Some(lease)).await
             }
             Err(_) => {
-                let reason = "audio device did not finish a fade-out within 1 s".to_string();
+                let reason = match self.device.stuck_for() {
+                    Some(blocked) => self.device.stuck_reason(blocked),
+                    None => "audio device did not finish a fade-out within 1 s".to_string(),
+                };
                 self.device.fail(reason, Some(lease)).await
             }
         }
