@@ -9,10 +9,12 @@
 //! reply. A failing or hung device fails the job that was playing; the device is reopened
 //! with backoff, and the daemon never exits for it.
 //!
-//! The rules live beside this file: `queue.rs` (admission, priorities, presses),
-//! `device.rs` (the device's life), `stats.rs` (counters and the status report).
+//! This file is the task loop and the dispatch of requests and commands; beside it are
+//! `job.rs` (playing one job), `queue.rs` (admission, priorities, presses), `device.rs`
+//! (the device's life) and `stats.rs` (counters and the status report).
 
 pub mod device;
+mod job;
 pub mod queue;
 pub mod stats;
 
@@ -23,10 +25,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::sleep_until;
 
-use crate::audio::playout::{Playout, PlayoutError, PlayoutEvent};
 use crate::audio::SinkOpener;
 use crate::config::Config;
-use crate::pipeline::{self, Limits, PipelineError, SpeakReport, Voice};
+use crate::pipeline::{PipelineError, SpeakReport, Voice};
 use crate::presets::Renderer;
 use crate::protocol::{
     CancelledBy, DaemonState, Envelope, OkCommand, PresetRequest, Reply, ReplyTo, Request,
@@ -35,9 +36,9 @@ use crate::protocol::{
 use crate::systemd::Notifier;
 use crate::tts::cache::{AudioCache, CachingSource};
 use crate::tts::{OpenFuture, SpeechRequest, SpeechSource};
-use device::{Device, DeviceSettings, Lease};
+use device::{Device, DeviceSettings};
 use queue::{Job, JobSource, NewJob, Press, Queue, Refusal};
-use stats::{ms, preview, Current, Net, Stats};
+use stats::{Net, Stats};
 
 /// Longest wait for an interrupt's fade-out before giving up on the device.
 const FADE_WAIT: Duration = Duration::from_secs(1);
@@ -611,253 +612,6 @@ impl Scheduler {
         });
     }
 
-    /// Plays one job: takes the device, plays while serving commands, then settles the job
-    /// and the device by how it ended.
-    async fn run_job(&mut self, job: Job) {
-        // `started` counts from here, so opening the device (and its hook) is included.
-        let t0 = Instant::now();
-        self.notifier
-            .status(&format!("speaking: {}", preview(&job.text)));
-        self.stats.current = Some(Current {
-            id: job.id.clone(),
-            preview: preview(&job.text),
-            since: t0,
-        });
-        let mut lease = match self.device.acquire().await {
-            Ok(l) => l,
-            Err(reason) => {
-                self.stats.current = None;
-                self.end_failed(&job, format!("audio device unavailable: {reason}"));
-                return;
-            }
-        };
-        let source = self.device.lead_in(&mut lease, self.source_for(&job));
-        self.net.used();
-        let (outcome, started) = self.play(&job, &mut lease.playout, source, t0).await;
-        self.stats.current = None;
-        self.settle(&job, lease, outcome, started, t0).await;
-    }
-
-    /// Where `job`'s audio comes from.
-    fn source_for(&self, job: &Job) -> Arc<dyn SpeechSource> {
-        match (job.source, &self.presets) {
-            (JobSource::Cached { pinned: true }, Some(p)) => {
-                Arc::new(PinnedSource(p.renderer.source()))
-            }
-            (JobSource::Cached { pinned: false }, Some(p)) => Arc::new(p.renderer.source()),
-            _ => self.source.clone(),
-        }
-    }
-
-    /// Runs the pipeline for `job` while serving requests and commands; returns how it
-    /// ended and, if it was heard, when its first audio reached the device (ms after `t0`).
-    async fn play(
-        &mut self,
-        job: &Job,
-        playout: &mut Playout,
-        source: Arc<dyn SpeechSource>,
-        t0: Instant,
-    ) -> (Outcome, Option<u64>) {
-        let mut events = playout.subscribe();
-        let limits = Limits {
-            max_text_chars: self.cfg.speech.max_text_chars,
-            lookahead: self.cfg.speech.lookahead,
-        };
-        let write_timeout = Duration::from_millis(self.cfg.audio.write_timeout_ms);
-        let mut started = None;
-        let fut = pipeline::speak(source, playout, &job.text, &job.voice, limits);
-        tokio::pin!(fut);
-        let outcome = loop {
-            // A hung device says nothing: look again when a device call in progress would
-            // pass the write timeout.
-            let hung_at = self
-                .device
-                .hung_at()
-                .unwrap_or_else(|| Instant::now() + write_timeout);
-            tokio::select! {
-                r = &mut fut => break Outcome::Done(r),
-                Some(ev) = events.recv() => self.on_event(job, ev, t0, &mut started),
-                cmd = self.rx.recv() => match cmd {
-                    Some(cmd) => if let Some(p) = self.handle(cmd, Some(job)) {
-                        break Outcome::Preempted(p);
-                    },
-                    // Every sender is gone: the daemon is exiting.
-                    None => break Outcome::Preempted(Preempt::Cancelled(CancelledBy::Shutdown)),
-                },
-                Some(env) = self.requests.recv() => if let Some(p) = self.handle_request(env, Some(job)) {
-                    break Outcome::Preempted(p);
-                },
-                _ = sleep_until(hung_at.into()) => if let Some(blocked) = self.device.hung_for() {
-                    break Outcome::Hung(self.device.stuck_reason(blocked));
-                },
-            }
-        };
-        // A short job can end before its `started` was read: it still comes first.
-        while let Ok(ev) = events.try_recv() {
-            self.on_event(job, ev, t0, &mut started);
-        }
-        (outcome, started)
-    }
-
-    /// Passes the playout's progress on: `started` to the client, stalls to the log.
-    fn on_event(&mut self, job: &Job, ev: PlayoutEvent, t0: Instant, started: &mut Option<u64>) {
-        match ev {
-            PlayoutEvent::Started { at } if started.is_none() => {
-                let t = ms(at.saturating_duration_since(t0));
-                *started = Some(t);
-                job.reply.send(Reply::Started {
-                    id: job.id.clone(),
-                    start_to_audio_ms: t,
-                    time_to_first_audio_ms: t,
-                });
-            }
-            PlayoutEvent::Started { .. } => {}
-            PlayoutEvent::StallBegan { .. } => {
-                tracing::info!(id = %job.id, "playback stalled: waiting for the network")
-            }
-            PlayoutEvent::StallEnded { ms } => {
-                tracing::info!(id = %job.id, silence_ms = ms, "playback resumed")
-            }
-        }
-    }
-
-    /// Ends `job` by how it played and puts the device back (or fails it).
-    async fn settle(
-        &mut self,
-        job: &Job,
-        lease: Lease,
-        outcome: Outcome,
-        started: Option<u64>,
-        t0: Instant,
-    ) {
-        match outcome {
-            Outcome::Done(Ok(report)) => {
-                self.device.give_back(lease);
-                self.end_finished(job, &report, started, t0);
-            }
-            Outcome::Done(Err(e)) => {
-                if let PipelineError::Tts { source, .. } = &e {
-                    self.net.failed(source.to_string());
-                }
-                if device_lost(&e) {
-                    let reason = format!("audio device failed: {e}");
-                    self.end_failed(job, reason.clone());
-                    self.device.fail(reason, Some(lease)).await;
-                } else {
-                    self.device.give_back(lease);
-                    let reason = self.failure_reason(job, e);
-                    self.end_failed(job, reason);
-                }
-            }
-            Outcome::Preempted(p) => {
-                // The client hears first; the fade-out then plays before the next job.
-                self.end_preempted(job, p);
-                self.fade_out(lease).await;
-            }
-            Outcome::Hung(reason) => {
-                self.end_failed(job, reason.clone());
-                self.device.fail(reason, Some(lease)).await;
-            }
-        }
-    }
-
-    fn end_finished(&mut self, job: &Job, report: &SpeakReport, started: Option<u64>, t0: Instant) {
-        let start_to_audio = started.or_else(|| {
-            report
-                .started_at
-                .map(|at| ms(at.saturating_duration_since(t0)))
-        });
-        if started.is_none() {
-            if let Some(t) = start_to_audio {
-                job.reply.send(Reply::Started {
-                    id: job.id.clone(),
-                    start_to_audio_ms: t,
-                    time_to_first_audio_ms: t,
-                });
-            }
-        }
-        self.net.ok();
-        self.stats.finished(report);
-        let request_to_audio = report.time_to_first_audio.map(ms);
-        tracing::info!(
-            id = %job.id,
-            start_to_audio_ms = start_to_audio,
-            request_to_audio_ms = request_to_audio,
-            duration_ms = ms(report.audio),
-            stalls = report.stalls,
-            stall_ms = report.stall_ms,
-            bytes = report.bytes,
-            segments = report.segments,
-            attempts = report.attempts,
-            "job finished: {report}"
-        );
-        job.reply.send(Reply::Finished {
-            id: job.id.clone(),
-            start_to_audio_ms: start_to_audio,
-            request_to_audio_ms: request_to_audio,
-            time_to_first_audio_ms: request_to_audio,
-            duration_ms: ms(report.audio),
-            stalls: report.stalls,
-            stall_ms: report.stall_ms,
-            bytes: report.bytes,
-            segments: report.segments,
-            attempts: report.attempts,
-        });
-    }
-
-    /// Why a job failed, with what its preset's rendering said if that failed too.
-    fn failure_reason(&self, job: &Job, e: PipelineError) -> String {
-        match job.preset.as_deref().map(|n| (n, self.render_failure(n))) {
-            Some((name, Some(why))) => format!(
-                "preset '{name}' is not cached (rendering failed: {why}) and live synthesis failed too: {e}"
-            ),
-            Some((name, None)) => format!("preset '{name}': {e}"),
-            None => e.to_string(),
-        }
-    }
-
-    fn end_preempted(&mut self, job: &Job, p: Preempt) {
-        match p {
-            Preempt::Cancelled(by) => self.end_cancelled(job, by),
-            Preempt::Interrupted(by) => {
-                self.stats.cancelled();
-                tracing::info!(id = %job.id, by = %by, "job interrupted");
-                job.reply.send(Reply::Interrupted {
-                    id: job.id.clone(),
-                    by,
-                });
-            }
-        }
-    }
-
-    /// Fades out what a cut-short job left playing; a device that cannot fade is failed.
-    async fn fade_out(&mut self, mut lease: Lease) {
-        if let Some(blocked) = self.device.stuck_for() {
-            let reason = self.device.stuck_reason(blocked);
-            return self.device.fail(reason, Some(lease)).await;
-        }
-        // A fade cannot finish while a device call hangs: give up once it counts as stuck.
-        let wait = self
-            .device
-            .stuck_at()
-            .map_or(FADE_WAIT, |at| at.saturating_duration_since(Instant::now()))
-            .min(FADE_WAIT);
-        match tokio::time::timeout(wait, lease.playout.interrupt()).await {
-            Ok(Ok(_)) | Ok(Err(PlayoutError::NoUtterance { .. })) => self.device.give_back(lease),
-            Ok(Err(e)) => {
-                let reason = format!("audio device failed: {e}");
-                self.device.fail(reason, Some(lease)).await
-            }
-            Err(_) => {
-                let reason = match self.device.stuck_for() {
-                    Some(blocked) => self.device.stuck_reason(blocked),
-                    None => "audio device did not finish a fade-out within 1 s".to_string(),
-                };
-                self.device.fail(reason, Some(lease)).await
-            }
-        }
-    }
-
     fn set_status(&self) {
         match self.device.error() {
             Some(e) => self.notifier.status(&format!("device error: {e}")),
@@ -887,16 +641,6 @@ impl Scheduler {
             presets: self.preset_infos(),
         }
     }
-}
-
-/// Whether a pipeline error means the device (or its thread) is gone.
-fn device_lost(e: &PipelineError) -> bool {
-    matches!(
-        e,
-        PipelineError::Playout(
-            PlayoutError::Device(_) | PlayoutError::Stopped | PlayoutError::Panicked
-        )
-    )
 }
 
 /// Every configured preset's request with the `[speech]` defaults applied. The config was
