@@ -1,5 +1,6 @@
 //! herald: streams OpenAI text-to-speech as Ogg Opus, decodes it on the device as it
-//! arrives and plays it gaplessly on ALSA. See `../shared/DESIGN.md` for the data flow.
+//! arrives and plays it gaplessly on ALSA. docs/ARCHITECTURE.md has the data flow, the module
+//! map and the audio thread's rules.
 #![warn(missing_docs)]
 
 pub mod audio;
