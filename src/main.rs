@@ -469,16 +469,20 @@ fn status(config: &Config, socket: &SocketArg, json: bool) -> Result<()> {
 fn print_status(s: &StatusReport) {
     println!("herald {} — {}, up {} s", s.version, s.state, s.uptime_s);
     let d = &s.device;
-    match (d.open, d.rate, d.channels) {
-        (true, Some(rate), Some(ch)) => println!(
-            "device:  {} (open: {rate} Hz, {ch} ch, {} frames per period)",
+    match (d.rate, d.channels) {
+        (Some(rate), Some(ch)) => println!(
+            "device:  {} ({}: {rate} Hz, {ch} ch, {} frames per period)",
             d.name,
+            d.state,
             d.period_frames.unwrap_or(0)
         ),
-        _ => println!("device:  {} (closed)", d.name),
+        _ => println!("device:  {} ({})", d.name, d.state),
     }
     if let Some(e) = &d.error {
         println!("         error: {e}");
+    }
+    if let Some(ms) = d.retry_in_ms {
+        println!("         reopening in {:.1} s", ms as f64 / 1000.0);
     }
     println!("         real-time priority: {}", d.realtime);
     match &s.now_playing {
