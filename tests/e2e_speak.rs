@@ -246,6 +246,17 @@ fn a_missing_key_is_reported_without_a_request() {
     assert_eq!(emu().stats().requests_for("fast,id=nokey"), 0);
 }
 
+/// `herald play --out WAV FILE`.
+fn play(dir: &Path, file: &Path, wav: &Path) -> Output {
+    let args = [
+        "play",
+        "--out",
+        wav.to_str().unwrap(),
+        file.to_str().unwrap(),
+    ];
+    herald(dir, "", &args)
+}
+
 #[test]
 fn play_decodes_a_local_file_through_the_same_pipeline() {
     let dir = tmp();
@@ -257,47 +268,20 @@ fn play_decodes_a_local_file_through_the_same_pipeline() {
     )
     .unwrap();
     let wav = dir.path().join("chime.wav");
-    let out = herald(
-        dir.path(),
-        "",
-        &[
-            "play",
-            "--out",
-            wav.to_str().unwrap(),
-            file.to_str().unwrap(),
-        ],
-    );
+    let out = play(dir.path(), &file, &wav);
     assert_played_exactly(&out, &wav, &reference(sc, TEXT));
 
     // A foreign file (opusenc's, not the emulator's layout): exactly final granule minus
     // pre-skip samples, as opusdec gives.
     let foreign = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hello-opusenc.opus");
-    let out = herald(
-        dir.path(),
-        "",
-        &[
-            "play",
-            "--out",
-            wav.to_str().unwrap(),
-            foreign.to_str().unwrap(),
-        ],
-    );
+    let out = play(dir.path(), &foreign, &wav);
     let expected = decode_ogg_opus(&std::fs::read(&foreign).unwrap(), 48_000);
     assert_played_exactly(&out, &wav, &expected);
 
     // Not an Ogg file: a clear error, not a panic or silence.
     let bad = dir.path().join("notes.txt");
     std::fs::write(&bad, "just some text, not audio\n").unwrap();
-    let out = herald(
-        dir.path(),
-        "",
-        &[
-            "play",
-            "--out",
-            wav.to_str().unwrap(),
-            bad.to_str().unwrap(),
-        ],
-    );
+    let out = play(dir.path(), &bad, &wav);
     assert!(!out.status.success());
     assert!(
         stderr(&out).to_lowercase().contains("ogg"),

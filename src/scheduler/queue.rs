@@ -20,30 +20,12 @@ pub enum JobSource {
     },
 }
 
-/// One accepted announcement.
+/// One announcement: `Job` once accepted (its id is settled); [`NewJob`] before (the
+/// caller's id, if it gave one).
 #[derive(Debug)]
-pub struct Job {
-    /// Its id (the caller's, or one herald assigned).
-    pub id: String,
-    /// What to say.
-    pub text: String,
-    /// How to say it.
-    pub voice: Voice,
-    /// Where it was queued.
-    pub priority: Priority,
-    /// Where its replies go.
-    pub reply: Arc<dyn ReplyTo>,
-    /// Where its audio comes from.
-    pub source: JobSource,
-    /// The preset it plays, if any.
-    pub preset: Option<String>,
-}
-
-/// A validated request, not yet admitted.
-#[derive(Debug)]
-pub struct NewJob {
-    /// The caller's id, if it gave one.
-    pub id: Option<String>,
+pub struct Job<Id = String> {
+    /// Its id.
+    pub id: Id,
     /// What to say.
     pub text: String,
     /// How to say it.
@@ -56,6 +38,24 @@ pub struct NewJob {
     pub source: JobSource,
     /// The preset it plays, if any.
     pub preset: Option<String>,
+}
+
+/// A validated request, not yet admitted.
+pub type NewJob = Job<Option<String>>;
+
+impl NewJob {
+    /// The accepted job, under `id`.
+    fn with_id(self, id: String) -> Job {
+        Job {
+            id,
+            text: self.text,
+            voice: self.voice,
+            priority: self.priority,
+            reply: self.reply,
+            source: self.source,
+            preset: self.preset,
+        }
+    }
 }
 
 /// A job the queue took.
@@ -146,18 +146,7 @@ impl Queue {
         });
         let position = self.position_for(new.priority);
         let preempts = new.priority == Priority::Interrupt && playing.is_some();
-        self.jobs.insert(
-            position,
-            Job {
-                id: id.clone(),
-                text: new.text,
-                voice: new.voice,
-                priority: new.priority,
-                reply: new.reply,
-                source: new.source,
-                preset: new.preset,
-            },
-        );
+        self.jobs.insert(position, new.with_id(id.clone()));
         Ok(Admitted {
             id,
             position,
@@ -258,16 +247,7 @@ mod tests {
     }
 
     fn job(id: &str, preset: Option<&str>) -> Job {
-        let n = new(Some(id), Priority::Normal, preset);
-        Job {
-            id: id.into(),
-            text: n.text,
-            voice: n.voice,
-            priority: n.priority,
-            reply: n.reply,
-            source: n.source,
-            preset: n.preset,
-        }
+        new(None, Priority::Normal, preset).with_id(id.into())
     }
 
     #[test]
