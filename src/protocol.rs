@@ -17,7 +17,7 @@ pub const COMMANDS: &[&str] = &[
 ];
 
 /// Where a job goes in the queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Priority {
     /// After every queued job.
@@ -30,7 +30,7 @@ pub enum Priority {
 }
 
 /// What a press does while the same preset is already playing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum WhilePlaying {
     /// Nothing: the announcement is already being heard (the default, so an impatient
@@ -44,49 +44,49 @@ pub enum WhilePlaying {
 }
 
 /// A `speak` request; every field but `text` falls back to the configured default.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SpeakRequest {
     /// The text to speak.
     pub text: String,
     /// Voice name.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub voice: Option<String>,
     /// Model name.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     /// `opus` or `pcm`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<AudioFormat>,
     /// 0.25–4.0.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub speed: Option<f32>,
     /// Voice instructions.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instructions: Option<String>,
     /// Queue placement.
     #[serde(default)]
     pub priority: Priority,
     /// The caller's id for the job (echoed in every reply); herald assigns one otherwise.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
     /// Store the audio in the cache and reuse it for the same request (repeated phrases).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cache: bool,
 }
 
 /// A `preset` request: play a configured preset, exactly like its button.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PresetRequest {
     /// The preset's name.
     pub name: String,
     /// The caller's id for the job; herald assigns one otherwise.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
     /// What to do if this preset is already playing; default: the rule of the preset's
     /// button, or `ignore` when no button plays it.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub while_playing: Option<WhilePlaying>,
 }
 
@@ -102,8 +102,10 @@ struct CancelRequest {
 #[serde(deny_unknown_fields)]
 struct NoArgs {}
 
-/// One parsed request line.
-#[derive(Debug, Clone, PartialEq)]
+/// One parsed request line. Its serialisation is the request's JSON line (what
+/// [`parse_line`] reads back), tagged by `cmd`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "cmd", rename_all = "lowercase")]
 pub enum Request {
     /// Queue text for speaking.
     Speak(SpeakRequest),
@@ -158,16 +160,74 @@ pub enum ProtocolError {
     Empty,
 }
 
-/// Fields each command accepts, for messages.
-fn allowed_fields(cmd: &str) -> &'static str {
-    match cmd {
-        "speak" => {
-            "cmd, text, voice, model, format, speed, instructions, priority (normal, high, interrupt), id, cache"
+/// Fields each command accepts, for messages: serde's own lists (so they cannot drift
+/// from the types), with the values of the fields that take a fixed set.
+fn allowed_fields(cmd: &str) -> String {
+    let (fields, choices) = match cmd {
+        "speak" => (
+            serde_names::<SpeakRequest>(),
+            vec![
+                ("format", serde_names::<AudioFormat>()),
+                ("priority", serde_names::<Priority>()),
+            ],
+        ),
+        "preset" => (
+            serde_names::<PresetRequest>(),
+            vec![("while_playing", serde_names::<WhilePlaying>())],
+        ),
+        "cancel" => (serde_names::<CancelRequest>(), Vec::new()),
+        _ => (serde_names::<NoArgs>(), Vec::new()),
+    };
+    let described = fields
+        .iter()
+        .map(|f| match choices.iter().find(|(c, _)| c == f) {
+            Some((_, values)) => format!("{f} ({})", values.join(", ")),
+            None => f.to_string(),
+        });
+    std::iter::once("cmd".to_string())
+        .chain(described)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The names serde's derived `Deserialize` of `T` accepts: a struct's fields or an enum's
+/// variants (as renamed), read by handing it a deserializer that records them and fails.
+fn serde_names<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+    use serde::de::{Error as _, Visitor};
+    type ProbeError = serde::de::value::Error;
+    struct Probe(&'static [&'static str]);
+    impl<'de> serde::Deserializer<'de> for &mut Probe {
+        type Error = ProbeError;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, ProbeError> {
+            Err(ProbeError::custom("probe"))
         }
-        "preset" => "cmd, name, id, while_playing (ignore, restart, queue)",
-        "cancel" => "cmd, id",
-        _ => "cmd",
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, ProbeError> {
+            self.0 = fields;
+            Err(ProbeError::custom("probe"))
+        }
+        fn deserialize_enum<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            variants: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, ProbeError> {
+            self.0 = variants;
+            Err(ProbeError::custom("probe"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map
+            identifier ignored_any
+        }
     }
+    let mut probe = Probe(&[]);
+    let _ = T::deserialize(&mut probe);
+    probe.0
 }
 
 /// Parses one request line (without its newline; a trailing `\r` is ignored).
@@ -711,6 +771,120 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn requests_serialise_to_the_documented_lines_and_parse_back() {
+        let speak = Request::Speak(SpeakRequest {
+            text: "Hi".into(),
+            ..Default::default()
+        });
+        assert_eq!(
+            serde_json::to_string(&speak).unwrap(),
+            r#"{"cmd":"speak","text":"Hi","priority":"normal"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Request::Status).unwrap(),
+            r#"{"cmd":"status"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Request::Cancel { id: "a".into() }).unwrap(),
+            r#"{"cmd":"cancel","id":"a"}"#
+        );
+        let all = [
+            speak,
+            Request::Speak(SpeakRequest {
+                text: "Door.".into(),
+                voice: Some("nova".into()),
+                model: Some("tts-1".into()),
+                format: Some(AudioFormat::Pcm),
+                speed: Some(1.5),
+                instructions: Some("Calm.".into()),
+                priority: Priority::Interrupt,
+                id: Some("door".into()),
+                cache: true,
+            }),
+            Request::Stop,
+            Request::Skip,
+            Request::Cancel { id: "door".into() },
+            Request::Status,
+            Request::Preset(PresetRequest {
+                name: "dinner".into(),
+                id: Some("p".into()),
+                while_playing: Some(WhilePlaying::Queue),
+            }),
+            Request::Presets,
+        ];
+        for req in all {
+            let line = serde_json::to_string(&req).unwrap();
+            assert_eq!(parse_line(line.as_bytes()).unwrap(), req, "{line}");
+        }
+    }
+
+    #[test]
+    fn allowed_fields_are_the_fields_the_types_serialise() {
+        // A request with every field set serialises exactly the fields listed as allowed.
+        let keys = |v: serde_json::Value| -> Vec<String> {
+            let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+            k.sort();
+            k
+        };
+        let listed = |cmd: &str| -> Vec<String> {
+            // Drop the value lists in parentheses, keep the field names.
+            let mut depth = 0;
+            let names: String = allowed_fields(cmd)
+                .chars()
+                .filter(|c| {
+                    depth += i32::from(*c == '(') - i32::from(*c == ')');
+                    depth == 0 && *c != ')'
+                })
+                .collect();
+            let mut k: Vec<String> = names.split(',').map(|f| f.trim().to_string()).collect();
+            k.sort();
+            k
+        };
+        let full_speak = Request::Speak(SpeakRequest {
+            text: "x".into(),
+            voice: Some("nova".into()),
+            model: Some("tts-1".into()),
+            format: Some(AudioFormat::Opus),
+            speed: Some(1.0),
+            instructions: Some("i".into()),
+            priority: Priority::High,
+            id: Some("i".into()),
+            cache: true,
+        });
+        assert_eq!(
+            keys(serde_json::to_value(full_speak).unwrap()),
+            listed("speak")
+        );
+        let full_preset = Request::Preset(PresetRequest {
+            name: "n".into(),
+            id: Some("i".into()),
+            while_playing: Some(WhilePlaying::Restart),
+        });
+        assert_eq!(
+            keys(serde_json::to_value(full_preset).unwrap()),
+            listed("preset")
+        );
+        let cancel = Request::Cancel { id: "i".into() };
+        assert_eq!(
+            keys(serde_json::to_value(cancel).unwrap()),
+            listed("cancel")
+        );
+        assert_eq!(
+            keys(serde_json::to_value(Request::Stop).unwrap()),
+            listed("stop")
+        );
+        assert_eq!(
+            allowed_fields("speak"),
+            "cmd, text, voice, model, format (opus, pcm), speed, instructions, \
+             priority (normal, high, interrupt), id, cache"
+        );
+        assert_eq!(
+            allowed_fields("preset"),
+            "cmd, name, id, while_playing (ignore, restart, queue)"
+        );
     }
 
     #[test]
