@@ -11,6 +11,8 @@ use crate::tts::AudioFormat;
 
 /// The longest request line, newline excluded.
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
+/// Longest job id a client may give, in bytes.
+pub const MAX_ID_BYTES: usize = 128;
 /// Commands a JSON request may name.
 pub const COMMANDS: &[&str] = &[
     "speak", "stop", "skip", "cancel", "status", "preset", "presets",
@@ -290,6 +292,7 @@ pub fn parse_line(line: &[u8]) -> Result<Request, ProtocolError> {
         }
         "cancel" => {
             let req: CancelRequest = serde_json::from_value(rest).map_err(field_err)?;
+            check_id(&cmd, Some(&req.id))?;
             Ok(Request::Cancel { id: req.id })
         }
         "preset" => {
@@ -310,12 +313,31 @@ pub fn parse_line(line: &[u8]) -> Result<Request, ProtocolError> {
     }
 }
 
-/// A client's job id must be 1 to 128 bytes.
+/// The rule for a client's job id (speak, preset, cancel): 1 to [`MAX_ID_BYTES`] bytes
+/// without control characters, as ids are echoed into the daemon's log lines.
+pub fn validate_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > MAX_ID_BYTES {
+        return Err(format!(
+            "id must be 1 to {MAX_ID_BYTES} bytes (got {})",
+            id.len()
+        ));
+    }
+    if let Some((at, c)) = id.char_indices().find(|(_, c)| c.is_control()) {
+        return Err(format!(
+            "id contains the control character U+{:04X} at byte {at} (allowed: printable \
+             characters only, no newline, tab or other control characters)",
+            u32::from(c)
+        ));
+    }
+    Ok(())
+}
+
+/// [`validate_id`] for a request's optional id, as a field error of `cmd`.
 fn check_id(cmd: &str, id: Option<&str>) -> Result<(), ProtocolError> {
-    match id {
-        Some(i) if i.is_empty() || i.len() > 128 => Err(ProtocolError::Field {
+    match id.map(validate_id) {
+        Some(Err(message)) => Err(ProtocolError::Field {
             cmd: cmd.to_string(),
-            message: "id must be 1 to 128 bytes".into(),
+            message,
         }),
         _ => Ok(()),
     }
@@ -771,6 +793,27 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn ids_with_control_characters_are_refused_for_every_command() {
+        for line in [
+            r#"{"text":"x","id":"a\nFAKE job finished"}"#,
+            r#"{"cmd":"preset","name":"dinner","id":"tab\there"}"#,
+            r#"{"cmd":"cancel","id":"a\r"}"#,
+            r#"{"cmd":"cancel","id":"nel\u0085"}"#,
+        ] {
+            let e = err(line.as_bytes());
+            assert!(
+                e.contains("control character") && e.contains("printable"),
+                "{line}: {e}"
+            );
+        }
+        let e = err(format!(r#"{{"text":"x","id":"{}"}}"#, "y".repeat(129)).as_bytes());
+        assert!(e.contains("1 to 128 bytes"), "{e}");
+        assert!(err(br#"{"cmd":"cancel","id":""}"#).contains("1 to 128 bytes"));
+        // Printable non-ASCII is fine.
+        assert!(parse_line(r#"{"text":"x","id":"Küche-1 ✓"}"#.as_bytes()).is_ok());
     }
 
     #[test]

@@ -1048,3 +1048,28 @@ fn a_busy_device_fails_jobs_with_the_reason_and_the_daemon_keeps_serving() {
     );
     assert_eq!(s["device"]["open"], false);
 }
+
+#[test]
+fn a_request_id_with_a_newline_is_refused_and_forges_no_log_line() {
+    let d = null("fast,tone,id=forge", "");
+    let mut c = d.conn();
+    c.send(json!({"text": "Hello.", "id": "a\nFAKE job finished"}));
+    let r = c.reply();
+    assert_eq!(r["event"], "failed", "{r}");
+    let reason = r["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("control character") && reason.contains("printable"),
+        "{reason}"
+    );
+    c.send(json!({"cmd": "cancel", "id": "b\rFAKE"}));
+    assert_eq!(c.reply()["event"], "failed");
+    // The daemon serves on; the log has only lines it wrote itself.
+    c.speak("fine", "Hello.", "normal");
+    assert_eq!(c.until("finished").last().unwrap()["id"], "fine");
+    d.wait_log("job finished", REPLY_TIMEOUT);
+    let log = d.log();
+    assert!(
+        !log.lines().any(|l| l.trim_start().starts_with("FAKE")),
+        "{log}"
+    );
+}
