@@ -1073,3 +1073,60 @@ fn a_request_id_with_a_newline_is_refused_and_forges_no_log_line() {
         "{log}"
     );
 }
+
+#[test]
+fn serve_refuses_to_delete_a_file_that_is_not_a_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herald.sock");
+    std::fs::write(&path, "precious notes\n").unwrap();
+    let cfg = dir.path().join("herald.toml");
+    std::fs::write(
+        &cfg,
+        config_text("fast,tone,id=notsock", "herald_null", &path, ""),
+    )
+    .unwrap();
+    let mut child = support::daemon::serve_command(&cfg, KEY)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > until {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "herald serve kept running; the file now holds {:?}",
+                std::fs::read(&path)
+                    .ok()
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains(&path.display().to_string())
+            && err.contains("a regular file")
+            && err.contains("daemon.socket_path"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "precious notes\n");
+    // herald check says so too, instead of calling it a stale socket.
+    let (k, v) = support::alsa_env().env_var();
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("check")
+        .env(k, v)
+        .env("OPENAI_API_KEY", KEY)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("is a regular file, not a socket"), "{text}");
+}

@@ -46,6 +46,17 @@ pub enum ServerError {
         /// The OS error.
         source: io::Error,
     },
+    /// Something other than a socket is at the path; it is left alone.
+    #[error(
+        "control socket {path}: {kind} is in the way (herald only replaces a stale socket); \
+         move or delete it, or set daemon.socket_path to another path"
+    )]
+    NotASocket {
+        /// The socket path.
+        path: PathBuf,
+        /// What is there: "a regular file", "a directory", "a symbolic link", ...
+        kind: &'static str,
+    },
     /// `socket_group` names no group.
     #[error("control socket {path}: unknown group '{group}' (daemon.socket_group must name a group in /etc/group, or be \"\")")]
     NoGroup {
@@ -56,8 +67,55 @@ pub enum ServerError {
     },
 }
 
+/// What is at the control socket's path.
+#[derive(Debug)]
+pub enum SocketPath {
+    /// Nothing.
+    Free,
+    /// A socket a daemon answers on.
+    Live,
+    /// A socket nobody answers on (its daemon crashed): `serve` replaces it.
+    Stale,
+    /// Something that is not a socket ("a regular file", "a directory", ...): left alone.
+    Other(&'static str),
+    /// It could not be examined.
+    Unknown(io::Error),
+}
+
+impl SocketPath {
+    /// Looks at `path` without following a symbolic link.
+    pub fn inspect(path: &Path) -> SocketPath {
+        use std::os::unix::fs::FileTypeExt;
+        let meta = match std::fs::symlink_metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return SocketPath::Free,
+            Err(e) => return SocketPath::Unknown(e),
+        };
+        let t = meta.file_type();
+        if !t.is_socket() {
+            return SocketPath::Other(if t.is_file() {
+                "a regular file"
+            } else if t.is_dir() {
+                "a directory"
+            } else if t.is_symlink() {
+                "a symbolic link"
+            } else if t.is_fifo() {
+                "a FIFO"
+            } else {
+                "a device file"
+            });
+        }
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => SocketPath::Live,
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => SocketPath::Stale,
+            Err(e) => SocketPath::Unknown(e),
+        }
+    }
+}
+
 /// Binds the control socket at `path` (creating its directory), replacing a stale socket
-/// file but refusing one a live daemon answers on; then applies `mode` and `group`.
+/// but refusing one a live daemon answers on and anything that is not a socket; then
+/// applies `mode` and `group`.
 pub fn bind(path: &Path, mode: u32, group: &str) -> Result<StdUnixListener, ServerError> {
     let io_err = |op, source| ServerError::Io {
         path: path.to_path_buf(),
@@ -67,20 +125,24 @@ pub fn bind(path: &Path, mode: u32, group: &str) -> Result<StdUnixListener, Serv
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| io_err("create its directory", e))?;
     }
-    if std::fs::symlink_metadata(path).is_ok() {
-        match std::os::unix::net::UnixStream::connect(path) {
-            Ok(_) => {
-                return Err(ServerError::InUse {
-                    path: path.to_path_buf(),
-                })
-            }
-            // Nobody listens: a leftover from a crash.
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                tracing::info!(path = %path.display(), "replacing a stale control socket");
-                std::fs::remove_file(path).map_err(|e| io_err("remove the stale socket", e))?;
-            }
-            Err(e) => return Err(io_err("check the existing file", e)),
+    match SocketPath::inspect(path) {
+        SocketPath::Free => {}
+        SocketPath::Live => {
+            return Err(ServerError::InUse {
+                path: path.to_path_buf(),
+            })
         }
+        SocketPath::Stale => {
+            tracing::info!(path = %path.display(), "replacing a stale control socket");
+            std::fs::remove_file(path).map_err(|e| io_err("remove the stale socket", e))?;
+        }
+        SocketPath::Other(kind) => {
+            return Err(ServerError::NotASocket {
+                path: path.to_path_buf(),
+                kind,
+            })
+        }
+        SocketPath::Unknown(e) => return Err(io_err("check the existing file", e)),
     }
     let listener = StdUnixListener::bind(path).map_err(|e| io_err("bind", e))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
