@@ -137,6 +137,8 @@ pub struct ApiSection {
     pub stall_timeout_ms: u64,
     /// Attempts per segment for retryable failures (1 = no retry).
     pub max_attempts: u32,
+    /// Request sent → first audio, over all attempts and the waits between them.
+    pub first_audio_deadline_ms: u64,
 }
 
 /// `[speech]`: defaults for every request.
@@ -191,6 +193,7 @@ impl Default for ApiSection {
             first_byte_timeout_ms: t.first_byte_timeout.as_millis() as u64,
             stall_timeout_ms: t.stall_timeout.as_millis() as u64,
             max_attempts: t.max_attempts,
+            first_audio_deadline_ms: t.first_audio_deadline.as_millis() as u64,
         }
     }
 }
@@ -339,6 +342,14 @@ impl Config {
         })?;
         config.validate(src, path)?;
         warnings.extend(config.preset_warnings());
+        let api = &config.api;
+        if api.first_byte_timeout_ms > api.first_audio_deadline_ms {
+            warnings.push(format!(
+                "api.first_byte_timeout_ms ({}) is above api.first_audio_deadline_ms ({}): \
+                 every attempt is cut at the deadline, so only one is made",
+                api.first_byte_timeout_ms, api.first_audio_deadline_ms
+            ));
+        }
         Ok((config, warnings))
     }
 
@@ -472,6 +483,15 @@ impl Config {
                     format!("{v} is out of range (allowed: 100 to 600000 ms)"),
                 ));
             }
+        }
+        if !(1_000..=600_000).contains(&api.first_audio_deadline_ms) {
+            return Err(bad(
+                "api.first_audio_deadline_ms",
+                format!(
+                    "{} is out of range (allowed: 1000 to 600000 ms)",
+                    api.first_audio_deadline_ms
+                ),
+            ));
         }
         let d = &self.daemon;
         if d.socket_path.as_os_str().is_empty() || d.socket_path.as_os_str().len() > 100 {
@@ -627,6 +647,7 @@ impl Config {
             first_byte_timeout: Duration::from_millis(self.api.first_byte_timeout_ms),
             stall_timeout: Duration::from_millis(self.api.stall_timeout_ms),
             max_attempts: self.api.max_attempts,
+            first_audio_deadline: Duration::from_millis(self.api.first_audio_deadline_ms),
             ..OpenAiConfig::default()
         }
     }
@@ -818,6 +839,29 @@ mod tests {
         assert!(e.contains("presets.dinner") && e.contains("line 1"), "{e}");
         let e = parse("[cache]\nmax_mb = 0\n").unwrap_err().to_string();
         assert!(e.contains("cache.max_mb"), "{e}");
+    }
+
+    #[test]
+    fn first_audio_deadline_has_a_default_a_range_and_a_warning() {
+        let (c, w) = parse("").unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(c.api.first_audio_deadline_ms, 20_000);
+        assert_eq!(c.openai(None).first_audio_deadline, Duration::from_secs(20));
+        let e = parse("[api]\nfirst_audio_deadline_ms = 500\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 2")
+                && e.contains("api.first_audio_deadline_ms")
+                && e.contains("1000 to 600000 ms"),
+            "{e}"
+        );
+        // A per-attempt timeout above the deadline is allowed, but said to be cut.
+        let (_, w) = parse("[api]\nfirst_byte_timeout_ms = 30000\n").unwrap();
+        assert!(
+            w.len() == 1 && w[0].contains("first_audio_deadline_ms (20000)"),
+            "{w:?}"
+        );
     }
 
     #[test]
