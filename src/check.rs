@@ -7,6 +7,7 @@ use crate::audio::alsa::AlsaSink;
 use crate::audio::Sink;
 use crate::config::Config;
 use crate::control::server::SocketPath;
+use crate::tts::openai::redact_userinfo;
 
 /// `herald check`: what was found, one line each; `false` if something would stop the
 /// daemon from speaking.
@@ -30,7 +31,8 @@ pub fn check(config: &Config, path: Option<&Path>, warnings: &[String]) -> bool 
             println!("API key: {e}");
         }
     }
-    println!("API: {}", config.api.api_base);
+    // Credentials in the base URL are as secret as the key.
+    println!("API: {}", redact_userinfo(&config.api.api_base));
     let req = config.sink_request();
     match AlsaSink::open(&config.audio.device, &req) {
         Ok(sink) => {

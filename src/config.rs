@@ -12,7 +12,7 @@ use crate::audio::SinkRequest;
 use crate::buttons::config::ButtonConfig;
 use crate::pipeline::Voice;
 use crate::presets::PresetConfig;
-use crate::tts::openai::OpenAiConfig;
+use crate::tts::openai::{redact_userinfo, OpenAiConfig};
 use crate::tts::{ApiKey, AudioFormat, MODELS, VOICES};
 
 /// Where the daemon and the CLI look for the config when `--config` is not given.
@@ -122,7 +122,7 @@ fn parse_mode(s: &str) -> Option<u32> {
 }
 
 /// `[api]`: endpoint, key, timeouts and retries.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default)]
 pub struct ApiSection {
     /// Base URL of an OpenAI-compatible API; `OPENAI_BASE_URL` overrides it.
@@ -139,6 +139,21 @@ pub struct ApiSection {
     pub max_attempts: u32,
     /// Request sent → first audio, over all attempts and the waits between them.
     pub first_audio_deadline_ms: u64,
+}
+
+impl std::fmt::Debug for ApiSection {
+    /// Like the derived one, but credentials in `api_base` are never shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiSection")
+            .field("api_base", &redact_userinfo(&self.api_base))
+            .field("api_key_file", &self.api_key_file)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("first_byte_timeout_ms", &self.first_byte_timeout_ms)
+            .field("stall_timeout_ms", &self.stall_timeout_ms)
+            .field("max_attempts", &self.max_attempts)
+            .field("first_audio_deadline_ms", &self.first_audio_deadline_ms)
+            .finish()
+    }
 }
 
 /// `[speech]`: defaults for every request.
@@ -463,7 +478,7 @@ impl Config {
         if !(api.api_base.starts_with("https://") || api.api_base.starts_with("http://")) {
             return Err(bad(
                 "api.api_base",
-                format!("'{}' is not an http(s) URL", api.api_base),
+                format!("'{}' is not an http(s) URL", redact_userinfo(&api.api_base)),
             ));
         }
         if api.max_attempts == 0 || api.max_attempts > 10 {
@@ -861,6 +876,23 @@ mod tests {
         assert!(
             w.len() == 1 && w[0].contains("first_audio_deadline_ms (20000)"),
             "{w:?}"
+        );
+    }
+
+    #[test]
+    fn credentials_in_api_base_never_appear_in_errors_or_debug() {
+        let e = parse("[api]\napi_base = \"ftp://user:hunter2@proxy.local/v1\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !e.contains("hunter2") && e.contains("ftp://proxy.local/v1"),
+            "{e}"
+        );
+        let (c, _) = parse("[api]\napi_base = \"http://user:hunter2@proxy.local/v1\"\n").unwrap();
+        let shown = format!("{c:?} {:?}", c.openai(None));
+        assert!(
+            !shown.contains("hunter2") && shown.contains("proxy.local"),
+            "{shown}"
         );
     }
 

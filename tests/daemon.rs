@@ -1130,3 +1130,39 @@ fn serve_refuses_to_delete_a_file_that_is_not_a_socket() {
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("is a regular file, not a socket"), "{text}");
 }
+
+#[test]
+fn check_never_prints_credentials_from_the_api_base() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("herald.sock");
+    let cfg = dir.path().join("herald.toml");
+    let (k, v) = support::alsa_env().env_var();
+    let run = |base: &str| {
+        let text = config_text("fast,id=creds", "herald_null", &sock, "")
+            .replace(&emu().base_url("fast,id=creds"), base);
+        std::fs::write(&cfg, text).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .arg("--config")
+            .arg(&cfg)
+            .arg("check")
+            .env(k, v)
+            .env("OPENAI_API_KEY", KEY)
+            .output()
+            .unwrap();
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !all.contains("PROXYPASS"),
+            "the password was printed: {all}"
+        );
+        all
+    };
+    let all = run("http://herald:PROXYPASS@127.0.0.1:9/v1");
+    assert!(all.contains("API: http://127.0.0.1:9/v1"), "{all}");
+    // An invalid base is refused, still without the password.
+    let all = run("ftp://herald:PROXYPASS@proxy.local/v1");
+    assert!(all.contains("not an http(s) URL"), "{all}");
+}

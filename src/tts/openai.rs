@@ -33,7 +33,7 @@ const PHASE_FIRST_BYTE: &str = "waiting for the first audio byte";
 const PHASE_STALL: &str = "waiting for more audio";
 
 /// How to reach the speech endpoint, and how patient to be.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct OpenAiConfig {
     /// API base URL, e.g. `https://api.openai.com/v1` (a trailing slash is fine).
     pub api_base: String,
@@ -56,6 +56,25 @@ pub struct OpenAiConfig {
     pub backoff_max: Duration,
     /// The longest server-requested wait honoured; a longer one fails at once.
     pub max_retry_after: Duration,
+}
+
+impl fmt::Debug for OpenAiConfig {
+    /// Like a derived one, but credentials in `api_base` are never shown (the key's own
+    /// `Debug` hides it).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpenAiConfig")
+            .field("api_base", &redact_userinfo(&self.api_base))
+            .field("api_key", &self.api_key)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("first_byte_timeout", &self.first_byte_timeout)
+            .field("first_audio_deadline", &self.first_audio_deadline)
+            .field("stall_timeout", &self.stall_timeout)
+            .field("max_attempts", &self.max_attempts)
+            .field("backoff_base", &self.backoff_base)
+            .field("backoff_max", &self.backoff_max)
+            .field("max_retry_after", &self.max_retry_after)
+            .finish()
+    }
 }
 
 impl Default for OpenAiConfig {
@@ -902,10 +921,13 @@ fn short_detail(e: &reqwest::Error) -> String {
         chain.push(err);
         source = err.source();
     }
-    let innermost = chain
-        .last()
-        .map(|e| e.to_string())
-        .unwrap_or_else(|| e.to_string());
+    // reqwest's own text names the URL; credentials in it must not reach a message.
+    let innermost = redact_userinfo(
+        &chain
+            .last()
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| e.to_string()),
+    );
     let texts: Vec<String> = chain
         .iter()
         .map(|e| e.to_string().to_ascii_lowercase())
