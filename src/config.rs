@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::audio::playout::PlayoutConfig;
 use crate::audio::SinkRequest;
 use crate::buttons::config::ButtonConfig;
+use crate::control::server::Limits;
 use crate::pipeline::Voice;
 use crate::presets::PresetConfig;
 use crate::tts::openai::{redact_userinfo, OpenAiConfig};
@@ -87,6 +88,9 @@ pub struct DaemonSection {
     pub hook_timeout_ms: u64,
     /// Seconds of quiet after which the API connection is refreshed (0 = off).
     pub keepalive_s: u64,
+    /// Seconds a client connection with no job in flight may stay without sending a
+    /// complete request before it is closed (0 = never).
+    pub idle_timeout_s: u64,
 }
 
 impl Default for DaemonSection {
@@ -103,6 +107,7 @@ impl Default for DaemonSection {
             hook_after_close: Vec::new(),
             hook_timeout_ms: 5000,
             keepalive_s: 50,
+            idle_timeout_s: 30,
         }
     }
 }
@@ -627,6 +632,15 @@ impl Config {
                 ),
             ));
         }
+        if d.idle_timeout_s > 86_400 {
+            return Err(bad(
+                "daemon.idle_timeout_s",
+                format!(
+                    "{} is out of range (allowed: 0 = never, 1 to 86400)",
+                    d.idle_timeout_s
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -650,6 +664,15 @@ impl Config {
                 Ok(Some(ApiKey::new(key)).filter(|k| !k.expose().is_empty()))
             }
             None => Ok(None),
+        }
+    }
+
+    /// Limits of the control socket.
+    pub fn server_limits(&self) -> Limits {
+        Limits {
+            max_connections: self.daemon.max_connections,
+            idle_timeout: Some(Duration::from_secs(self.daemon.idle_timeout_s))
+                .filter(|d| !d.is_zero()),
         }
     }
 
@@ -893,6 +916,25 @@ mod tests {
         assert!(
             !shown.contains("hunter2") && shown.contains("proxy.local"),
             "{shown}"
+        );
+    }
+
+    #[test]
+    fn idle_timeout_has_a_default_zero_means_never_and_a_range() {
+        let (c, _) = parse("").unwrap();
+        assert_eq!(c.daemon.idle_timeout_s, 30);
+        assert_eq!(
+            c.server_limits().idle_timeout,
+            Some(Duration::from_secs(30))
+        );
+        let (c, _) = parse("[daemon]\nidle_timeout_s = 0\n").unwrap();
+        assert_eq!(c.server_limits().idle_timeout, None, "0 = never");
+        let e = parse("[daemon]\nidle_timeout_s = 100000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("daemon.idle_timeout_s") && e.contains("0 = never"),
+            "{e}"
         );
     }
 

@@ -99,19 +99,14 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), D
             source,
         })?;
 
-    let max_connections = d.max_connections;
+    let limits = config.server_limits();
     let presets = open_cache(&config, &client);
     // Presets render in the background (spawned by the scheduler): never before READY=1.
     let (sched, mut sched_task) =
         Scheduler::spawn(config.clone(), client, notifier.clone(), presets);
     start_buttons(&config, &sched);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let server = tokio::spawn(server::serve(
-        listener,
-        sched.requests(),
-        max_connections,
-        stop_rx,
-    ));
+    let server = tokio::spawn(server::serve(listener, sched.requests(), limits, stop_rx));
     if let Some(every) = notifier.watchdog_interval() {
         tokio::spawn(watchdog(sched.clone(), notifier.clone(), every));
     }

@@ -506,8 +506,9 @@ fn too_many_connections_are_refused_and_a_client_that_never_reads_blocks_nobody(
     for _ in 0..50 {
         let mut extra = d.conn();
         // A refused connection may already be closed for writing: the refusal is still
-        // there to read, so a failed write is not the test's concern.
-        let _ = extra.w.write_all(b"{\"cmd\":\"status\"}\n");
+        // there to read, so a failed write is not the test's concern. (A status would be
+        // answered even over the limit; a speak is not.)
+        let _ = extra.w.write_all(b"{\"text\":\"Over the limit?\"}\n");
         let r = extra.reply();
         if r["event"] == "error" {
             refused = Some(r);
@@ -1165,4 +1166,135 @@ fn check_never_prints_credentials_from_the_api_base() {
     // An invalid base is refused, still without the password.
     let all = run("ftp://herald:PROXYPASS@proxy.local/v1");
     assert!(all.contains("not an http(s) URL"), "{all}");
+}
+
+#[test]
+fn idle_connections_are_closed_but_one_waiting_for_its_job_is_not() {
+    let d = fifo(
+        "fast,tone,id=idle-conns",
+        // One slot more than the test uses: the start-up probe may still hold one.
+        "max_connections = 4\nidle_timeout_s = 1\n",
+    );
+    // A client whose announcement plays for ~3 s, three times the idle timeout.
+    let mut waiting = d.conn();
+    waiting.speak("long", LONG, "normal");
+    // A client that connects and says nothing.
+    let mut idle = d.conn();
+    idle.w
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // A client that trickles a request in, a byte every 200 ms, never finishing the line.
+    let mut trickle = d.conn();
+    trickle
+        .w
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut writer = trickle.w.try_clone().unwrap();
+    let dripping = std::thread::spawn(move || {
+        for b in "{\"cmd\":\"status\"".bytes().cycle().take(50) {
+            if writer.write_all(&[b]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+
+    let t = Instant::now();
+    let r = idle.reply();
+    assert_eq!(r["event"], "error", "{r}");
+    let reason = r["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("idle for 1 s") && reason.contains("daemon.idle_timeout_s = 1"),
+        "{reason}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let mut rest = String::new();
+    assert_eq!(
+        idle.r.read_line(&mut rest).unwrap(),
+        0,
+        "not closed: {rest}"
+    );
+
+    let r = trickle.reply();
+    assert_eq!(r["event"], "error", "{r}");
+    let reason = r["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("not completed within 1 s") && reason.contains("daemon.idle_timeout_s"),
+        "{reason}"
+    );
+    dripping.join().unwrap();
+
+    // The waiting client hears its job to the end, with no error on the way...
+    let replies = waiting.until("finished");
+    assert!(replies.iter().all(|r| r["event"] != "error"), "{replies:?}");
+    // ... and is idle only from then on.
+    let ended = Instant::now();
+    let r = waiting.reply();
+    assert_eq!(r["event"], "error", "{r}");
+    assert!(
+        ended.elapsed() >= Duration::from_millis(800),
+        "closed {:?} after its job ended",
+        ended.elapsed()
+    );
+    // The slots are free again.
+    let mut c = d.conn();
+    c.send(json!({"cmd": "status"}));
+    assert_eq!(c.reply()["event"], "status");
+}
+
+#[test]
+fn over_the_connection_limit_a_status_is_still_answered_and_a_speak_is_refused() {
+    let d = null("fast,tone,id=spare", "max_connections = 2\n");
+    // Two clients hold every slot. A served connection answers any number of requests;
+    // one over the limit (while the start-up probe still counts) answers only one.
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        if held.len() == 2 {
+            break;
+        }
+        let mut c = d.conn();
+        c.send(json!({"cmd": "status"}));
+        c.send(json!({"cmd": "status"}));
+        let mut line = String::new();
+        let _ = c.r.read_line(&mut line);
+        line.clear();
+        if c.r.read_line(&mut line).is_ok_and(|n| n > 0) {
+            held.push(c);
+        }
+    }
+    assert_eq!(held.len(), 2, "could not fill the slots");
+    let out = d.herald(&["status"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "status over the limit failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("queue:   0 waiting"), "{stdout}");
+    let out = d.herald(&["presets"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A speak over the limit is refused with the reason, and nothing is queued.
+    let mut over = d.conn();
+    over.send(json!({"text": "Squeezed in.", "id": "over"}));
+    let r = over.reply();
+    assert_eq!(r["event"], "error", "{r}");
+    let reason = r["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("too many connections") && reason.contains("max_connections = 2"),
+        "{reason}"
+    );
+    // A connection over the limit that says nothing is closed after a short deadline.
+    let mut silent = d.conn();
+    let t = Instant::now();
+    assert_eq!(silent.reply()["event"], "error");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+
+    held[0].send(json!({"cmd": "status"}));
+    let s = held[0].reply();
+    assert_eq!(s["counters"]["accepted"], 0, "{s}");
 }
