@@ -20,6 +20,9 @@ use crate::tts::{ApiKey, AudioFormat, MODELS, VOICES};
 pub const DEFAULT_PATH: &str = "/etc/herald/herald.toml";
 /// File name of the API key inside `$CREDENTIALS_DIRECTORY` (systemd `LoadCredential=`).
 pub const CREDENTIAL_NAME: &str = "openai_api_key";
+/// The most `speech.max_text_chars` may be: the request line limit derived from it (12
+/// bytes a character) must stay small enough to hold for every connection.
+pub const MAX_TEXT_CHARS_LIMIT: usize = 200_000;
 
 /// The whole configuration. Every field has a default; see `deploy/herald.toml`.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -417,8 +420,14 @@ impl Config {
                 ),
             ));
         }
-        if s.max_text_chars == 0 {
-            return Err(bad("speech.max_text_chars", "must be at least 1".into()));
+        if !(1..=MAX_TEXT_CHARS_LIMIT).contains(&s.max_text_chars) {
+            return Err(bad(
+                "speech.max_text_chars",
+                format!(
+                    "{} is out of range (allowed: 1 to {MAX_TEXT_CHARS_LIMIT})",
+                    s.max_text_chars
+                ),
+            ));
         }
         if s.lookahead > 4 {
             return Err(bad(
@@ -673,6 +682,7 @@ impl Config {
             max_connections: self.daemon.max_connections,
             idle_timeout: Some(Duration::from_secs(self.daemon.idle_timeout_s))
                 .filter(|d| !d.is_zero()),
+            max_text_chars: self.speech.max_text_chars,
         }
     }
 
@@ -934,6 +944,19 @@ mod tests {
             .to_string();
         assert!(
             e.contains("daemon.idle_timeout_s") && e.contains("0 = never"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn max_text_chars_is_bounded_and_sets_the_line_limit() {
+        let (c, _) = parse("[speech]\nmax_text_chars = 50\n").unwrap();
+        assert_eq!(c.server_limits().max_line_bytes(), 50 * 12 + 65_536);
+        let e = parse("[speech]\nmax_text_chars = 300000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("speech.max_text_chars") && e.contains("1 to 200000"),
             "{e}"
         );
     }

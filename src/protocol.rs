@@ -9,10 +9,22 @@ use serde::{Deserialize, Serialize};
 
 use crate::tts::AudioFormat;
 
-/// The longest request line, newline excluded.
-pub const MAX_LINE_BYTES: usize = 64 * 1024;
+/// Bytes one character of text may take in a JSON request: an astral-plane character
+/// escaped as a surrogate pair (`\ud83d\ude00`), as `json.dumps` does by default.
+pub const JSON_BYTES_PER_CHAR: usize = 12;
+/// Room in a request line for everything but the text (other fields, escaped instructions).
+pub const OTHER_FIELDS_BYTES: usize = 64 * 1024;
 /// Longest job id a client may give, in bytes.
 pub const MAX_ID_BYTES: usize = 128;
+
+/// The longest request line (newline excluded) for texts of up to `max_text_chars`
+/// characters: any text the daemon would accept fits, however its client escapes it.
+pub fn max_line_bytes(max_text_chars: usize) -> usize {
+    max_text_chars
+        .saturating_mul(JSON_BYTES_PER_CHAR)
+        .saturating_add(OTHER_FIELDS_BYTES)
+}
+
 /// Commands a JSON request may name.
 pub const COMMANDS: &[&str] = &[
     "speak", "stop", "skip", "cancel", "status", "preset", "presets",
@@ -131,11 +143,19 @@ pub enum Request {
 /// Why a line is not a request; the message says what is allowed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProtocolError {
-    /// Longer than [`MAX_LINE_BYTES`].
-    #[error("the line is {len} bytes long (allowed: at most {MAX_LINE_BYTES} bytes per request)")]
+    /// Longer than [`max_line_bytes`] allows.
+    #[error(
+        "the line is {len} bytes long (allowed: at most {limit} bytes per request: room for \
+         speech.max_text_chars = {max_text_chars} characters at up to {JSON_BYTES_PER_CHAR} bytes \
+         each when JSON-escaped, plus {OTHER_FIELDS_BYTES} bytes for the other fields)"
+    )]
     TooLong {
-        /// Bytes read before giving up (at least the limit).
+        /// Bytes read before giving up (more than the limit).
         len: usize,
+        /// The limit, from [`max_line_bytes`].
+        limit: usize,
+        /// The `speech.max_text_chars` it was derived from.
+        max_text_chars: usize,
     },
     /// Not UTF-8.
     #[error("the line is not valid UTF-8 (at byte {at}); send UTF-8 text or JSON")]
@@ -233,10 +253,9 @@ fn serde_names<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
 }
 
 /// Parses one request line (without its newline; a trailing `\r` is ignored).
+/// The length limit is the reader's ([`max_line_bytes`]): a line longer than it is never
+/// held in memory whole.
 pub fn parse_line(line: &[u8]) -> Result<Request, ProtocolError> {
-    if line.len() > MAX_LINE_BYTES {
-        return Err(ProtocolError::TooLong { len: line.len() });
-    }
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let text = std::str::from_utf8(line).map_err(|e| ProtocolError::Utf8 {
         at: e.valid_up_to(),
@@ -640,7 +659,6 @@ mod tests {
 
     #[test]
     fn bad_lines_say_what_is_wrong_and_what_is_allowed() {
-        assert!(err(&vec![b'a'; MAX_LINE_BYTES + 1]).contains("at most 65536 bytes"));
         assert!(err(b"caf\xff").contains("not valid UTF-8"));
         assert!(err(b"{\"cmd\":").contains("invalid JSON"));
         // Only objects are requests: anything else is text.
@@ -793,6 +811,62 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// `s` as Python's `json.dumps` writes it by default (`ensure_ascii=True`): every
+    /// non-ASCII character as `\uXXXX`, astral ones as a surrogate pair.
+    fn ascii_json(s: &str) -> String {
+        let mut out = String::from("\"");
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                ' '..='~' => out.push(c),
+                _ => {
+                    let mut units = [0u16; 2];
+                    for u in c.encode_utf16(&mut units) {
+                        out.push_str(&format!("\\u{u:04x}"));
+                    }
+                }
+            }
+        }
+        out.push('"');
+        out
+    }
+
+    #[test]
+    fn the_line_limit_fits_any_accepted_text_however_it_is_escaped() {
+        let n = 2000;
+        for c in ['é', '€', '😀', '\u{1}'] {
+            let text: String = std::iter::repeat_n(c, n).collect();
+            let line = format!(
+                r#"{{"cmd":"speak","text":{},"voice":"shimmer","model":"gpt-4o-mini-tts-2025-03-20","format":"opus","speed":1.25,"instructions":{},"priority":"interrupt","id":{},"cache":true}}"#,
+                ascii_json(&text),
+                ascii_json(&"Speak calmly, 😀. ".repeat(100)),
+                ascii_json(&"x".repeat(MAX_ID_BYTES)),
+            );
+            assert!(
+                line.len() <= max_line_bytes(n),
+                "{c:?}: {} bytes",
+                line.len()
+            );
+            let Request::Speak(s) = parse_line(line.as_bytes()).unwrap() else {
+                panic!()
+            };
+            assert_eq!(s.text, text);
+        }
+        assert_eq!(max_line_bytes(20_000), 20_000 * 12 + 65_536);
+        assert_eq!(max_line_bytes(usize::MAX), usize::MAX);
+        let e = ProtocolError::TooLong {
+            len: 400_000,
+            limit: max_line_bytes(20_000),
+            max_text_chars: 20_000,
+        }
+        .to_string();
+        assert!(
+            e.contains("at most 305536 bytes") && e.contains("speech.max_text_chars = 20000"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -433,7 +433,8 @@ fn every_bad_input_gets_a_failed_reply_and_the_daemon_serves_on() {
     long.push(b'\n');
     let too_long_text = "x".repeat(51);
     let cases: Vec<(Vec<u8>, &str)> = vec![
-        (long, "at most 65536 bytes"),
+        // The limit follows max_text_chars: 50 × 12 bytes + 64 KiB for the other fields.
+        (long, "at most 66136 bytes"),
         (b"caf\xe9 au lait\n".to_vec(), "not valid UTF-8"),
         (b"{\"cmd\":\"speak\",\"text\":\n".to_vec(), "invalid JSON"),
         (
@@ -1297,4 +1298,62 @@ fn over_the_connection_limit_a_status_is_still_answered_and_a_speak_is_refused()
     held[0].send(json!({"cmd": "status"}));
     let s = held[0].reply();
     assert_eq!(s["counters"]["accepted"], 0, "{s}");
+}
+
+/// `s` as a JSON string the way Python's `json.dumps` writes it by default
+/// (`ensure_ascii=True`): every non-ASCII character as `\uXXXX`, astral ones as a
+/// surrogate pair (12 bytes).
+fn ascii_json(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            ' '..='~' => out.push(c),
+            _ => {
+                let mut units = [0u16; 2];
+                for u in c.encode_utf16(&mut units) {
+                    out.push_str(&format!("\\u{u:04x}"));
+                }
+            }
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[test]
+fn a_long_non_ascii_text_escaped_by_json_dumps_fits_the_line_limit() {
+    // The API never answers: the job is accepted, then cancelled; nothing is synthesised.
+    let d = null("hang,id=bigline", "");
+    let mut c = d.conn();
+    // 20000 characters (speech.max_text_chars) of the worst case: astral-plane characters,
+    // 12 bytes each as json.dumps escapes them: 240 kB on one line.
+    let text: String = "\u{1F514}".repeat(20_000);
+    let line = format!(
+        "{{\"cmd\": \"speak\", \"text\": {}, \"id\": \"big\", \"voice\": \"coral\"}}\n",
+        ascii_json(&text)
+    );
+    assert!(line.len() > 240_000);
+    c.send_raw(line.as_bytes());
+    let r = c.reply();
+    assert_eq!(
+        r["event"],
+        "queued",
+        "{}",
+        &r.to_string()[..300.min(r.to_string().len())]
+    );
+    c.send(json!({"cmd": "cancel", "id": "big"}));
+    let r = c.until("cancelled");
+    assert_eq!(r.last().unwrap()["id"], "big", "{r:?}");
+    // Longer than any accepted text could need: refused, saying the limit and why.
+    let mut huge = vec![b'x'; 400_000];
+    huge.push(b'\n');
+    c.send_raw(&huge);
+    let r = c.until("failed");
+    let reason = r.last().unwrap()["reason"].as_str().unwrap().to_string();
+    assert!(
+        reason.contains("at most 305536 bytes") && reason.contains("speech.max_text_chars = 20000"),
+        "{reason}"
+    );
 }

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 
 use crate::control::replier::Replier;
 use crate::protocol::{
-    parse_line, Envelope, ProtocolError, Reply, ReplyTo, Request, MAX_LINE_BYTES,
+    max_line_bytes, parse_line, Envelope, ProtocolError, Reply, ReplyTo, Request,
 };
 
 /// Replies buffered per connection before a non-reading client is dropped.
@@ -41,7 +41,7 @@ const REFUSAL_WRITE: Duration = Duration::from_secs(1);
 const REFUSAL_LINGER: Duration = Duration::from_millis(500);
 const REFUSAL_DRAIN_BYTES: usize = 256 * 1024;
 
-/// What the control socket allows each client (from `[daemon]`).
+/// What the control socket allows each client (from `[daemon]` and `[speech]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Connections served at once (`daemon.max_connections`).
@@ -49,9 +49,16 @@ pub struct Limits {
     /// A connection without a job in flight is closed after this long without a complete
     /// request or a reply (`daemon.idle_timeout_s`); `None` = never.
     pub idle_timeout: Option<Duration>,
+    /// `speech.max_text_chars`, from which the longest request line is derived.
+    pub max_text_chars: usize,
 }
 
 impl Limits {
+    /// The longest request line, newline excluded.
+    pub fn max_line_bytes(&self) -> usize {
+        max_line_bytes(self.max_text_chars)
+    }
+
     fn too_many(&self) -> Reply {
         let max = self.max_connections;
         Reply::Error {
@@ -404,7 +411,7 @@ async fn connection(
         writer_kill.notify_one();
     });
 
-    let lines = LineReader::new(read, MAX_LINE_BYTES);
+    let lines = LineReader::new(read, limits.max_line_bytes());
     let reader = read_requests(lines, conn, &requests, replier, limits, kill.clone(), stop);
     reader.await;
     // The reader is done (EOF, error or kill): the writer finishes sending what jobs of
@@ -465,7 +472,11 @@ async fn read_requests(
                 tracing::debug!(conn, "reading from client: {e}");
                 return;
             }
-            Ok(Line::TooLong(len)) => Err(ProtocolError::TooLong { len }),
+            Ok(Line::TooLong(len)) => Err(ProtocolError::TooLong {
+                len,
+                limit: limits.max_line_bytes(),
+                max_text_chars: limits.max_text_chars,
+            }),
             Ok(Line::Complete) => {
                 if lines.is_blank() {
                     // Blank lines (e.g. a trailing newline) are not requests.
