@@ -340,6 +340,7 @@ impl Config {
                 loaded.config.api.api_base = base.trim().to_string();
             }
         }
+        loaded.warnings.extend(loaded.config.key_file_warning());
         Ok(loaded)
     }
 
@@ -661,12 +662,7 @@ impl Config {
                 return Ok(Some(ApiKey::new(k)));
             }
         }
-        let file = self.api.api_key_file.clone().or_else(|| {
-            std::env::var_os("CREDENTIALS_DIRECTORY")
-                .map(|d| Path::new(&d).join(CREDENTIAL_NAME))
-                .filter(|p| p.exists())
-        });
-        match file {
+        match self.key_file() {
             Some(path) => {
                 let key = std::fs::read_to_string(&path)
                     .map_err(|source| ConfigError::KeyFile { path, source })?;
@@ -674,6 +670,37 @@ impl Config {
             }
             None => Ok(None),
         }
+    }
+
+    /// The file the key is read from when `OPENAI_API_KEY` is not set: `api.api_key_file`,
+    /// else the systemd credential, if it exists.
+    pub fn key_file(&self) -> Option<PathBuf> {
+        self.api.api_key_file.clone().or_else(|| {
+            std::env::var_os("CREDENTIALS_DIRECTORY")
+                .map(|d| Path::new(&d).join(CREDENTIAL_NAME))
+                .filter(|p| p.exists())
+        })
+    }
+
+    /// A warning when the key file may be read by other users (group or other read
+    /// permission): the key is a secret that costs money. Not an error: herald works.
+    pub fn key_file_warning(&self) -> Option<String> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.key_file()?;
+        let mode = std::fs::metadata(&path).ok()?.permissions().mode() & 0o777;
+        (mode & 0o044 != 0).then(|| {
+            format!(
+                "the API key file {} is readable by {} (mode {mode:04o}): run \
+                 `chmod 600 {}` (or write it with `install -m 0600`)",
+                path.display(),
+                if mode & 0o004 != 0 {
+                    "every user"
+                } else {
+                    "its group"
+                },
+                path.display()
+            )
+        })
     }
 
     /// Limits of the control socket.
@@ -958,6 +985,35 @@ mod tests {
         assert!(
             e.contains("speech.max_text_chars") && e.contains("1 to 200000"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn a_key_file_others_can_read_is_warned_about() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "sk-x\n").unwrap();
+        let mut c = Config::default();
+        c.api.api_key_file = Some(key.clone());
+        for (mode, who) in [(0o644, "every user"), (0o640, "its group")] {
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+            let w = c.key_file_warning().expect("a warning");
+            assert!(
+                w.contains(&key.display().to_string())
+                    && w.contains(&format!("mode {mode:04o}"))
+                    && w.contains(who)
+                    && w.contains("chmod 600"),
+                "{w}"
+            );
+        }
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(c.key_file_warning(), None);
+        c.api.api_key_file = Some(dir.path().join("missing"));
+        assert_eq!(
+            c.key_file_warning(),
+            None,
+            "a missing file is api_key()'s error"
         );
     }
 

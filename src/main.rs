@@ -257,8 +257,11 @@ async fn run(cli: Cli) -> Result<()> {
         warnings,
         path,
     } = Config::load(cli.config.as_deref())?;
-    for w in &warnings {
-        tracing::warn!("{w}");
+    // `check` prints them itself, among its findings.
+    if !matches!(cli.command, Command::Check) {
+        for w in &warnings {
+            tracing::warn!("{w}");
+        }
     }
     match cli.command {
         Command::Speak(args) => speak(&mut config, args).await,

@@ -1357,3 +1357,38 @@ fn a_long_non_ascii_text_escaped_by_json_dumps_fits_the_line_limit() {
         "{reason}"
     );
 }
+
+#[test]
+fn a_key_file_others_can_read_is_warned_about_at_start_and_by_check() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("herald.sock");
+    let key_file = dir.path().join("openai_api_key");
+    std::fs::write(&key_file, format!("{KEY}\n")).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let text = config_text("fast,tone,id=keymode", "herald_null", &sock, "").replace(
+        "[api]\n",
+        &format!("[api]\napi_key_file = \"{}\"\n", key_file.display()),
+    );
+    let d = Served::start(dir, sock, &text, KEY, &[], Duration::from_secs(20));
+    let expect = format!(
+        "the API key file {} is readable by every user (mode 0644)",
+        key_file.display()
+    );
+    d.wait_log(&expect, REPLY_TIMEOUT);
+    let log = d.log();
+    assert_eq!(log.matches(&expect).count(), 1, "{log}");
+    assert!(log.contains("chmod 600"), "{log}");
+    // It is a warning: the daemon serves.
+    let mut c = Conn::open(&d.sock);
+    c.speak("k", "Still speaking.", "normal");
+    assert_eq!(c.until("finished").last().unwrap()["id"], "k");
+    // herald check reads the key from the file (no OPENAI_API_KEY) and warns once.
+    let out = d.herald(&["check"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("API key: found"), "{stdout}");
+    assert_eq!(stdout.matches(&expect).count(), 1, "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains(&expect), "said twice: {stderr}");
+    assert!(!stdout.contains(KEY) && !stderr.contains(KEY));
+}
