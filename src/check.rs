@@ -6,6 +6,8 @@ use std::path::Path;
 use crate::audio::alsa::AlsaSink;
 use crate::audio::Sink;
 use crate::config::Config;
+use crate::control::server::SocketPath;
+use crate::tts::openai::redact_userinfo;
 
 /// `herald check`: what was found, one line each; `false` if something would stop the
 /// daemon from speaking.
@@ -29,7 +31,8 @@ pub fn check(config: &Config, path: Option<&Path>, warnings: &[String]) -> bool 
             println!("API key: {e}");
         }
     }
-    println!("API: {}", config.api.api_base);
+    // Credentials in the base URL are as secret as the key.
+    println!("API: {}", redact_userinfo(&config.api.api_base));
     let req = config.sink_request();
     match AlsaSink::open(&config.audio.device, &req) {
         Ok(sink) => {
@@ -51,19 +54,24 @@ pub fn check(config: &Config, path: Option<&Path>, warnings: &[String]) -> bool 
         }
     }
     let sock = &config.daemon.socket_path;
-    if std::fs::symlink_metadata(sock).is_ok() {
-        match std::os::unix::net::UnixStream::connect(sock) {
-            Ok(_) => println!(
-                "socket: {} — a herald daemon is serving on it",
+    match SocketPath::inspect(sock) {
+        SocketPath::Live => println!(
+            "socket: {} — a herald daemon is serving on it",
+            sock.display()
+        ),
+        SocketPath::Stale => println!(
+            "socket: {} exists but nobody answers (a stale socket; `herald serve` replaces it)",
+            sock.display()
+        ),
+        SocketPath::Other(kind) => {
+            ok = false;
+            println!(
+                "socket: {} is {kind}, not a socket: `herald serve` will refuse to start (move or delete it, or set daemon.socket_path)",
                 sock.display()
-            ),
-            Err(_) => println!(
-                "socket: {} exists but nobody answers (a stale file; `herald serve` replaces it)",
-                sock.display()
-            ),
+            );
         }
-    } else {
-        match sock.parent() {
+        SocketPath::Unknown(e) => println!("socket: {}: cannot check it: {e}", sock.display()),
+        SocketPath::Free => match sock.parent() {
             Some(dir) if dir.as_os_str().is_empty() || dir.is_dir() => {
                 println!("socket: {} (free; its directory exists)", sock.display())
             }
@@ -73,7 +81,7 @@ pub fn check(config: &Config, path: Option<&Path>, warnings: &[String]) -> bool 
                 dir.display()
             ),
             None => println!("socket: {}", sock.display()),
-        }
+        },
     }
     // A warning, not a failure: the daemon works, it just has to absorb more jitter.
     match crate::wifi::wifi_power_save() {

@@ -10,15 +10,19 @@ use serde::{Deserialize, Serialize};
 use crate::audio::playout::PlayoutConfig;
 use crate::audio::SinkRequest;
 use crate::buttons::config::ButtonConfig;
+use crate::control::server::Limits;
 use crate::pipeline::Voice;
 use crate::presets::PresetConfig;
-use crate::tts::openai::OpenAiConfig;
+use crate::tts::openai::{redact_userinfo, OpenAiConfig};
 use crate::tts::{ApiKey, AudioFormat, RequestField};
 
 /// Where the daemon and the CLI look for the config when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/herald/herald.toml";
 /// File name of the API key inside `$CREDENTIALS_DIRECTORY` (systemd `LoadCredential=`).
 pub const CREDENTIAL_NAME: &str = "openai_api_key";
+/// The most `speech.max_text_chars` may be: the request line limit derived from it (12
+/// bytes a character) must stay small enough to hold for every connection.
+pub const MAX_TEXT_CHARS_LIMIT: usize = 200_000;
 
 /// The whole configuration. Every field has a default; see `deploy/herald.toml`.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -87,6 +91,9 @@ pub struct DaemonSection {
     pub hook_timeout_ms: u64,
     /// Seconds of quiet after which the API connection is refreshed (0 = off).
     pub keepalive_s: u64,
+    /// Seconds a client connection with no job in flight may stay without sending a
+    /// complete request before it is closed (0 = never).
+    pub idle_timeout_s: u64,
 }
 
 impl Default for DaemonSection {
@@ -103,6 +110,7 @@ impl Default for DaemonSection {
             hook_after_close: Vec::new(),
             hook_timeout_ms: 5000,
             keepalive_s: 50,
+            idle_timeout_s: 30,
         }
     }
 }
@@ -122,7 +130,7 @@ fn parse_mode(s: &str) -> Option<u32> {
 }
 
 /// `[api]`: endpoint, key, timeouts and retries.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default)]
 pub struct ApiSection {
     /// Base URL of an OpenAI-compatible API; `OPENAI_BASE_URL` overrides it.
@@ -137,6 +145,23 @@ pub struct ApiSection {
     pub stall_timeout_ms: u64,
     /// Attempts per segment for retryable failures (1 = no retry).
     pub max_attempts: u32,
+    /// Request sent → first audio, over all attempts and the waits between them.
+    pub first_audio_deadline_ms: u64,
+}
+
+impl std::fmt::Debug for ApiSection {
+    /// Like the derived one, but credentials in `api_base` are never shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiSection")
+            .field("api_base", &redact_userinfo(&self.api_base))
+            .field("api_key_file", &self.api_key_file)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("first_byte_timeout_ms", &self.first_byte_timeout_ms)
+            .field("stall_timeout_ms", &self.stall_timeout_ms)
+            .field("max_attempts", &self.max_attempts)
+            .field("first_audio_deadline_ms", &self.first_audio_deadline_ms)
+            .finish()
+    }
 }
 
 /// `[speech]`: defaults for every request.
@@ -194,6 +219,7 @@ impl Default for ApiSection {
             first_byte_timeout_ms: t.first_byte_timeout.as_millis() as u64,
             stall_timeout_ms: t.stall_timeout.as_millis() as u64,
             max_attempts: t.max_attempts,
+            first_audio_deadline_ms: t.first_audio_deadline.as_millis() as u64,
         }
     }
 }
@@ -318,6 +344,7 @@ impl Config {
                 loaded.config.api.api_base = base.trim().to_string();
             }
         }
+        loaded.warnings.extend(loaded.config.key_file_warning());
         Ok(loaded)
     }
 
@@ -343,6 +370,14 @@ impl Config {
         })?;
         config.validate(src, path)?;
         warnings.extend(config.preset_warnings());
+        let api = &config.api;
+        if api.first_byte_timeout_ms > api.first_audio_deadline_ms {
+            warnings.push(format!(
+                "api.first_byte_timeout_ms ({}) is above api.first_audio_deadline_ms ({}): \
+                 every attempt is cut at the deadline, so only one is made",
+                api.first_byte_timeout_ms, api.first_audio_deadline_ms
+            ));
+        }
         Ok((config, warnings))
     }
 
@@ -365,8 +400,14 @@ impl Config {
             };
             return Err(bad(key, e.message));
         }
-        if s.max_text_chars == 0 {
-            return Err(bad("speech.max_text_chars", "must be at least 1".into()));
+        if !(1..=MAX_TEXT_CHARS_LIMIT).contains(&s.max_text_chars) {
+            return Err(bad(
+                "speech.max_text_chars",
+                format!(
+                    "{} is out of range (allowed: 1 to {MAX_TEXT_CHARS_LIMIT})",
+                    s.max_text_chars
+                ),
+            ));
         }
         if s.lookahead > 4 {
             return Err(bad(
@@ -426,7 +467,7 @@ impl Config {
         if !(api.api_base.starts_with("https://") || api.api_base.starts_with("http://")) {
             return Err(bad(
                 "api.api_base",
-                format!("'{}' is not an http(s) URL", api.api_base),
+                format!("'{}' is not an http(s) URL", redact_userinfo(&api.api_base)),
             ));
         }
         if api.max_attempts == 0 || api.max_attempts > 10 {
@@ -446,6 +487,15 @@ impl Config {
                     format!("{v} is out of range (allowed: 100 to 600000 ms)"),
                 ));
             }
+        }
+        if !(1_000..=600_000).contains(&api.first_audio_deadline_ms) {
+            return Err(bad(
+                "api.first_audio_deadline_ms",
+                format!(
+                    "{} is out of range (allowed: 1000 to 600000 ms)",
+                    api.first_audio_deadline_ms
+                ),
+            ));
         }
         let d = &self.daemon;
         if d.socket_path.as_os_str().is_empty() || d.socket_path.as_os_str().len() > 100 {
@@ -565,6 +615,15 @@ impl Config {
                 ),
             ));
         }
+        if d.idle_timeout_s > 86_400 {
+            return Err(bad(
+                "daemon.idle_timeout_s",
+                format!(
+                    "{} is out of range (allowed: 0 = never, 1 to 86400)",
+                    d.idle_timeout_s
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -576,18 +635,54 @@ impl Config {
                 return Ok(Some(ApiKey::new(k)));
             }
         }
-        let file = self.api.api_key_file.clone().or_else(|| {
-            std::env::var_os("CREDENTIALS_DIRECTORY")
-                .map(|d| Path::new(&d).join(CREDENTIAL_NAME))
-                .filter(|p| p.exists())
-        });
-        match file {
+        match self.key_file() {
             Some(path) => {
                 let key = std::fs::read_to_string(&path)
                     .map_err(|source| ConfigError::KeyFile { path, source })?;
                 Ok(Some(ApiKey::new(key)).filter(|k| !k.expose().is_empty()))
             }
             None => Ok(None),
+        }
+    }
+
+    /// The file the key is read from when `OPENAI_API_KEY` is not set: `api.api_key_file`,
+    /// else the systemd credential, if it exists.
+    pub fn key_file(&self) -> Option<PathBuf> {
+        self.api.api_key_file.clone().or_else(|| {
+            std::env::var_os("CREDENTIALS_DIRECTORY")
+                .map(|d| Path::new(&d).join(CREDENTIAL_NAME))
+                .filter(|p| p.exists())
+        })
+    }
+
+    /// A warning when the key file may be read by other users (group or other read
+    /// permission): the key is a secret that costs money. Not an error: herald works.
+    pub fn key_file_warning(&self) -> Option<String> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.key_file()?;
+        let mode = std::fs::metadata(&path).ok()?.permissions().mode() & 0o777;
+        (mode & 0o044 != 0).then(|| {
+            format!(
+                "the API key file {} is readable by {} (mode {mode:04o}): run \
+                 `chmod 600 {}` (or write it with `install -m 0600`)",
+                path.display(),
+                if mode & 0o004 != 0 {
+                    "every user"
+                } else {
+                    "its group"
+                },
+                path.display()
+            )
+        })
+    }
+
+    /// Limits of the control socket.
+    pub fn server_limits(&self) -> Limits {
+        Limits {
+            max_connections: self.daemon.max_connections,
+            idle_timeout: Some(Duration::from_secs(self.daemon.idle_timeout_s))
+                .filter(|d| !d.is_zero()),
+            max_text_chars: self.speech.max_text_chars,
         }
     }
 
@@ -600,6 +695,7 @@ impl Config {
             first_byte_timeout: Duration::from_millis(self.api.first_byte_timeout_ms),
             stall_timeout: Duration::from_millis(self.api.stall_timeout_ms),
             max_attempts: self.api.max_attempts,
+            first_audio_deadline: Duration::from_millis(self.api.first_audio_deadline_ms),
             ..OpenAiConfig::default()
         }
     }
@@ -792,6 +888,107 @@ mod tests {
         assert!(e.contains("presets.dinner") && e.contains("line 1"), "{e}");
         let e = parse("[cache]\nmax_mb = 0\n").unwrap_err().to_string();
         assert!(e.contains("cache.max_mb"), "{e}");
+    }
+
+    #[test]
+    fn first_audio_deadline_has_a_default_a_range_and_a_warning() {
+        let (c, w) = parse("").unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(c.api.first_audio_deadline_ms, 20_000);
+        assert_eq!(c.openai(None).first_audio_deadline, Duration::from_secs(20));
+        let e = parse("[api]\nfirst_audio_deadline_ms = 500\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 2")
+                && e.contains("api.first_audio_deadline_ms")
+                && e.contains("1000 to 600000 ms"),
+            "{e}"
+        );
+        // A per-attempt timeout above the deadline is allowed, but said to be cut.
+        let (_, w) = parse("[api]\nfirst_byte_timeout_ms = 30000\n").unwrap();
+        assert!(
+            w.len() == 1 && w[0].contains("first_audio_deadline_ms (20000)"),
+            "{w:?}"
+        );
+    }
+
+    #[test]
+    fn credentials_in_api_base_never_appear_in_errors_or_debug() {
+        let e = parse("[api]\napi_base = \"ftp://user:hunter2@proxy.local/v1\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !e.contains("hunter2") && e.contains("ftp://proxy.local/v1"),
+            "{e}"
+        );
+        let (c, _) = parse("[api]\napi_base = \"http://user:hunter2@proxy.local/v1\"\n").unwrap();
+        let shown = format!("{c:?} {:?}", c.openai(None));
+        assert!(
+            !shown.contains("hunter2") && shown.contains("proxy.local"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn idle_timeout_has_a_default_zero_means_never_and_a_range() {
+        let (c, _) = parse("").unwrap();
+        assert_eq!(c.daemon.idle_timeout_s, 30);
+        assert_eq!(
+            c.server_limits().idle_timeout,
+            Some(Duration::from_secs(30))
+        );
+        let (c, _) = parse("[daemon]\nidle_timeout_s = 0\n").unwrap();
+        assert_eq!(c.server_limits().idle_timeout, None, "0 = never");
+        let e = parse("[daemon]\nidle_timeout_s = 100000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("daemon.idle_timeout_s") && e.contains("0 = never"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn max_text_chars_is_bounded_and_sets_the_line_limit() {
+        let (c, _) = parse("[speech]\nmax_text_chars = 50\n").unwrap();
+        assert_eq!(c.server_limits().max_line_bytes(), 50 * 12 + 65_536);
+        let e = parse("[speech]\nmax_text_chars = 300000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("speech.max_text_chars") && e.contains("1 to 200000"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_key_file_others_can_read_is_warned_about() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "sk-x\n").unwrap();
+        let mut c = Config::default();
+        c.api.api_key_file = Some(key.clone());
+        for (mode, who) in [(0o644, "every user"), (0o640, "its group")] {
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+            let w = c.key_file_warning().expect("a warning");
+            assert!(
+                w.contains(&key.display().to_string())
+                    && w.contains(&format!("mode {mode:04o}"))
+                    && w.contains(who)
+                    && w.contains("chmod 600"),
+                "{w}"
+            );
+        }
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(c.key_file_warning(), None);
+        c.api.api_key_file = Some(dir.path().join("missing"));
+        assert_eq!(
+            c.key_file_warning(),
+            None,
+            "a missing file is api_key()'s error"
+        );
     }
 
     #[test]

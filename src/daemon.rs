@@ -101,7 +101,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), D
             source,
         })?;
 
-    let max_connections = d.max_connections;
+    let limits = config.server_limits();
     let source: Arc<dyn SpeechSource> = Arc::new(client);
     let parts = Parts {
         presets: open_cache(&config, &source),
@@ -113,12 +113,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), D
     let (sched, mut sched_task) = Scheduler::spawn(config.clone(), parts);
     start_buttons(&config, &sched);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let server = tokio::spawn(server::serve(
-        listener,
-        sched.requests(),
-        max_connections,
-        stop_rx,
-    ));
+    let server = tokio::spawn(server::serve(listener, sched.requests(), limits, stop_rx));
     if let Some(every) = notifier.watchdog_interval() {
         tokio::spawn(watchdog(sched.clone(), notifier.clone(), every));
     }
@@ -306,10 +301,10 @@ async fn reload(
         tracing::warn!("[[buttons]] changes take effect at the next restart");
     }
     if new.daemon.socket_path != current.daemon.socket_path
-        || new.daemon.max_connections != current.daemon.max_connections
+        || new.server_limits() != current.server_limits()
     {
         tracing::warn!(
-            "daemon.socket_path and daemon.max_connections take effect at the next restart"
+            "daemon.socket_path, daemon.max_connections, daemon.idle_timeout_s and the request line limit (from speech.max_text_chars) take effect at the next restart"
         );
     }
     sched

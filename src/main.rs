@@ -13,7 +13,9 @@ use herald::config::{Config, Loaded};
 use herald::control::client::Client;
 use herald::daemon;
 use herald::pipeline::{self, Limits, SpeakReport};
-use herald::protocol::{OkCommand, Reply, StatusReport};
+use herald::protocol::{
+    OkCommand, PresetRequest, Priority, Reply, Request, SpeakRequest, StatusReport, WhilePlaying,
+};
 use herald::tts::openai::OpenAiClient;
 use herald::tts::AudioFormat;
 
@@ -73,10 +75,9 @@ enum Command {
     Press {
         /// The preset's name ([presets.NAME] in the config).
         name: String,
-        /// What to do if it is already playing: ignore, restart or queue (default: its
-        /// button's rule, else ignore).
-        #[arg(long, value_name = "RULE")]
-        while_playing: Option<String>,
+        /// What to do if it is already playing (default: its button's rule, else ignore).
+        #[arg(long, value_name = "RULE", value_enum)]
+        while_playing: Option<WhilePlaying>,
         /// Return once the daemon accepted the press.
         #[arg(long)]
         no_wait: bool,
@@ -104,9 +105,9 @@ struct SocketArg {
 struct SayArgs {
     #[command(flatten)]
     voice: VoiceArgs,
-    /// normal, high (ahead of normal jobs) or interrupt (fades out what is playing).
-    #[arg(long, default_value = "normal")]
-    priority: String,
+    /// Where the job goes in the queue.
+    #[arg(long, value_enum, default_value_t = Priority::Normal)]
+    priority: Priority,
     /// An id for the job (echoed in replies; usable with cancel).
     #[arg(long)]
     id: Option<String>,
@@ -254,8 +255,11 @@ async fn run(cli: Cli) -> Result<()> {
         warnings,
         path,
     } = Config::load(cli.config.as_deref())?;
-    for w in &warnings {
-        tracing::warn!("{w}");
+    // `check` prints them itself, among its findings.
+    if !matches!(cli.command, Command::Check) {
+        for w in &warnings {
+            tracing::warn!("{w}");
+        }
     }
     match cli.command {
         Command::Speak(args) => speak(&mut config, args).await,
@@ -271,8 +275,8 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Say(args) => say(&config, args),
         Command::Status { json, socket } => status(&config, &socket, json),
-        Command::Stop { socket } => simple(&config, &socket, "stop"),
-        Command::Skip { socket } => simple(&config, &socket, "skip"),
+        Command::Stop { socket } => simple(&config, &socket, Request::Stop),
+        Command::Skip { socket } => simple(&config, &socket, Request::Skip),
         Command::Press {
             name,
             while_playing,
@@ -379,23 +383,18 @@ fn socket_path(config: &Config, arg: &SocketArg) -> PathBuf {
 
 fn say(config: &Config, args: SayArgs) -> Result<()> {
     let text = text_arg(&args.text)?;
-    let mut req = serde_json::json!({ "cmd": "speak", "text": text, "priority": args.priority });
-    let fields = [
-        ("voice", args.voice.voice.map(serde_json::Value::from)),
-        ("model", args.voice.model.map(serde_json::Value::from)),
-        (
-            "instructions",
-            args.voice.instructions.map(serde_json::Value::from),
-        ),
-        ("format", args.voice.format.map(|f| f.as_str().into())),
-        ("speed", args.voice.speed.map(serde_json::Value::from)),
-        ("id", args.id.map(serde_json::Value::from)),
-    ];
-    for (k, v) in fields {
-        if let Some(v) = v {
-            req[k] = v;
-        }
-    }
+    let v = args.voice;
+    let req = Request::Speak(SpeakRequest {
+        text,
+        voice: v.voice,
+        model: v.model,
+        format: v.format,
+        speed: v.speed,
+        instructions: v.instructions,
+        priority: args.priority,
+        id: args.id,
+        cache: false,
+    });
     let mut client = Client::connect(&socket_path(config, &args.socket))?;
     client.send(&req)?;
     follow(&mut client, args.no_wait)
@@ -454,7 +453,7 @@ fn follow(client: &mut Client, no_wait: bool) -> Result<()> {
 fn status(config: &Config, socket: &SocketArg, json: bool) -> Result<()> {
     let mut client = Client::connect(&socket_path(config, socket))?;
     client.set_timeout(Some(std::time::Duration::from_secs(10)))?;
-    let reply = client.request(&serde_json::json!({ "cmd": "status" }))?;
+    let reply = client.request(&Request::Status)?;
     let Reply::Status(s) = reply else {
         bail!("unexpected reply to status: {}", reply.to_line().trim_end());
     };
@@ -535,13 +534,14 @@ fn press(
     config: &Config,
     socket: &SocketArg,
     name: &str,
-    while_playing: Option<String>,
+    while_playing: Option<WhilePlaying>,
     no_wait: bool,
 ) -> Result<()> {
-    let mut req = serde_json::json!({ "cmd": "preset", "name": name });
-    if let Some(w) = while_playing {
-        req["while_playing"] = w.into();
-    }
+    let req = Request::Preset(PresetRequest {
+        name: name.to_string(),
+        id: None,
+        while_playing,
+    });
     let mut client = Client::connect(&socket_path(config, socket))?;
     client.send(&req)?;
     follow(&mut client, no_wait)
@@ -550,7 +550,7 @@ fn press(
 fn presets(config: &Config, socket: &SocketArg, json: bool) -> Result<()> {
     let mut client = Client::connect(&socket_path(config, socket))?;
     client.set_timeout(Some(std::time::Duration::from_secs(10)))?;
-    let reply = client.request(&serde_json::json!({ "cmd": "presets" }))?;
+    let reply = client.request(&Request::Presets)?;
     let Reply::Presets { presets } = reply else {
         bail!(
             "unexpected reply to presets: {}",
@@ -578,12 +578,13 @@ fn presets(config: &Config, socket: &SocketArg, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn simple(config: &Config, socket: &SocketArg, cmd: &str) -> Result<()> {
+/// `stop` or `skip`: one request, one `ok`.
+fn simple(config: &Config, socket: &SocketArg, req: Request) -> Result<()> {
     let mut client = Client::connect(&socket_path(config, socket))?;
     client.set_timeout(Some(std::time::Duration::from_secs(10)))?;
-    match client.request(&serde_json::json!({ "cmd": cmd }))? {
-        Reply::Ok { jobs, .. } if jobs.is_empty() => println!("{cmd}: nothing was playing"),
-        Reply::Ok { jobs, .. } => println!("{cmd}: {}", jobs.join(", ")),
+    match client.request(&req)? {
+        Reply::Ok { cmd, jobs } if jobs.is_empty() => println!("{cmd}: nothing was playing"),
+        Reply::Ok { cmd, jobs } => println!("{cmd}: {}", jobs.join(", ")),
         Reply::Failed { reason, .. } | Reply::Error { reason } => bail!("{reason}"),
         other => bail!("unexpected reply: {}", other.to_line().trim_end()),
     }

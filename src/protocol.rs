@@ -9,15 +9,29 @@ use serde::{Deserialize, Serialize};
 
 use crate::tts::AudioFormat;
 
-/// The longest request line, newline excluded.
-pub const MAX_LINE_BYTES: usize = 64 * 1024;
+/// Bytes one character of text may take in a JSON request: an astral-plane character
+/// escaped as a surrogate pair (`\ud83d\ude00`), as `json.dumps` does by default.
+pub const JSON_BYTES_PER_CHAR: usize = 12;
+/// Room in a request line for everything but the text (other fields, escaped instructions).
+pub const OTHER_FIELDS_BYTES: usize = 64 * 1024;
+/// Longest job id a client may give, in bytes.
+pub const MAX_ID_BYTES: usize = 128;
+
+/// The longest request line (newline excluded) for texts of up to `max_text_chars`
+/// characters: any text the daemon would accept fits, however its client escapes it.
+pub fn max_line_bytes(max_text_chars: usize) -> usize {
+    max_text_chars
+        .saturating_mul(JSON_BYTES_PER_CHAR)
+        .saturating_add(OTHER_FIELDS_BYTES)
+}
+
 /// Commands a JSON request may name.
 pub const COMMANDS: &[&str] = &[
     "speak", "stop", "skip", "cancel", "status", "preset", "presets",
 ];
 
 /// Where a job goes in the queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Priority {
     /// After every queued job.
@@ -30,7 +44,7 @@ pub enum Priority {
 }
 
 /// What a press does while the same preset is already playing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum WhilePlaying {
     /// Nothing: the announcement is already being heard (the default, so an impatient
@@ -44,49 +58,49 @@ pub enum WhilePlaying {
 }
 
 /// A `speak` request; every field but `text` falls back to the configured default.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SpeakRequest {
     /// The text to speak.
     pub text: String,
     /// Voice name.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub voice: Option<String>,
     /// Model name.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     /// `opus` or `pcm`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<AudioFormat>,
     /// 0.25–4.0.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub speed: Option<f32>,
     /// Voice instructions.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instructions: Option<String>,
     /// Queue placement.
     #[serde(default)]
     pub priority: Priority,
     /// The caller's id for the job (echoed in every reply); herald assigns one otherwise.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
     /// Store the audio in the cache and reuse it for the same request (repeated phrases).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cache: bool,
 }
 
 /// A `preset` request: play a configured preset, exactly like its button.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PresetRequest {
     /// The preset's name.
     pub name: String,
     /// The caller's id for the job; herald assigns one otherwise.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
     /// What to do if this preset is already playing; default: the rule of the preset's
     /// button, or `ignore` when no button plays it.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub while_playing: Option<WhilePlaying>,
 }
 
@@ -102,8 +116,10 @@ struct CancelRequest {
 #[serde(deny_unknown_fields)]
 struct NoArgs {}
 
-/// One parsed request line.
-#[derive(Debug, Clone, PartialEq)]
+/// One parsed request line. Its serialisation is the request's JSON line (what
+/// [`parse_line`] reads back), tagged by `cmd`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "cmd", rename_all = "lowercase")]
 pub enum Request {
     /// Queue text for speaking.
     Speak(SpeakRequest),
@@ -127,11 +143,19 @@ pub enum Request {
 /// Why a line is not a request; the message says what is allowed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProtocolError {
-    /// Longer than [`MAX_LINE_BYTES`].
-    #[error("the line is {len} bytes long (allowed: at most {MAX_LINE_BYTES} bytes per request)")]
+    /// Longer than [`max_line_bytes`] allows.
+    #[error(
+        "the line is {len} bytes long (allowed: at most {limit} bytes per request: room for \
+         speech.max_text_chars = {max_text_chars} characters at up to {JSON_BYTES_PER_CHAR} bytes \
+         each when JSON-escaped, plus {OTHER_FIELDS_BYTES} bytes for the other fields)"
+    )]
     TooLong {
-        /// Bytes read before giving up (at least the limit).
+        /// Bytes read before giving up (more than the limit).
         len: usize,
+        /// The limit, from [`max_line_bytes`].
+        limit: usize,
+        /// The `speech.max_text_chars` it was derived from.
+        max_text_chars: usize,
     },
     /// Not UTF-8.
     #[error("the line is not valid UTF-8 (at byte {at}); send UTF-8 text or JSON")]
@@ -158,23 +182,80 @@ pub enum ProtocolError {
     Empty,
 }
 
-/// Fields each command accepts, for messages.
-fn allowed_fields(cmd: &str) -> &'static str {
-    match cmd {
-        "speak" => {
-            "cmd, text, voice, model, format, speed, instructions, priority (normal, high, interrupt), id, cache"
+/// Fields each command accepts, for messages: serde's own lists (so they cannot drift
+/// from the types), with the values of the fields that take a fixed set.
+fn allowed_fields(cmd: &str) -> String {
+    let (fields, choices) = match cmd {
+        "speak" => (
+            serde_names::<SpeakRequest>(),
+            vec![
+                ("format", serde_names::<AudioFormat>()),
+                ("priority", serde_names::<Priority>()),
+            ],
+        ),
+        "preset" => (
+            serde_names::<PresetRequest>(),
+            vec![("while_playing", serde_names::<WhilePlaying>())],
+        ),
+        "cancel" => (serde_names::<CancelRequest>(), Vec::new()),
+        _ => (serde_names::<NoArgs>(), Vec::new()),
+    };
+    let described = fields
+        .iter()
+        .map(|f| match choices.iter().find(|(c, _)| c == f) {
+            Some((_, values)) => format!("{f} ({})", values.join(", ")),
+            None => f.to_string(),
+        });
+    std::iter::once("cmd".to_string())
+        .chain(described)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The names serde's derived `Deserialize` of `T` accepts: a struct's fields or an enum's
+/// variants (as renamed), read by handing it a deserializer that records them and fails.
+fn serde_names<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+    use serde::de::{Error as _, Visitor};
+    type ProbeError = serde::de::value::Error;
+    struct Probe(&'static [&'static str]);
+    impl<'de> serde::Deserializer<'de> for &mut Probe {
+        type Error = ProbeError;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, ProbeError> {
+            Err(ProbeError::custom("probe"))
         }
-        "preset" => "cmd, name, id, while_playing (ignore, restart, queue)",
-        "cancel" => "cmd, id",
-        _ => "cmd",
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, ProbeError> {
+            self.0 = fields;
+            Err(ProbeError::custom("probe"))
+        }
+        fn deserialize_enum<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            variants: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, ProbeError> {
+            self.0 = variants;
+            Err(ProbeError::custom("probe"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map
+            identifier ignored_any
+        }
     }
+    let mut probe = Probe(&[]);
+    let _ = T::deserialize(&mut probe);
+    probe.0
 }
 
 /// Parses one request line (without its newline; a trailing `\r` is ignored).
+/// The length limit is the reader's ([`max_line_bytes`]): a line longer than it is never
+/// held in memory whole.
 pub fn parse_line(line: &[u8]) -> Result<Request, ProtocolError> {
-    if line.len() > MAX_LINE_BYTES {
-        return Err(ProtocolError::TooLong { len: line.len() });
-    }
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let text = std::str::from_utf8(line).map_err(|e| ProtocolError::Utf8 {
         at: e.valid_up_to(),
@@ -230,6 +311,7 @@ pub fn parse_line(line: &[u8]) -> Result<Request, ProtocolError> {
         }
         "cancel" => {
             let req: CancelRequest = serde_json::from_value(rest).map_err(field_err)?;
+            check_id(&cmd, Some(&req.id))?;
             Ok(Request::Cancel { id: req.id })
         }
         "preset" => {
@@ -250,12 +332,31 @@ pub fn parse_line(line: &[u8]) -> Result<Request, ProtocolError> {
     }
 }
 
-/// A client's job id must be 1 to 128 bytes.
+/// The rule for a client's job id (speak, preset, cancel): 1 to [`MAX_ID_BYTES`] bytes
+/// without control characters, as ids are echoed into the daemon's log lines.
+pub fn validate_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > MAX_ID_BYTES {
+        return Err(format!(
+            "id must be 1 to {MAX_ID_BYTES} bytes (got {})",
+            id.len()
+        ));
+    }
+    if let Some((at, c)) = id.char_indices().find(|(_, c)| c.is_control()) {
+        return Err(format!(
+            "id contains the control character U+{:04X} at byte {at} (allowed: printable \
+             characters only, no newline, tab or other control characters)",
+            u32::from(c)
+        ));
+    }
+    Ok(())
+}
+
+/// [`validate_id`] for a request's optional id, as a field error of `cmd`.
 fn check_id(cmd: &str, id: Option<&str>) -> Result<(), ProtocolError> {
-    match id {
-        Some(i) if i.is_empty() || i.len() > 128 => Err(ProtocolError::Field {
+    match id.map(validate_id) {
+        Some(Err(message)) => Err(ProtocolError::Field {
             cmd: cmd.to_string(),
-            message: "id must be 1 to 128 bytes".into(),
+            message,
         }),
         _ => Ok(()),
     }
@@ -665,7 +766,6 @@ mod tests {
 
     #[test]
     fn bad_lines_say_what_is_wrong_and_what_is_allowed() {
-        assert!(err(&vec![b'a'; MAX_LINE_BYTES + 1]).contains("at most 65536 bytes"));
         assert!(err(b"caf\xff").contains("not valid UTF-8"));
         assert!(err(b"{\"cmd\":").contains("invalid JSON"));
         // Only objects are requests: anything else is text.
@@ -818,6 +918,197 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// `s` as Python's `json.dumps` writes it by default (`ensure_ascii=True`): every
+    /// non-ASCII character as `\uXXXX`, astral ones as a surrogate pair.
+    fn ascii_json(s: &str) -> String {
+        let mut out = String::from("\"");
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                ' '..='~' => out.push(c),
+                _ => {
+                    let mut units = [0u16; 2];
+                    for u in c.encode_utf16(&mut units) {
+                        out.push_str(&format!("\\u{u:04x}"));
+                    }
+                }
+            }
+        }
+        out.push('"');
+        out
+    }
+
+    #[test]
+    fn the_line_limit_fits_any_accepted_text_however_it_is_escaped() {
+        let n = 2000;
+        for c in ['é', '€', '😀', '\u{1}'] {
+            let text: String = std::iter::repeat_n(c, n).collect();
+            let line = format!(
+                r#"{{"cmd":"speak","text":{},"voice":"shimmer","model":"gpt-4o-mini-tts-2025-03-20","format":"opus","speed":1.25,"instructions":{},"priority":"interrupt","id":{},"cache":true}}"#,
+                ascii_json(&text),
+                ascii_json(&"Speak calmly, 😀. ".repeat(100)),
+                ascii_json(&"x".repeat(MAX_ID_BYTES)),
+            );
+            assert!(
+                line.len() <= max_line_bytes(n),
+                "{c:?}: {} bytes",
+                line.len()
+            );
+            let Request::Speak(s) = parse_line(line.as_bytes()).unwrap() else {
+                panic!()
+            };
+            assert_eq!(s.text, text);
+        }
+        assert_eq!(max_line_bytes(20_000), 20_000 * 12 + 65_536);
+        assert_eq!(max_line_bytes(usize::MAX), usize::MAX);
+        let e = ProtocolError::TooLong {
+            len: 400_000,
+            limit: max_line_bytes(20_000),
+            max_text_chars: 20_000,
+        }
+        .to_string();
+        assert!(
+            e.contains("at most 305536 bytes") && e.contains("speech.max_text_chars = 20000"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn ids_with_control_characters_are_refused_for_every_command() {
+        for line in [
+            r#"{"text":"x","id":"a\nFAKE job finished"}"#,
+            r#"{"cmd":"preset","name":"dinner","id":"tab\there"}"#,
+            r#"{"cmd":"cancel","id":"a\r"}"#,
+            r#"{"cmd":"cancel","id":"nel\u0085"}"#,
+        ] {
+            let e = err(line.as_bytes());
+            assert!(
+                e.contains("control character") && e.contains("printable"),
+                "{line}: {e}"
+            );
+        }
+        let e = err(format!(r#"{{"text":"x","id":"{}"}}"#, "y".repeat(129)).as_bytes());
+        assert!(e.contains("1 to 128 bytes"), "{e}");
+        assert!(err(br#"{"cmd":"cancel","id":""}"#).contains("1 to 128 bytes"));
+        // Printable non-ASCII is fine.
+        assert!(parse_line(r#"{"text":"x","id":"Küche-1 ✓"}"#.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn requests_serialise_to_the_documented_lines_and_parse_back() {
+        let speak = Request::Speak(SpeakRequest {
+            text: "Hi".into(),
+            ..Default::default()
+        });
+        assert_eq!(
+            serde_json::to_string(&speak).unwrap(),
+            r#"{"cmd":"speak","text":"Hi","priority":"normal"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Request::Status).unwrap(),
+            r#"{"cmd":"status"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Request::Cancel { id: "a".into() }).unwrap(),
+            r#"{"cmd":"cancel","id":"a"}"#
+        );
+        let all = [
+            speak,
+            Request::Speak(SpeakRequest {
+                text: "Door.".into(),
+                voice: Some("nova".into()),
+                model: Some("tts-1".into()),
+                format: Some(AudioFormat::Pcm),
+                speed: Some(1.5),
+                instructions: Some("Calm.".into()),
+                priority: Priority::Interrupt,
+                id: Some("door".into()),
+                cache: true,
+            }),
+            Request::Stop,
+            Request::Skip,
+            Request::Cancel { id: "door".into() },
+            Request::Status,
+            Request::Preset(PresetRequest {
+                name: "dinner".into(),
+                id: Some("p".into()),
+                while_playing: Some(WhilePlaying::Queue),
+            }),
+            Request::Presets,
+        ];
+        for req in all {
+            let line = serde_json::to_string(&req).unwrap();
+            assert_eq!(parse_line(line.as_bytes()).unwrap(), req, "{line}");
+        }
+    }
+
+    #[test]
+    fn allowed_fields_are_the_fields_the_types_serialise() {
+        // A request with every field set serialises exactly the fields listed as allowed.
+        let keys = |v: serde_json::Value| -> Vec<String> {
+            let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+            k.sort();
+            k
+        };
+        let listed = |cmd: &str| -> Vec<String> {
+            // Drop the value lists in parentheses, keep the field names.
+            let mut depth = 0;
+            let names: String = allowed_fields(cmd)
+                .chars()
+                .filter(|c| {
+                    depth += i32::from(*c == '(') - i32::from(*c == ')');
+                    depth == 0 && *c != ')'
+                })
+                .collect();
+            let mut k: Vec<String> = names.split(',').map(|f| f.trim().to_string()).collect();
+            k.sort();
+            k
+        };
+        let full_speak = Request::Speak(SpeakRequest {
+            text: "x".into(),
+            voice: Some("nova".into()),
+            model: Some("tts-1".into()),
+            format: Some(AudioFormat::Opus),
+            speed: Some(1.0),
+            instructions: Some("i".into()),
+            priority: Priority::High,
+            id: Some("i".into()),
+            cache: true,
+        });
+        assert_eq!(
+            keys(serde_json::to_value(full_speak).unwrap()),
+            listed("speak")
+        );
+        let full_preset = Request::Preset(PresetRequest {
+            name: "n".into(),
+            id: Some("i".into()),
+            while_playing: Some(WhilePlaying::Restart),
+        });
+        assert_eq!(
+            keys(serde_json::to_value(full_preset).unwrap()),
+            listed("preset")
+        );
+        let cancel = Request::Cancel { id: "i".into() };
+        assert_eq!(
+            keys(serde_json::to_value(cancel).unwrap()),
+            listed("cancel")
+        );
+        assert_eq!(
+            keys(serde_json::to_value(Request::Stop).unwrap()),
+            listed("stop")
+        );
+        assert_eq!(
+            allowed_fields("speak"),
+            "cmd, text, voice, model, format (opus, pcm), speed, instructions, \
+             priority (normal, high, interrupt), id, cache"
+        );
+        assert_eq!(
+            allowed_fields("preset"),
+            "cmd, name, id, while_playing (ignore, restart, queue)"
+        );
     }
 
     #[test]

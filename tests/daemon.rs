@@ -433,7 +433,8 @@ fn every_bad_input_gets_a_failed_reply_and_the_daemon_serves_on() {
     long.push(b'\n');
     let too_long_text = "x".repeat(51);
     let cases: Vec<(Vec<u8>, &str)> = vec![
-        (long, "at most 65536 bytes"),
+        // The limit follows max_text_chars: 50 × 12 bytes + 64 KiB for the other fields.
+        (long, "at most 66136 bytes"),
         (b"caf\xe9 au lait\n".to_vec(), "not valid UTF-8"),
         (b"{\"cmd\":\"speak\",\"text\":\n".to_vec(), "invalid JSON"),
         (
@@ -506,8 +507,9 @@ fn too_many_connections_are_refused_and_a_client_that_never_reads_blocks_nobody(
     for _ in 0..50 {
         let mut extra = d.conn();
         // A refused connection may already be closed for writing: the refusal is still
-        // there to read, so a failed write is not the test's concern.
-        let _ = extra.w.write_all(b"{\"cmd\":\"status\"}\n");
+        // there to read, so a failed write is not the test's concern. (A status would be
+        // answered even over the limit; a speak is not.)
+        let _ = extra.w.write_all(b"{\"text\":\"Over the limit?\"}\n");
         let r = extra.reply();
         if r["event"] == "error" {
             refused = Some(r);
@@ -1047,4 +1049,346 @@ fn a_busy_device_fails_jobs_with_the_reason_and_the_daemon_keeps_serving() {
         "{s}"
     );
     assert_eq!(s["device"]["open"], false);
+}
+
+#[test]
+fn a_request_id_with_a_newline_is_refused_and_forges_no_log_line() {
+    let d = null("fast,tone,id=forge", "");
+    let mut c = d.conn();
+    c.send(json!({"text": "Hello.", "id": "a\nFAKE job finished"}));
+    let r = c.reply();
+    assert_eq!(r["event"], "failed", "{r}");
+    let reason = r["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("control character") && reason.contains("printable"),
+        "{reason}"
+    );
+    c.send(json!({"cmd": "cancel", "id": "b\rFAKE"}));
+    assert_eq!(c.reply()["event"], "failed");
+    // The daemon serves on; the log has only lines it wrote itself.
+    c.speak("fine", "Hello.", "normal");
+    assert_eq!(c.until("finished").last().unwrap()["id"], "fine");
+    d.wait_log("job finished", REPLY_TIMEOUT);
+    let log = d.log();
+    assert!(
+        !log.lines().any(|l| l.trim_start().starts_with("FAKE")),
+        "{log}"
+    );
+}
+
+#[test]
+fn serve_refuses_to_delete_a_file_that_is_not_a_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herald.sock");
+    std::fs::write(&path, "precious notes\n").unwrap();
+    let cfg = dir.path().join("herald.toml");
+    std::fs::write(
+        &cfg,
+        config_text("fast,tone,id=notsock", "herald_null", &path, ""),
+    )
+    .unwrap();
+    let mut child = support::daemon::serve_command(&cfg, KEY)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > until {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "herald serve kept running; the file now holds {:?}",
+                std::fs::read(&path)
+                    .ok()
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains(&path.display().to_string())
+            && err.contains("a regular file")
+            && err.contains("daemon.socket_path"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "precious notes\n");
+    // herald check says so too, instead of calling it a stale socket.
+    let (k, v) = support::alsa_env().env_var();
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("check")
+        .env(k, v)
+        .env("OPENAI_API_KEY", KEY)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("is a regular file, not a socket"), "{text}");
+}
+
+#[test]
+fn check_never_prints_credentials_from_the_api_base() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("herald.sock");
+    let cfg = dir.path().join("herald.toml");
+    let (k, v) = support::alsa_env().env_var();
+    let run = |base: &str| {
+        let text = config_text("fast,id=creds", "herald_null", &sock, "")
+            .replace(&emu().base_url("fast,id=creds"), base);
+        std::fs::write(&cfg, text).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .arg("--config")
+            .arg(&cfg)
+            .arg("check")
+            .env(k, v)
+            .env("OPENAI_API_KEY", KEY)
+            .output()
+            .unwrap();
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !all.contains("PROXYPASS"),
+            "the password was printed: {all}"
+        );
+        all
+    };
+    let all = run("http://herald:PROXYPASS@127.0.0.1:9/v1");
+    assert!(all.contains("API: http://127.0.0.1:9/v1"), "{all}");
+    // An invalid base is refused, still without the password.
+    let all = run("ftp://herald:PROXYPASS@proxy.local/v1");
+    assert!(all.contains("not an http(s) URL"), "{all}");
+}
+
+#[test]
+fn idle_connections_are_closed_but_one_waiting_for_its_job_is_not() {
+    let d = fifo(
+        "fast,tone,id=idle-conns",
+        // One slot more than the test uses: the start-up probe may still hold one.
+        "max_connections = 4\nidle_timeout_s = 1\n",
+    );
+    // A client whose announcement plays for ~3 s, three times the idle timeout.
+    let mut waiting = d.conn();
+    waiting.speak("long", LONG, "normal");
+    // A client that connects and says nothing.
+    let mut idle = d.conn();
+    idle.w
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // A client that trickles a request in, a byte every 200 ms, never finishing the line.
+    let mut trickle = d.conn();
+    trickle
+        .w
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut writer = trickle.w.try_clone().unwrap();
+    let dripping = std::thread::spawn(move || {
+        for b in "{\"cmd\":\"status\"".bytes().cycle().take(50) {
+            if writer.write_all(&[b]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+
+    let t = Instant::now();
+    let r = idle.reply();
+    assert_eq!(r["event"], "error", "{r}");
+    let reason = r["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("idle for 1 s") && reason.contains("daemon.idle_timeout_s = 1"),
+        "{reason}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let mut rest = String::new();
+    assert_eq!(
+        idle.r.read_line(&mut rest).unwrap(),
+        0,
+        "not closed: {rest}"
+    );
+
+    let r = trickle.reply();
+    assert_eq!(r["event"], "error", "{r}");
+    let reason = r["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("not completed within 1 s") && reason.contains("daemon.idle_timeout_s"),
+        "{reason}"
+    );
+    dripping.join().unwrap();
+
+    // The waiting client hears its job to the end, with no error on the way...
+    let replies = waiting.until("finished");
+    assert!(replies.iter().all(|r| r["event"] != "error"), "{replies:?}");
+    // ... and is idle only from then on.
+    let ended = Instant::now();
+    let r = waiting.reply();
+    assert_eq!(r["event"], "error", "{r}");
+    assert!(
+        ended.elapsed() >= Duration::from_millis(800),
+        "closed {:?} after its job ended",
+        ended.elapsed()
+    );
+    // The slots are free again.
+    let mut c = d.conn();
+    c.send(json!({"cmd": "status"}));
+    assert_eq!(c.reply()["event"], "status");
+}
+
+#[test]
+fn over_the_connection_limit_a_status_is_still_answered_and_a_speak_is_refused() {
+    let d = null("fast,tone,id=spare", "max_connections = 2\n");
+    // Two clients hold every slot. A served connection answers any number of requests;
+    // one over the limit (while the start-up probe still counts) answers only one.
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        if held.len() == 2 {
+            break;
+        }
+        let mut c = d.conn();
+        c.send(json!({"cmd": "status"}));
+        c.send(json!({"cmd": "status"}));
+        let mut line = String::new();
+        let _ = c.r.read_line(&mut line);
+        line.clear();
+        if c.r.read_line(&mut line).is_ok_and(|n| n > 0) {
+            held.push(c);
+        }
+    }
+    assert_eq!(held.len(), 2, "could not fill the slots");
+    let out = d.herald(&["status"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "status over the limit failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("queue:   0 waiting"), "{stdout}");
+    let out = d.herald(&["presets"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A speak over the limit is refused with the reason, and nothing is queued.
+    let mut over = d.conn();
+    over.send(json!({"text": "Squeezed in.", "id": "over"}));
+    let r = over.reply();
+    assert_eq!(r["event"], "error", "{r}");
+    let reason = r["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("too many connections") && reason.contains("max_connections = 2"),
+        "{reason}"
+    );
+    // A connection over the limit that says nothing is closed after a short deadline.
+    let mut silent = d.conn();
+    let t = Instant::now();
+    assert_eq!(silent.reply()["event"], "error");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+
+    held[0].send(json!({"cmd": "status"}));
+    let s = held[0].reply();
+    assert_eq!(s["counters"]["accepted"], 0, "{s}");
+}
+
+/// `s` as a JSON string the way Python's `json.dumps` writes it by default
+/// (`ensure_ascii=True`): every non-ASCII character as `\uXXXX`, astral ones as a
+/// surrogate pair (12 bytes).
+fn ascii_json(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            ' '..='~' => out.push(c),
+            _ => {
+                let mut units = [0u16; 2];
+                for u in c.encode_utf16(&mut units) {
+                    out.push_str(&format!("\\u{u:04x}"));
+                }
+            }
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[test]
+fn a_long_non_ascii_text_escaped_by_json_dumps_fits_the_line_limit() {
+    // The API never answers: the job is accepted, then cancelled; nothing is synthesised.
+    let d = null("hang,id=bigline", "");
+    let mut c = d.conn();
+    // 20000 characters (speech.max_text_chars) of the worst case: astral-plane characters,
+    // 12 bytes each as json.dumps escapes them: 240 kB on one line.
+    let text: String = "\u{1F514}".repeat(20_000);
+    let line = format!(
+        "{{\"cmd\": \"speak\", \"text\": {}, \"id\": \"big\", \"voice\": \"coral\"}}\n",
+        ascii_json(&text)
+    );
+    assert!(line.len() > 240_000);
+    c.send_raw(line.as_bytes());
+    let r = c.reply();
+    assert_eq!(
+        r["event"],
+        "queued",
+        "{}",
+        &r.to_string()[..300.min(r.to_string().len())]
+    );
+    c.send(json!({"cmd": "cancel", "id": "big"}));
+    let r = c.until("cancelled");
+    assert_eq!(r.last().unwrap()["id"], "big", "{r:?}");
+    // Longer than any accepted text could need: refused, saying the limit and why.
+    let mut huge = vec![b'x'; 400_000];
+    huge.push(b'\n');
+    c.send_raw(&huge);
+    let r = c.until("failed");
+    let reason = r.last().unwrap()["reason"].as_str().unwrap().to_string();
+    assert!(
+        reason.contains("at most 305536 bytes") && reason.contains("speech.max_text_chars = 20000"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn a_key_file_others_can_read_is_warned_about_at_start_and_by_check() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("herald.sock");
+    let key_file = dir.path().join("openai_api_key");
+    std::fs::write(&key_file, format!("{KEY}\n")).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let text = config_text("fast,tone,id=keymode", "herald_null", &sock, "").replace(
+        "[api]\n",
+        &format!("[api]\napi_key_file = \"{}\"\n", key_file.display()),
+    );
+    let d = Served::start(dir, sock, &text, KEY, &[], Duration::from_secs(20));
+    let expect = format!(
+        "the API key file {} is readable by every user (mode 0644)",
+        key_file.display()
+    );
+    d.wait_log(&expect, REPLY_TIMEOUT);
+    let log = d.log();
+    assert_eq!(log.matches(&expect).count(), 1, "{log}");
+    assert!(log.contains("chmod 600"), "{log}");
+    // It is a warning: the daemon serves.
+    let mut c = Conn::open(&d.sock);
+    c.speak("k", "Still speaking.", "normal");
+    assert_eq!(c.until("finished").last().unwrap()["id"], "k");
+    // herald check reads the key from the file (no OPENAI_API_KEY) and warns once.
+    let out = d.herald(&["check"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("API key: found"), "{stdout}");
+    assert_eq!(stdout.matches(&expect).count(), 1, "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains(&expect), "said twice: {stderr}");
+    assert!(!stdout.contains(KEY) && !stderr.contains(KEY));
 }

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use herald::tts::openai::{OpenAiClient, OpenAiConfig};
@@ -223,6 +223,8 @@ fn config(server_base: String) -> OpenAiConfig {
         api_key: Some(ApiKey::new(KEY)),
         connect_timeout: Duration::from_secs(5),
         first_byte_timeout: Duration::from_secs(10),
+        // Far beyond what the retries of these tests take: only the deadline tests meet it.
+        first_audio_deadline: Duration::from_secs(120),
         stall_timeout: Duration::from_secs(10),
         max_attempts: 4,
         backoff_base: Duration::from_millis(5),
@@ -631,7 +633,7 @@ async fn no_first_byte_in_time_is_a_timeout_after_retrying() {
     let client = OpenAiClient::new(cfg).unwrap();
     let e = open_err(&client, &request(AudioFormat::Opus)).await;
     assert!(
-        matches!(e, TtsError::Timeout { phase: "waiting for the first audio byte", after } if after == Duration::from_millis(300)),
+        matches!(&e, TtsError::NoAudio { attempts: 2, detail, .. } if detail.contains("waiting for the first audio byte after 300 ms")),
         "{e:?}"
     );
     assert_eq!(server.requests().len(), 2);
@@ -948,6 +950,7 @@ fn defaults_match_the_documented_values() {
     assert!(cfg.api_key.is_none());
     assert_eq!(cfg.connect_timeout, Duration::from_secs(5));
     assert_eq!(cfg.first_byte_timeout, Duration::from_secs(15));
+    assert_eq!(cfg.first_audio_deadline, Duration::from_secs(20));
     assert_eq!(cfg.stall_timeout, Duration::from_secs(10));
     assert_eq!(cfg.max_attempts, 4);
     assert_eq!(cfg.backoff_base, Duration::from_millis(250));
@@ -997,6 +1000,88 @@ async fn a_redirect_is_not_followed_and_is_reported_as_a_portal_or_proxy() {
     let shown = e.to_string();
     assert!(
         shown.contains("redirect to http://portal.example/login"),
+        "{shown}"
+    );
+    assert_eq!(server.requests().len(), 1);
+}
+
+/// The emulator's `hang` fault (a server that accepts requests and never answers): the
+/// deadline for the first audio, not max_attempts × first_byte_timeout, bounds the wait,
+/// and the message says how many attempts were made in how long.
+#[tokio::test]
+async fn a_hanging_server_is_given_only_the_attempts_that_fit_the_first_audio_deadline() {
+    let emu = herald::emulator::Emulator::start(herald::emulator::EmulatorConfig {
+        api_key: KEY.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let sc = "hang,id=deadline";
+    let toml = format!(
+        "[api]\napi_base = \"{}\"\nfirst_byte_timeout_ms = 400\nfirst_audio_deadline_ms = 1000\nmax_attempts = 4\n",
+        emu.base_url(sc)
+    );
+    let (config, warnings) =
+        herald::config::Config::parse(&toml, std::path::Path::new("test.toml")).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let mut cfg = config.openai(Some(ApiKey::new(KEY)));
+    // Next to no backoff, so the number of attempts depends on the deadline alone.
+    cfg.backoff_base = Duration::from_millis(5);
+    cfg.backoff_max = Duration::from_millis(10);
+    let client = OpenAiClient::new(cfg).unwrap();
+    let t = Instant::now();
+    let e = open_err(&client, &request(AudioFormat::Opus)).await;
+    let took = t.elapsed();
+    eprintln!("hang: gave up after {took:?}: {e}");
+    // Two whole 400 ms attempts fit in 1000 ms; a third would end past it, so it is not
+    // started (max_attempts alone would allow 4 × 400 ms).
+    assert!(matches!(e, TtsError::NoAudio { attempts: 2, .. }), "{e:?}");
+    let shown = e.to_string();
+    assert!(
+        shown.starts_with("no audio from the API after 2 attempts in 0.")
+            && shown.contains("(api.first_audio_deadline_ms = 1000)")
+            && shown.contains("waiting for the first audio byte after 400 ms"),
+        "{shown}"
+    );
+    assert!(took < Duration::from_millis(1000), "took {took:?}");
+    assert_eq!(emu.stats().requests_for(sc), 2);
+}
+
+/// Quick failures are retried only while a whole attempt still fits the deadline: a
+/// server asking to wait 900 ms leaves no room for a 400 ms attempt in 1000 ms.
+#[tokio::test]
+async fn a_retry_that_could_not_finish_within_the_deadline_is_not_started() {
+    let server = ScriptedServer::start(vec![
+        respond(
+            503,
+            &[("retry-after-ms", "900")],
+            &openai_error("Overloaded", "server_error", "server_error"),
+        ),
+        ok_ogg(vec![ogg_bytes(10)]),
+    ])
+    .await;
+    let mut cfg = config(server.base());
+    cfg.first_byte_timeout = Duration::from_millis(400);
+    cfg.first_audio_deadline = Duration::from_millis(1000);
+    let client = OpenAiClient::new(cfg).unwrap();
+    let e = open_err(&client, &request(AudioFormat::Opus)).await;
+    assert!(
+        matches!(
+            e,
+            TtsError::Server {
+                status: 503,
+                attempts: 1,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let shown = e.to_string();
+    assert!(
+        shown.contains("Overloaded")
+            && shown.contains(
+                "no time left for another attempt within api.first_audio_deadline_ms = 1000"
+            ),
         "{shown}"
     );
     assert_eq!(server.requests().len(), 1);

@@ -5,7 +5,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::protocol::Reply;
+use crate::protocol::{Reply, Request};
 
 /// Errors talking to the daemon; each names the socket.
 #[derive(Debug, thiserror::Error)]
@@ -82,9 +82,14 @@ impl Client {
         }
     }
 
-    /// Sends one request (a JSON value) as a line.
-    pub fn send(&mut self, request: &serde_json::Value) -> Result<(), ClientError> {
-        let mut line = request.to_string();
+    /// Sends one request as a line (its JSON serialisation, the documented wire format).
+    pub fn send(&mut self, request: &Request) -> Result<(), ClientError> {
+        let mut line = serde_json::to_string(request).map_err(|e| {
+            self.io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("cannot encode the request: {e}"),
+            ))
+        })?;
         line.push('\n');
         self.writer
             .write_all(line.as_bytes())
@@ -110,7 +115,7 @@ impl Client {
     }
 
     /// Sends `request` and returns the first reply (for status, stop, skip, cancel).
-    pub fn request(&mut self, request: &serde_json::Value) -> Result<Reply, ClientError> {
+    pub fn request(&mut self, request: &Request) -> Result<Reply, ClientError> {
         self.send(request)?;
         self.next_reply()
     }

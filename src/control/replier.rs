@@ -1,8 +1,9 @@
 //! Where one connection's replies go: a bounded queue drained by the connection's writer.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
 
 use crate::protocol::{Reply, ReplyTo};
 
@@ -12,12 +13,25 @@ pub struct Replier {
     conn: u64,
     tx: mpsc::Sender<Reply>,
     kill: Arc<Notify>,
+    /// When the last reply was queued (the connection's idle time counts from it).
+    last_reply: Arc<Mutex<Instant>>,
 }
 
 impl Replier {
     /// A replier for connection `conn`; `kill` is notified when the client stops reading.
     pub fn new(conn: u64, tx: mpsc::Sender<Reply>, kill: Arc<Notify>) -> Self {
-        Replier { conn, tx, kill }
+        Replier {
+            conn,
+            tx,
+            kill,
+            last_reply: Arc::new(Mutex::new(Instant::now())),
+        }
+    }
+
+    /// When the last reply was sent (or the replier made, before any).
+    pub fn last_reply(&self) -> Instant {
+        // A poisoned lock only means a panic elsewhere mid-store; the instant is still valid.
+        *self.last_reply.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -26,6 +40,7 @@ impl ReplyTo for Replier {
     /// reading: its connection is closed (never waited for). A terminal reply to a
     /// client that is gone is logged instead.
     fn send(&self, reply: Reply) {
+        *self.last_reply.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
         match self.tx.try_send(reply) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(r)) => {

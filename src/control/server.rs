@@ -1,6 +1,9 @@
 //! The control socket: binding (or taking systemd's), the accept loop and per-connection
 //! reader/writer tasks. A client that sends garbage gets a `failed` reply and stays
-//! connected; a client that does not read its replies is disconnected, never waited for.
+//! connected; a client that does not read its replies is disconnected, never waited for;
+//! a client that holds a connection without a job in flight is closed after
+//! `daemon.idle_timeout_s`, and over `daemon.max_connections` a few connections are still
+//! answered one `status` or `presets` request, so the daemon can always be asked.
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -11,19 +14,61 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::OwnedReadHalf;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch, Notify};
+use tokio::time::Instant;
 
 use crate::control::replier::Replier;
-use crate::protocol::{parse_line, Envelope, ProtocolError, Reply, ReplyTo, MAX_LINE_BYTES};
+use crate::protocol::{
+    max_line_bytes, parse_line, Envelope, ProtocolError, Reply, ReplyTo, Request,
+};
 
 /// Replies buffered per connection before a non-reading client is dropped.
 pub const REPLY_QUEUE: usize = 256;
+/// Connections over `max_connections` answered at once (one `status`/`presets` each);
+/// more are refused at once.
+pub const SPARE_CONNECTIONS: usize = 4;
+/// How long a connection over the limit has to send its one request.
+pub const SPARE_READ_DEADLINE: Duration = Duration::from_secs(2);
+/// The longest request line read on a connection over the limit (a status is ~20 bytes).
+const SPARE_LINE_BYTES: usize = 1024;
+/// How long a connection over the limit waits for the scheduler's answer.
+const SPARE_ANSWER: Duration = Duration::from_secs(2);
 /// How long a refused connection is given to read the refusal.
 const REFUSAL_WRITE: Duration = Duration::from_secs(1);
 /// How long a refused connection's input is drained before closing, and at most how much.
 const REFUSAL_LINGER: Duration = Duration::from_millis(500);
 const REFUSAL_DRAIN_BYTES: usize = 256 * 1024;
+
+/// What the control socket allows each client (from `[daemon]` and `[speech]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections served at once (`daemon.max_connections`).
+    pub max_connections: usize,
+    /// A connection without a job in flight is closed after this long without a complete
+    /// request or a reply (`daemon.idle_timeout_s`); `None` = never.
+    pub idle_timeout: Option<Duration>,
+    /// `speech.max_text_chars`, from which the longest request line is derived.
+    pub max_text_chars: usize,
+}
+
+impl Limits {
+    /// The longest request line, newline excluded.
+    pub fn max_line_bytes(&self) -> usize {
+        max_line_bytes(self.max_text_chars)
+    }
+
+    fn too_many(&self) -> Reply {
+        let max = self.max_connections;
+        Reply::Error {
+            reason: format!(
+                "too many connections ({max} open; daemon.max_connections = {max}): try again \
+                 later (over the limit, a connection is answered one status or presets request)"
+            ),
+        }
+    }
+}
 
 /// Errors setting up the control socket; each names the path.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +91,17 @@ pub enum ServerError {
         /// The OS error.
         source: io::Error,
     },
+    /// Something other than a socket is at the path; it is left alone.
+    #[error(
+        "control socket {path}: {kind} is in the way (herald only replaces a stale socket); \
+         move or delete it, or set daemon.socket_path to another path"
+    )]
+    NotASocket {
+        /// The socket path.
+        path: PathBuf,
+        /// What is there: "a regular file", "a directory", "a symbolic link", ...
+        kind: &'static str,
+    },
     /// `socket_group` names no group.
     #[error("control socket {path}: unknown group '{group}' (daemon.socket_group must name a group in /etc/group, or be \"\")")]
     NoGroup {
@@ -56,8 +112,55 @@ pub enum ServerError {
     },
 }
 
+/// What is at the control socket's path.
+#[derive(Debug)]
+pub enum SocketPath {
+    /// Nothing.
+    Free,
+    /// A socket a daemon answers on.
+    Live,
+    /// A socket nobody answers on (its daemon crashed): `serve` replaces it.
+    Stale,
+    /// Something that is not a socket ("a regular file", "a directory", ...): left alone.
+    Other(&'static str),
+    /// It could not be examined.
+    Unknown(io::Error),
+}
+
+impl SocketPath {
+    /// Looks at `path` without following a symbolic link.
+    pub fn inspect(path: &Path) -> SocketPath {
+        use std::os::unix::fs::FileTypeExt;
+        let meta = match std::fs::symlink_metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return SocketPath::Free,
+            Err(e) => return SocketPath::Unknown(e),
+        };
+        let t = meta.file_type();
+        if !t.is_socket() {
+            return SocketPath::Other(if t.is_file() {
+                "a regular file"
+            } else if t.is_dir() {
+                "a directory"
+            } else if t.is_symlink() {
+                "a symbolic link"
+            } else if t.is_fifo() {
+                "a FIFO"
+            } else {
+                "a device file"
+            });
+        }
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => SocketPath::Live,
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => SocketPath::Stale,
+            Err(e) => SocketPath::Unknown(e),
+        }
+    }
+}
+
 /// Binds the control socket at `path` (creating its directory), replacing a stale socket
-/// file but refusing one a live daemon answers on; then applies `mode` and `group`.
+/// but refusing one a live daemon answers on and anything that is not a socket; then
+/// applies `mode` and `group`.
 pub fn bind(path: &Path, mode: u32, group: &str) -> Result<StdUnixListener, ServerError> {
     let io_err = |op, source| ServerError::Io {
         path: path.to_path_buf(),
@@ -67,20 +170,24 @@ pub fn bind(path: &Path, mode: u32, group: &str) -> Result<StdUnixListener, Serv
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| io_err("create its directory", e))?;
     }
-    if std::fs::symlink_metadata(path).is_ok() {
-        match std::os::unix::net::UnixStream::connect(path) {
-            Ok(_) => {
-                return Err(ServerError::InUse {
-                    path: path.to_path_buf(),
-                })
-            }
-            // Nobody listens: a leftover from a crash.
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                tracing::info!(path = %path.display(), "replacing a stale control socket");
-                std::fs::remove_file(path).map_err(|e| io_err("remove the stale socket", e))?;
-            }
-            Err(e) => return Err(io_err("check the existing file", e)),
+    match SocketPath::inspect(path) {
+        SocketPath::Free => {}
+        SocketPath::Live => {
+            return Err(ServerError::InUse {
+                path: path.to_path_buf(),
+            })
         }
+        SocketPath::Stale => {
+            tracing::info!(path = %path.display(), "replacing a stale control socket");
+            std::fs::remove_file(path).map_err(|e| io_err("remove the stale socket", e))?;
+        }
+        SocketPath::Other(kind) => {
+            return Err(ServerError::NotASocket {
+                path: path.to_path_buf(),
+                kind,
+            })
+        }
+        SocketPath::Unknown(e) => return Err(io_err("check the existing file", e)),
     }
     let listener = StdUnixListener::bind(path).map_err(|e| io_err("bind", e))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
@@ -117,10 +224,11 @@ fn group_id(name: &str) -> Option<u32> {
 pub async fn serve(
     listener: UnixListener,
     requests: mpsc::Sender<Envelope>,
-    max_connections: usize,
+    limits: Limits,
     mut stop: watch::Receiver<bool>,
 ) {
     let live = Arc::new(AtomicUsize::new(0));
+    let spare = Arc::new(AtomicUsize::new(0));
     let mut next_conn: u64 = 0;
     let mut conns = tokio::task::JoinSet::new();
     loop {
@@ -141,9 +249,25 @@ pub async fn serve(
         };
         next_conn += 1;
         let conn = next_conn;
-        if live.load(Ordering::SeqCst) >= max_connections {
-            tracing::warn!(conn, max_connections, "too many connections; refusing one");
-            conns.spawn(refuse(stream, max_connections));
+        if live.load(Ordering::SeqCst) >= limits.max_connections {
+            let max_connections = limits.max_connections;
+            if spare.load(Ordering::SeqCst) >= SPARE_CONNECTIONS {
+                tracing::warn!(conn, max_connections, "too many connections; refusing one");
+                conns.spawn(refuse(stream, limits.too_many()));
+                continue;
+            }
+            tracing::info!(
+                conn,
+                max_connections,
+                "too many connections; this one may ask one status or presets request"
+            );
+            spare.fetch_add(1, Ordering::SeqCst);
+            let spare = spare.clone();
+            let requests = requests.clone();
+            conns.spawn(async move {
+                over_the_limit(stream, conn, requests, limits).await;
+                spare.fetch_sub(1, Ordering::SeqCst);
+            });
             continue;
         }
         live.fetch_add(1, Ordering::SeqCst);
@@ -151,7 +275,7 @@ pub async fn serve(
         let requests = requests.clone();
         let stop = stop.clone();
         conns.spawn(async move {
-            connection(stream, conn, requests, stop).await;
+            connection(stream, conn, requests, limits, stop).await;
             live.fetch_sub(1, Ordering::SeqCst);
         });
     }
@@ -159,22 +283,28 @@ pub async fn serve(
     while conns.join_next().await.is_some() {}
 }
 
-async fn refuse(mut stream: UnixStream, max: usize) {
-    let line = Reply::Error {
-        reason: format!(
-            "too many connections ({max} open; daemon.max_connections = {max}): try again later"
-        ),
-    }
-    .to_line();
-    let _ = tokio::time::timeout(REFUSAL_WRITE, stream.write_all(line.as_bytes())).await;
-    let _ = stream.shutdown().await;
+/// Writes `reply` to a connection that is not served and closes it.
+async fn refuse(stream: UnixStream, reply: Reply) {
+    let (read, write) = stream.into_split();
+    close_with(BufReader::new(read), write, reply).await;
+}
+
+/// Writes `reply`, closes the connection for writing and drains its input for a moment.
+async fn close_with(
+    mut read: BufReader<OwnedReadHalf>,
+    mut write: tokio::net::unix::OwnedWriteHalf,
+    reply: Reply,
+) {
+    let line = reply.to_line();
+    let _ = tokio::time::timeout(REFUSAL_WRITE, write.write_all(line.as_bytes())).await;
+    let _ = write.shutdown().await;
     // Lingering close: a client that writes its request before reading (`echo … | socat`)
     // would otherwise get EPIPE instead of the reason. Bounded in time and bytes.
     let _ = tokio::time::timeout(REFUSAL_LINGER, async {
         let mut buf = [0u8; 4096];
         let mut drained = 0;
         while drained < REFUSAL_DRAIN_BYTES {
-            match stream.read(&mut buf).await {
+            match read.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => drained += n,
             }
@@ -183,17 +313,68 @@ async fn refuse(mut stream: UnixStream, max: usize) {
     .await;
 }
 
+/// A connection over `max_connections`: its first request is answered if it is a
+/// read-only `status` or `presets` (so the daemon can always be asked what it is doing),
+/// anything else gets the "too many connections" error; then it is closed.
+async fn over_the_limit(
+    stream: UnixStream,
+    conn: u64,
+    requests: mpsc::Sender<Envelope>,
+    limits: Limits,
+) {
+    let (read, write) = stream.into_split();
+    let mut lines = LineReader::new(read, SPARE_LINE_BYTES);
+    let first = tokio::time::timeout(SPARE_READ_DEADLINE, async {
+        loop {
+            match lines.next_line().await {
+                Ok(Line::Complete) if lines.is_blank() => continue,
+                Ok(Line::Complete) => return Some(parse_line(lines.line())),
+                _ => return None,
+            }
+        }
+    })
+    .await;
+    let reply = match first {
+        Ok(Some(Ok(req @ (Request::Status | Request::Presets)))) => ask(conn, req, &requests)
+            .await
+            .unwrap_or_else(|| Reply::Error {
+                reason: format!(
+                    "the daemon did not answer within {} s; try again",
+                    SPARE_ANSWER.as_secs()
+                ),
+            }),
+        _ => limits.too_many(),
+    };
+    close_with(lines.into_inner(), write, reply).await;
+}
+
+/// Hands one request to the scheduler and waits (bounded) for its first reply.
+async fn ask(conn: u64, req: Request, requests: &mpsc::Sender<Envelope>) -> Option<Reply> {
+    let (tx, mut rx) = mpsc::channel::<Reply>(4);
+    let replier: Arc<dyn ReplyTo> = Arc::new(Replier::new(conn, tx, Arc::new(Notify::new())));
+    let envelope = Envelope {
+        req: Ok(req),
+        reply: replier,
+    };
+    requests.send(envelope).await.ok()?;
+    tokio::time::timeout(SPARE_ANSWER, rx.recv())
+        .await
+        .ok()
+        .flatten()
+}
+
 async fn connection(
     stream: UnixStream,
     conn: u64,
     requests: mpsc::Sender<Envelope>,
+    limits: Limits,
     stop: watch::Receiver<bool>,
 ) {
     tracing::debug!(conn, "client connected");
     let (read, mut write) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Reply>(REPLY_QUEUE);
     let kill = Arc::new(Notify::new());
-    let replier: Arc<dyn ReplyTo> = Arc::new(Replier::new(conn, tx, kill.clone()));
+    let replier = Arc::new(Replier::new(conn, tx, kill.clone()));
 
     let writer_kill = kill.clone();
     let writer = tokio::spawn(async move {
@@ -230,7 +411,8 @@ async fn connection(
         writer_kill.notify_one();
     });
 
-    let reader = read_requests(read, conn, &requests, replier, kill.clone(), stop);
+    let lines = LineReader::new(read, limits.max_line_bytes());
+    let reader = read_requests(lines, conn, &requests, replier, limits, kill.clone(), stop);
     reader.await;
     // The reader is done (EOF, error or kill): the writer finishes sending what jobs of
     // this connection still report, until they all ended and dropped their repliers.
@@ -238,26 +420,51 @@ async fn connection(
     tracing::debug!(conn, "client disconnected");
 }
 
+/// Reads request lines and hands them on until EOF, an error, a kill, shutdown or the
+/// idle timeout.
 async fn read_requests(
-    read: tokio::net::unix::OwnedReadHalf,
+    mut lines: LineReader,
     conn: u64,
     requests: &mpsc::Sender<Envelope>,
-    replier: Arc<dyn ReplyTo>,
+    replier: Arc<Replier>,
+    limits: Limits,
     kill: Arc<Notify>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut reader = BufReader::new(read);
-    let mut line = Vec::with_capacity(1024);
+    // The last complete request line; with the replier's last reply it dates the idle time.
+    // Bytes of an unfinished line do not count, so a line trickling in cannot hold the
+    // connection open.
+    let mut last_request = Instant::now();
+    let mut wake = limits.idle_timeout.map(|t| last_request + t);
     loop {
-        line.clear();
         let got = tokio::select! {
-            r = read_line(&mut reader, &mut line) => r,
+            r = lines.next_line() => r,
             _ = kill.notified() => {
                 // Let the writer see it too.
                 kill.notify_one();
                 return;
             }
             _ = stop.wait_for(|s| *s) => return,
+            _ = sleep_until(wake), if wake.is_some() => {
+                let Some(idle) = limits.idle_timeout else { continue };
+                let now = Instant::now();
+                // Every request handed on holds a clone of the replier until it is
+                // answered, and every job until its terminal reply: a connection waiting
+                // for its job (minutes, for a long announcement) is not idle.
+                if Arc::strong_count(&replier) > 1 {
+                    wake = Some(now + idle);
+                    continue;
+                }
+                let due = last_request.max(replier.last_reply()) + idle;
+                if due > now {
+                    wake = Some(due);
+                    continue;
+                }
+                let reason = idle_reason(idle, lines.is_partial());
+                tracing::info!(conn, "{reason}");
+                replier.send(Reply::Error { reason });
+                return;
+            }
         };
         let req = match got {
             Ok(Line::Eof) => return,
@@ -265,15 +472,20 @@ async fn read_requests(
                 tracing::debug!(conn, "reading from client: {e}");
                 return;
             }
-            Ok(Line::TooLong(len)) => Err(ProtocolError::TooLong { len }),
+            Ok(Line::TooLong(len)) => Err(ProtocolError::TooLong {
+                len,
+                limit: limits.max_line_bytes(),
+                max_text_chars: limits.max_text_chars,
+            }),
             Ok(Line::Complete) => {
-                if line.iter().all(|b| b.is_ascii_whitespace()) {
+                if lines.is_blank() {
                     // Blank lines (e.g. a trailing newline) are not requests.
                     continue;
                 }
-                parse_line(&line)
+                parse_line(lines.line())
             }
         };
+        last_request = Instant::now();
         let envelope = Envelope {
             req,
             reply: replier.clone(),
@@ -284,6 +496,30 @@ async fn read_requests(
     }
 }
 
+/// Waits until `at` (forever when `None`; the select guard keeps that branch off).
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Why an idle connection is closed, naming the setting.
+fn idle_reason(idle: Duration, partial: bool) -> String {
+    let s = idle.as_secs();
+    if partial {
+        format!(
+            "closing the connection: a request line was not completed within {s} s \
+             (daemon.idle_timeout_s = {s}; end every request with a newline)"
+        )
+    } else {
+        format!(
+            "closing the connection: idle for {s} s with no job in flight \
+             (daemon.idle_timeout_s = {s}; 0 = never)"
+        )
+    }
+}
+
 enum Line {
     Complete,
     Eof,
@@ -291,46 +527,95 @@ enum Line {
     TooLong(usize),
 }
 
-/// Reads one line into `buf` (without the newline), never holding more than the limit.
-async fn read_line(
-    reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
-    buf: &mut Vec<u8>,
-) -> io::Result<Line> {
-    let mut total = 0usize;
-    let mut too_long = false;
-    loop {
-        let chunk = reader.fill_buf().await?;
-        if chunk.is_empty() {
-            // EOF: a last line without a newline still counts.
-            return Ok(if too_long {
-                Line::TooLong(total)
-            } else if buf.is_empty() {
-                Line::Eof
-            } else {
-                Line::Complete
-            });
+/// Splits a connection's input into lines, never holding more than `limit` bytes of one.
+/// Its state lives here, not in a future, so [`LineReader::next_line`] may be cancelled
+/// (by the idle timer) without losing what was read.
+struct LineReader {
+    reader: BufReader<OwnedReadHalf>,
+    limit: usize,
+    buf: Vec<u8>,
+    /// Bytes of the current line read so far (also the dropped ones of a long line).
+    total: usize,
+    too_long: bool,
+    /// The last call returned a line: the next one starts a new line.
+    done: bool,
+}
+
+impl LineReader {
+    fn new(read: OwnedReadHalf, limit: usize) -> Self {
+        LineReader {
+            reader: BufReader::new(read),
+            limit,
+            buf: Vec::with_capacity(1024),
+            total: 0,
+            too_long: false,
+            done: false,
         }
-        let (part, done) = match chunk.iter().position(|&b| b == b'\n') {
-            Some(i) => (&chunk[..i], Some(i + 1)),
-            None => (chunk, None),
-        };
-        total += part.len();
-        if !too_long {
-            if buf.len() + part.len() > MAX_LINE_BYTES {
-                too_long = true;
-                buf.clear();
-            } else {
-                buf.extend_from_slice(part);
+    }
+
+    /// The line last returned as [`Line::Complete`], without its newline.
+    fn line(&self) -> &[u8] {
+        &self.buf
+    }
+
+    fn is_blank(&self) -> bool {
+        self.buf.iter().all(|b| b.is_ascii_whitespace())
+    }
+
+    /// Whether part of a line has arrived without its newline.
+    fn is_partial(&self) -> bool {
+        !self.done && self.total > 0
+    }
+
+    fn into_inner(self) -> BufReader<OwnedReadHalf> {
+        self.reader
+    }
+
+    /// Reads up to the end of the next line. Cancel-safe: `fill_buf` is, and what it
+    /// returned is moved into `self` before the next await.
+    async fn next_line(&mut self) -> io::Result<Line> {
+        if self.done {
+            self.buf.clear();
+            self.total = 0;
+            self.too_long = false;
+            self.done = false;
+        }
+        loop {
+            let chunk = self.reader.fill_buf().await?;
+            if chunk.is_empty() {
+                // EOF: a last line without a newline still counts.
+                self.done = true;
+                return Ok(if self.too_long {
+                    Line::TooLong(self.total)
+                } else if self.total == 0 {
+                    Line::Eof
+                } else {
+                    Line::Complete
+                });
             }
-        }
-        let used = done.unwrap_or(chunk.len());
-        reader.consume(used);
-        if done.is_some() {
-            return Ok(if too_long {
-                Line::TooLong(total)
-            } else {
-                Line::Complete
-            });
+            let (part, end) = match chunk.iter().position(|&b| b == b'\n') {
+                Some(i) => (&chunk[..i], Some(i + 1)),
+                None => (chunk, None),
+            };
+            self.total += part.len();
+            if !self.too_long {
+                if self.buf.len() + part.len() > self.limit {
+                    self.too_long = true;
+                    self.buf = Vec::new();
+                } else {
+                    self.buf.extend_from_slice(part);
+                }
+            }
+            let used = end.unwrap_or(chunk.len());
+            self.reader.consume(used);
+            if end.is_some() {
+                self.done = true;
+                return Ok(if self.too_long {
+                    Line::TooLong(self.total)
+                } else {
+                    Line::Complete
+                });
+            }
         }
     }
 }

@@ -194,6 +194,23 @@ pub enum TtsError {
         /// What arrived or what failed.
         detail: String,
     },
+    /// No audio within `api.first_audio_deadline_ms` or after every attempt timed out.
+    #[error(
+        "no audio from the API after {} in {:.1} s (api.first_audio_deadline_ms = {}): {detail}",
+        attempts_text(*attempts),
+        elapsed.as_secs_f64(),
+        deadline.as_millis()
+    )]
+    NoAudio {
+        /// Requests made, retries included.
+        attempts: u32,
+        /// From the first request to giving up.
+        elapsed: Duration,
+        /// The configured deadline for the first audio.
+        deadline: Duration,
+        /// How the last attempt ended, and why no further one was made.
+        detail: String,
+    },
     /// A timeout (connect, first byte, or no progress mid-stream).
     #[error("timed out {phase} after {after:?}")]
     Timeout {

@@ -33,7 +33,7 @@ const PHASE_FIRST_BYTE: &str = "waiting for the first audio byte";
 const PHASE_STALL: &str = "waiting for more audio";
 
 /// How to reach the speech endpoint, and how patient to be.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct OpenAiConfig {
     /// API base URL, e.g. `https://api.openai.com/v1` (a trailing slash is fine).
     pub api_base: String,
@@ -41,8 +41,11 @@ pub struct OpenAiConfig {
     pub api_key: Option<ApiKey>,
     /// Limit for establishing a connection (DNS + TCP + TLS).
     pub connect_timeout: Duration,
-    /// Limit from sending a request to its first body byte.
+    /// Limit from sending a request to its first body byte (one attempt).
     pub first_byte_timeout: Duration,
+    /// Limit from sending the first request to the first audio, over every attempt and
+    /// the waits between them; no attempt is started that could not finish within it.
+    pub first_audio_deadline: Duration,
     /// Limit on silence mid-stream: no new bytes for this long ends the stream.
     pub stall_timeout: Duration,
     /// Attempts per request, including the first (at least 1).
@@ -55,6 +58,25 @@ pub struct OpenAiConfig {
     pub max_retry_after: Duration,
 }
 
+impl fmt::Debug for OpenAiConfig {
+    /// Like a derived one, but credentials in `api_base` are never shown (the key's own
+    /// `Debug` hides it).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpenAiConfig")
+            .field("api_base", &redact_userinfo(&self.api_base))
+            .field("api_key", &self.api_key)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("first_byte_timeout", &self.first_byte_timeout)
+            .field("first_audio_deadline", &self.first_audio_deadline)
+            .field("stall_timeout", &self.stall_timeout)
+            .field("max_attempts", &self.max_attempts)
+            .field("backoff_base", &self.backoff_base)
+            .field("backoff_max", &self.backoff_max)
+            .field("max_retry_after", &self.max_retry_after)
+            .finish()
+    }
+}
+
 impl Default for OpenAiConfig {
     fn default() -> Self {
         OpenAiConfig {
@@ -62,6 +84,9 @@ impl Default for OpenAiConfig {
             api_key: None,
             connect_timeout: Duration::from_secs(5),
             first_byte_timeout: Duration::from_secs(15),
+            // Well under max_attempts × first_byte_timeout (60 s): a hanging server must
+            // not hold the queue for a minute. Quick failures still get every retry.
+            first_audio_deadline: Duration::from_secs(20),
             stall_timeout: Duration::from_secs(10),
             max_attempts: 4,
             backoff_base: Duration::from_millis(250),
@@ -143,6 +168,7 @@ impl OpenAiClient {
         for (name, value) in [
             ("connect_timeout", cfg.connect_timeout),
             ("first_byte_timeout", cfg.first_byte_timeout),
+            ("first_audio_deadline", cfg.first_audio_deadline),
             ("stall_timeout", cfg.stall_timeout),
         ] {
             if value.is_zero() {
@@ -213,7 +239,12 @@ impl OpenAiClient {
             .header(AUTHORIZATION, auth)
             .send();
         let resp = match tokio::time::timeout_at(deadline, send).await {
-            Err(_) => return Err(inner.timeout_error(PHASE_FIRST_BYTE)),
+            Err(_) => {
+                return Err(TtsError::Timeout {
+                    phase: PHASE_FIRST_BYTE,
+                    after: inner.cfg.first_byte_timeout,
+                })
+            }
             Ok(Err(e)) => return Err(inner.transport_failure(&e).into_error(inner, 1)),
             Ok(Ok(resp)) => resp,
         };
@@ -247,10 +278,17 @@ impl OpenAiClient {
             })?);
 
         let started = Instant::now();
+        let deadline = inner.cfg.first_audio_deadline;
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
-            let failure = match inner.attempt(req.format, &auth, body.clone()).await {
+            // The first attempt may be cut by a deadline shorter than its timeout; later
+            // ones are only started when their whole timeout fits (below).
+            let budget = inner
+                .cfg
+                .first_byte_timeout
+                .min(deadline.saturating_sub(started.elapsed()));
+            let failure = match inner.attempt(req.format, &auth, body.clone(), budget).await {
                 Ok(accepted) => {
                     return Ok(SpeechStream {
                         time_to_first_byte: accepted.first_byte_at.duration_since(started),
@@ -261,11 +299,16 @@ impl OpenAiClient {
                 Err(failure) => failure,
             };
             if !failure.retryable || attempt >= inner.cfg.max_attempts {
-                return Err(failure.into_error(inner, attempt));
+                return Err(failure.into_final(inner, attempt, started.elapsed(), None));
             }
             let wait = match failure.server_wait {
                 Some(asked) if asked > inner.cfg.max_retry_after => {
-                    return Err(failure.into_error_with_wait(inner, attempt, asked));
+                    let note = format!(
+                        "the server asked to retry in {}, longer than the {} allowed by max_retry_after",
+                        human_duration(asked),
+                        human_duration(inner.cfg.max_retry_after)
+                    );
+                    return Err(failure.into_final(inner, attempt, started.elapsed(), Some(note)));
                 }
                 Some(asked) => asked,
                 None => retry::jittered(
@@ -273,6 +316,14 @@ impl OpenAiClient {
                     &mut rand::rng(),
                 ),
             };
+            let elapsed = started.elapsed();
+            if !retry::fits(elapsed, wait, inner.cfg.first_byte_timeout, deadline) {
+                let note = format!(
+                    "no time left for another attempt within api.first_audio_deadline_ms = {}",
+                    deadline.as_millis()
+                );
+                return Err(failure.into_final(inner, attempt, elapsed, Some(note)));
+            }
             tracing::warn!(
                 status = failure.status(),
                 attempt,
@@ -319,7 +370,10 @@ enum FailKind {
         quota: bool,
     },
     Connect(String),
-    Timeout(&'static str),
+    Timeout {
+        phase: &'static str,
+        after: Duration,
+    },
     NotAudio {
         expected: &'static str,
         detail: String,
@@ -342,7 +396,9 @@ impl Failure {
                 status, message, ..
             } => format!("HTTP {status}: {message}"),
             FailKind::Connect(detail) => detail.clone(),
-            FailKind::Timeout(phase) => format!("timed out {phase}"),
+            FailKind::Timeout { phase, after } => {
+                format!("timed out {phase} after {}", human_duration(*after))
+            }
             FailKind::NotAudio { detail, .. } => detail.clone(),
         }
     }
@@ -359,26 +415,46 @@ impl Failure {
                 attempts,
                 detail,
             },
-            FailKind::Timeout(phase) => inner.timeout_error(phase),
+            FailKind::Timeout { phase, after } => TtsError::Timeout { phase, after },
             FailKind::NotAudio { expected, detail } => TtsError::NotAudio { expected, detail },
         }
     }
 
-    /// The final error when the server asked for a wait longer than we allow.
-    fn into_error_with_wait(self, inner: &Inner, attempts: u32, asked: Duration) -> TtsError {
-        let note = format!(
-            "the server asked to retry in {}, longer than the {} allowed by max_retry_after",
-            human_duration(asked),
-            human_duration(inner.cfg.max_retry_after)
-        );
+    /// The error of a request's last attempt, `elapsed` after the first was sent; `note`
+    /// says why no further attempt was made, when that was not `max_attempts`. A request
+    /// that never got an answer in time says how many attempts it made and how long it
+    /// waited in all.
+    fn into_final(
+        self,
+        inner: &Inner,
+        attempts: u32,
+        elapsed: Duration,
+        note: Option<String>,
+    ) -> TtsError {
+        let noted = |text: String| match &note {
+            Some(n) => format!("{text} ({n})"),
+            None => text,
+        };
         match self.kind {
+            // Its message names the deadline already; a timeout carries no server wait.
+            FailKind::Timeout { phase, after } => TtsError::NoAudio {
+                attempts,
+                elapsed,
+                deadline: inner.cfg.first_audio_deadline,
+                detail: format!("timed out {phase} after {}", human_duration(after)),
+            },
             FailKind::Status {
                 status,
                 message,
                 quota,
-            } => status_error(status, format!("{message} ({note})"), quota, attempts),
-            other => Failure {
-                kind: other,
+            } => status_error(status, noted(message), quota, attempts),
+            FailKind::Connect(detail) => TtsError::Connect {
+                base: inner.base_display.clone(),
+                attempts,
+                detail: noted(detail),
+            },
+            kind @ FailKind::NotAudio { .. } => Failure {
+                kind,
                 retryable: false,
                 server_wait: None,
             }
@@ -407,23 +483,22 @@ fn status_error(status: u16, message: String, quota: bool, attempts: u32) -> Tts
 }
 
 impl Inner {
-    fn timeout_error(&self, phase: &'static str) -> TtsError {
-        let after = match phase {
-            PHASE_CONNECT => self.cfg.connect_timeout,
-            PHASE_STALL => self.cfg.stall_timeout,
-            _ => self.cfg.first_byte_timeout,
-        };
-        TtsError::Timeout { phase, after }
-    }
-
     /// One request: resolves once the response's first bytes arrived and were checked.
+    /// It is given `budget` (at most the first-byte timeout) to get there.
     async fn attempt(
         &self,
         format: AudioFormat,
         auth: &HeaderValue,
         body: Bytes,
+        budget: Duration,
     ) -> Result<Accepted, Failure> {
-        let deadline = Instant::now() + self.cfg.first_byte_timeout;
+        let deadline = Instant::now() + budget;
+        let timed_out = || {
+            Failure::retry(FailKind::Timeout {
+                phase: PHASE_FIRST_BYTE,
+                after: budget,
+            })
+        };
         let send = self
             .http
             .post(self.speech_url.clone())
@@ -433,7 +508,7 @@ impl Inner {
             .body(body)
             .send();
         let resp = match tokio::time::timeout_at(deadline, send).await {
-            Err(_) => return Err(Failure::retry(FailKind::Timeout(PHASE_FIRST_BYTE))),
+            Err(_) => return Err(timed_out()),
             Ok(Err(e)) => return Err(self.transport_failure(&e)),
             Ok(Ok(resp)) => resp,
         };
@@ -469,7 +544,7 @@ impl Inner {
         let mut ended = false;
         while head.len() < need {
             match tokio::time::timeout_at(deadline, rest.next()).await {
-                Err(_) => return Err(Failure::retry(FailKind::Timeout(PHASE_FIRST_BYTE))),
+                Err(_) => return Err(timed_out()),
                 Ok(None) => {
                     ended = true;
                     break;
@@ -520,7 +595,10 @@ impl Inner {
     /// Maps a failed send (no response) to a retryable failure with a short detail.
     fn transport_failure(&self, e: &reqwest::Error) -> Failure {
         if e.is_connect() && e.is_timeout() {
-            return Failure::retry(FailKind::Timeout(PHASE_CONNECT));
+            return Failure::retry(FailKind::Timeout {
+                phase: PHASE_CONNECT,
+                after: self.cfg.connect_timeout,
+            });
         }
         Failure::retry(FailKind::Connect(short_detail(e)))
     }
@@ -847,10 +925,13 @@ fn short_detail(e: &reqwest::Error) -> String {
         chain.push(err);
         source = err.source();
     }
-    let innermost = chain
-        .last()
-        .map(|e| e.to_string())
-        .unwrap_or_else(|| e.to_string());
+    // reqwest's own text names the URL; credentials in it must not reach a message.
+    let innermost = redact_userinfo(
+        &chain
+            .last()
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| e.to_string()),
+    );
     let texts: Vec<String> = chain
         .iter()
         .map(|e| e.to_string().to_ascii_lowercase())
@@ -921,12 +1002,14 @@ pub fn redact_userinfo(url: &str) -> String {
     }
 }
 
+/// "400 ms", "15 s", "1.5 s".
 fn human_duration(d: Duration) -> String {
-    let secs = d.as_secs_f64();
-    if secs >= 1.0 {
-        format!("{secs:.0} s")
-    } else {
+    if d < Duration::from_secs(1) {
         format!("{} ms", d.as_millis())
+    } else if d.subsec_millis() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
     }
 }
 
@@ -997,6 +1080,13 @@ mod tests {
             redact_userinfo("https://api.openai.com/v1/a@b"),
             "https://api.openai.com/v1/a@b"
         );
+    }
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(human_duration(Duration::from_millis(400)), "400 ms");
+        assert_eq!(human_duration(Duration::from_secs(15)), "15 s");
+        assert_eq!(human_duration(Duration::from_millis(1500)), "1.5 s");
     }
 
     #[test]

@@ -124,6 +124,18 @@ pub(crate) fn backoff_ceiling(failures: u32, base: Duration, max: Duration) -> D
     base.saturating_mul(1u32 << doublings).min(max)
 }
 
+/// Whether another attempt fits before `deadline` (counted from the first request): after
+/// `elapsed`, waiting `wait` and then allowing the attempt its whole `attempt_budget`.
+/// An attempt that could not finish in time is not started.
+pub(crate) fn fits(
+    elapsed: Duration,
+    wait: Duration,
+    attempt_budget: Duration,
+    deadline: Duration,
+) -> bool {
+    elapsed.saturating_add(wait).saturating_add(attempt_budget) <= deadline
+}
+
 /// Full jitter: a uniformly random wait in `0..=ceiling`, so clients that failed together
 /// do not retry together.
 pub(crate) fn jittered(ceiling: Duration, rng: &mut impl Rng) -> Duration {
@@ -231,6 +243,17 @@ mod tests {
             .collect();
         assert_eq!(ceilings, [250, 500, 1000, 2000, 4000, 8000, 8000, 8000]);
         assert_eq!(backoff_ceiling(u32::MAX, base, max), max);
+    }
+
+    #[test]
+    fn a_retry_is_made_only_when_its_whole_timeout_fits_the_deadline() {
+        let s = Duration::from_secs;
+        // Defaults: a quick failure leaves room for a full 15 s attempt, a hang does not.
+        assert!(fits(Duration::from_millis(300), s(1), s(15), s(20)));
+        assert!(!fits(s(15), Duration::ZERO, s(15), s(20)));
+        assert!(fits(s(5), Duration::ZERO, s(15), s(20)));
+        assert!(!fits(s(4), s(2), s(15), s(20)));
+        assert!(!fits(Duration::MAX, s(1), s(1), s(20)));
     }
 
     #[test]
