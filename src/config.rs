@@ -382,12 +382,17 @@ impl Config {
     }
 
     fn validate(&self, src: &str, path: &Path) -> Result<(), ConfigError> {
-        let bad = |key: &str, message: String| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            key: key.to_string(),
-            line: line_of(src, key),
-            message,
-        };
+        let c = Checker { src, path };
+        self.check_speech(&c)?;
+        self.check_audio(&c)?;
+        self.check_api(&c)?;
+        self.check_daemon(&c)?;
+        self.check_cache(&c)?;
+        self.check_presets_and_buttons(&c)
+    }
+
+    /// `[speech]`: the request's own rules and the text limits.
+    fn check_speech(&self, c: &Checker) -> Result<(), ConfigError> {
         let s = &self.speech;
         // The request's own rules, reported against the config key.
         if let Err(e) = self.default_voice().request("x".into()).check() {
@@ -398,10 +403,10 @@ impl Config {
                 RequestField::Instructions => "speech.instructions",
                 RequestField::Input => "speech",
             };
-            return Err(bad(key, e.message));
+            return Err(c.bad(key, e.message));
         }
         if !(1..=MAX_TEXT_CHARS_LIMIT).contains(&s.max_text_chars) {
-            return Err(bad(
+            return Err(c.bad(
                 "speech.max_text_chars",
                 format!(
                     "{} is out of range (allowed: 1 to {MAX_TEXT_CHARS_LIMIT})",
@@ -410,32 +415,37 @@ impl Config {
             ));
         }
         if s.lookahead > 4 {
-            return Err(bad(
+            return Err(c.bad(
                 "speech.lookahead",
                 format!("{} is out of range (allowed: 0 to 4)", s.lookahead),
             ));
         }
+        Ok(())
+    }
+
+    /// `[audio]`: the device request and the playout's own rules.
+    fn check_audio(&self, c: &Checker) -> Result<(), ConfigError> {
         let a = &self.audio;
         if a.device.trim().is_empty() {
-            return Err(bad(
+            return Err(c.bad(
                 "audio.device",
                 "must name an ALSA PCM, e.g. \"default\" or \"hw:1,0\"".into(),
             ));
         }
         if !(8_000..=192_000).contains(&a.rate) {
-            return Err(bad(
+            return Err(c.bad(
                 "audio.rate",
                 format!("{} Hz is out of range (allowed: 8000 to 192000)", a.rate),
             ));
         }
         if !(2..=500).contains(&a.period_ms) {
-            return Err(bad(
+            return Err(c.bad(
                 "audio.period_ms",
                 format!("{} is out of range (allowed: 2 to 500)", a.period_ms),
             ));
         }
         if !(2..=64).contains(&a.buffer_periods) {
-            return Err(bad(
+            return Err(c.bad(
                 "audio.buffer_periods",
                 format!("{} is out of range (allowed: 2 to 64)", a.buffer_periods),
             ));
@@ -447,7 +457,7 @@ impl Config {
             allowed,
         }) = self.playout().validate()
         {
-            return Err(bad(
+            return Err(c.bad(
                 &format!("audio.{field}"),
                 format!("{value} is out of range (allowed: {allowed})"),
             ));
@@ -455,7 +465,7 @@ impl Config {
         // A drain legitimately blocks for a whole device buffer: the timeout must outlast it.
         let buffer_ms = u64::from(a.period_ms) * u64::from(a.buffer_periods);
         if !(buffer_ms + 1000..=120_000).contains(&a.write_timeout_ms) {
-            return Err(bad(
+            return Err(c.bad(
                 "audio.write_timeout_ms",
                 format!(
                     "{} is out of range (allowed: the device buffer, period_ms × buffer_periods = {buffer_ms} ms, plus 1000, up to 120000 ms)",
@@ -463,15 +473,20 @@ impl Config {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// `[api]`: the endpoint, attempts, timeouts and the first-audio deadline.
+    fn check_api(&self, c: &Checker) -> Result<(), ConfigError> {
         let api = &self.api;
         if !(api.api_base.starts_with("https://") || api.api_base.starts_with("http://")) {
-            return Err(bad(
+            return Err(c.bad(
                 "api.api_base",
                 format!("'{}' is not an http(s) URL", redact_userinfo(&api.api_base)),
             ));
         }
         if api.max_attempts == 0 || api.max_attempts > 10 {
-            return Err(bad(
+            return Err(c.bad(
                 "api.max_attempts",
                 format!("{} is out of range (allowed: 1 to 10)", api.max_attempts),
             ));
@@ -482,14 +497,14 @@ impl Config {
             ("api.stall_timeout_ms", api.stall_timeout_ms),
         ] {
             if !(100..=600_000).contains(&v) {
-                return Err(bad(
+                return Err(c.bad(
                     key,
                     format!("{v} is out of range (allowed: 100 to 600000 ms)"),
                 ));
             }
         }
         if !(1_000..=600_000).contains(&api.first_audio_deadline_ms) {
-            return Err(bad(
+            return Err(c.bad(
                 "api.first_audio_deadline_ms",
                 format!(
                     "{} is out of range (allowed: 1000 to 600000 ms)",
@@ -497,15 +512,20 @@ impl Config {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// `[daemon]`: the socket, the queue, the device's life and the connections.
+    fn check_daemon(&self, c: &Checker) -> Result<(), ConfigError> {
         let d = &self.daemon;
         if d.socket_path.as_os_str().is_empty() || d.socket_path.as_os_str().len() > 100 {
-            return Err(bad(
+            return Err(c.bad(
                 "daemon.socket_path",
                 "must be a path of 1 to 100 bytes (unix socket addresses are short)".into(),
             ));
         }
         if parse_mode(&d.socket_mode).is_none() {
-            return Err(bad(
+            return Err(c.bad(
                 "daemon.socket_mode",
                 format!(
                     "'{}' is not an octal mode (allowed: \"0600\" to \"0777\", e.g. \"0660\")",
@@ -514,25 +534,25 @@ impl Config {
             ));
         }
         if !(1..=1024).contains(&d.max_connections) {
-            return Err(bad(
+            return Err(c.bad(
                 "daemon.max_connections",
                 format!("{} is out of range (allowed: 1 to 1024)", d.max_connections),
             ));
         }
         if !(1..=10_000).contains(&d.queue_size) {
-            return Err(bad(
+            return Err(c.bad(
                 "daemon.queue_size",
                 format!("{} is out of range (allowed: 1 to 10000)", d.queue_size),
             ));
         }
         if d.lead_in_ms > 5000 {
-            return Err(bad(
+            return Err(c.bad(
                 "daemon.lead_in_ms",
                 format!("{} is out of range (allowed: 0 to 5000)", d.lead_in_ms),
             ));
         }
         if d.idle_close_s > 86_400 {
-            return Err(bad(
+            return Err(c.bad(
                 "daemon.idle_close_s",
                 format!(
                     "{} is out of range (allowed: 0 = never close, 1 to 86400)",
@@ -541,7 +561,7 @@ impl Config {
             ));
         }
         if !(100..=600_000).contains(&d.hook_timeout_ms) {
-            return Err(bad(
+            return Err(c.bad(
                 "daemon.hook_timeout_ms",
                 format!(
                     "{} is out of range (allowed: 100 to 600000 ms)",
@@ -554,28 +574,51 @@ impl Config {
             ("daemon.hook_after_close", &d.hook_after_close),
         ] {
             if hook.first().is_some_and(|p| p.trim().is_empty()) {
-                return Err(bad(
+                return Err(c.bad(
                     key,
                     "the first element must name a program (or use [] for none)".into(),
                 ));
             }
         }
+        if d.keepalive_s > 86_400 {
+            return Err(c.bad(
+                "daemon.keepalive_s",
+                format!(
+                    "{} is out of range (allowed: 0 = off, 1 to 86400)",
+                    d.keepalive_s
+                ),
+            ));
+        }
+        if d.idle_timeout_s > 86_400 {
+            return Err(c.bad(
+                "daemon.idle_timeout_s",
+                format!(
+                    "{} is out of range (allowed: 0 = never, 1 to 86400)",
+                    d.idle_timeout_s
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `[cache]`.
+    fn check_cache(&self, c: &Checker) -> Result<(), ConfigError> {
         if !(1..=4096).contains(&self.cache.max_mb) {
-            return Err(bad(
+            return Err(c.bad(
                 "cache.max_mb",
                 format!("{} is out of range (allowed: 1 to 4096)", self.cache.max_mb),
             ));
         }
         if self.cache.dir.as_os_str().is_empty() {
-            return Err(bad("cache.dir", "must name a directory".into()));
+            return Err(c.bad("cache.dir", "must name a directory".into()));
         }
+        Ok(())
+    }
+
+    /// `[presets.*]` and `[[buttons]]`, the presets with the `[speech]` defaults applied.
+    fn check_presets_and_buttons(&self, c: &Checker) -> Result<(), ConfigError> {
         if let Err(e) = crate::buttons::config::validate(&self.buttons, self.presets.keys()) {
-            return Err(ConfigError::Invalid {
-                path: path.to_path_buf(),
-                line: header_line(src, "buttons"),
-                key: "buttons".into(),
-                message: e.to_string(),
-            });
+            return Err(c.table("buttons".into(), e.to_string()));
         }
         if let Err(e) = crate::presets::validate(&self.presets) {
             let key = match &e {
@@ -586,12 +629,7 @@ impl Config {
                     format!("presets.{name}")
                 }
             };
-            return Err(ConfigError::Invalid {
-                path: path.to_path_buf(),
-                line: header_line(src, &key),
-                key,
-                message: e.to_string(),
-            });
+            return Err(c.table(key, e.to_string()));
         }
         // Combinations with the [speech] defaults (e.g. instructions with tts-1).
         if let Err(e) = crate::presets::requests(&self.presets, &self.default_voice()) {
@@ -599,30 +637,7 @@ impl Config {
                 crate::presets::PresetError::Request { preset, .. } => format!("presets.{preset}"),
                 _ => "presets".to_string(),
             };
-            return Err(ConfigError::Invalid {
-                path: path.to_path_buf(),
-                line: header_line(src, &key),
-                key,
-                message: e.to_string(),
-            });
-        }
-        if d.keepalive_s > 86_400 {
-            return Err(bad(
-                "daemon.keepalive_s",
-                format!(
-                    "{} is out of range (allowed: 0 = off, 1 to 86400)",
-                    d.keepalive_s
-                ),
-            ));
-        }
-        if d.idle_timeout_s > 86_400 {
-            return Err(bad(
-                "daemon.idle_timeout_s",
-                format!(
-                    "{} is out of range (allowed: 0 = never, 1 to 86400)",
-                    d.idle_timeout_s
-                ),
-            ));
+            return Err(c.table(key, e.to_string()));
         }
         Ok(())
     }
@@ -751,6 +766,34 @@ impl Config {
     /// Preset and button warnings (wirings that are probably mistakes).
     pub fn preset_warnings(&self) -> Vec<String> {
         crate::buttons::config::wiring_warnings(&self.buttons)
+    }
+}
+
+/// Where a config's text came from, for errors that name the key and its line.
+struct Checker<'a> {
+    src: &'a str,
+    path: &'a Path,
+}
+
+impl Checker<'_> {
+    /// `key` (dotted) holds a bad value.
+    fn bad(&self, key: &str, message: String) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            key: key.to_string(),
+            line: line_of(self.src, key),
+            message,
+        }
+    }
+
+    /// Table `key` (`[key]` or `[[key]]`) is bad as a whole.
+    fn table(&self, key: String, message: String) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            line: header_line(self.src, &key),
+            key,
+            message,
+        }
     }
 }
 
