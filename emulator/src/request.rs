@@ -2,7 +2,7 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::tts::{AudioFormat, MAX_INPUT_CHARS, MODELS, VOICES};
+use herald::tts::{AudioFormat, MAX_INPUT_CHARS, MODELS, VOICES};
 
 /// An error response: status plus OpenAI's `{"error":{message,type,param,code}}`.
 #[derive(Debug, Clone, PartialEq)]
