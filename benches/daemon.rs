@@ -73,7 +73,7 @@ fn main() {
     }
     // The emulator stands in for OpenAI on 127.0.0.1 for the whole run.
     let emu = support::emulator::shared(KEY);
-    herald::emulator::synthesize(TEXT, "alloy", 1.0).unwrap();
+    herald_emulator::synthesize(TEXT, "alloy", 1.0).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut daemons = [
         (

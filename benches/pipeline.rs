@@ -16,7 +16,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use herald::emulator::{encode_ogg_opus, synthesize, OggLayout};
+use herald_emulator::{encode_ogg_opus, synthesize, OggLayout};
 use support::{alsa_env, claim_fifo, FifoClock};
 
 const KEY: &str = "sk-bench-0123456789abcdef";
@@ -300,7 +300,7 @@ fn main() {
 
 /// The WiFi profile over many stall patterns (seeds) per format and jitter reserve: one
 /// seed says little about a policy that must survive stalls wherever they fall.
-fn sweep(emu: &herald::emulator::EmulatorHandle, dir: &std::path::Path, fifo: &support::FifoPcm) {
+fn sweep(emu: &herald_emulator::EmulatorHandle, dir: &std::path::Path, fifo: &support::FifoPcm) {
     const SEEDS: u64 = 8;
     println!();
     println!("WiFi profile (2.5x, stalls 150-1000 ms every ~2 s) over seeds 1..={SEEDS}:");

@@ -210,7 +210,7 @@ for t in $TARGETS; do
   chrooted env CARGO_HOME=/root/.cargo CARGO_TARGET_DIR=/root/target \
     "CARGO_TARGET_${T_}_LINKER=$TRIPLET-gcc" "CC_$t_=$TRIPLET-gcc" "AR_$t_=$TRIPLET-ar" \
     PKG_CONFIG_ALLOW_CROSS=1 "PKG_CONFIG_LIBDIR=/usr/lib/$TRIPLET/pkgconfig:/usr/share/pkgconfig" \
-    sh -c "cd /project && cargo build --release --target $t --bin herald $CARGO_FLAGS" \
+    sh -c "cd /project && cargo build --release --target $t -p herald --bin herald $CARGO_FLAGS" \
     >"$LOGS/build-$t.log" 2>&1 || { tail -n 40 "$LOGS/build-$t.log"; die "build for $t failed"; }
   secs=$(($(date +%s) - start))
   built=/root/target/$t/release/herald
@@ -262,7 +262,7 @@ for t in $TARGETS; do
     chrooted env CARGO_HOME=/root/.cargo CARGO_TARGET_DIR=/root/target PATH=/root/.cargo/bin:/usr/bin:/bin \
       "CARGO_TARGET_${T_}_LINKER=$TRIPLET-gcc" "CC_$t_=$TRIPLET-gcc" "AR_$t_=$TRIPLET-ar" \
       PKG_CONFIG_ALLOW_CROSS=1 "PKG_CONFIG_LIBDIR=/usr/lib/$TRIPLET/pkgconfig:/usr/share/pkgconfig" \
-      sh -c "cd /project && cargo deb --no-build --no-strip --target $t --output /root/deb/" >"$LOGS/deb-$t.log" 2>&1 \
+      sh -c "cd /project && cargo deb -p herald --no-build --no-strip --target $t --output /root/deb/" >"$LOGS/deb-$t.log" 2>&1 \
       || { tail -n 20 "$LOGS/deb-$t.log"; die "cargo deb for $t failed"; }
     cp "$ROOT"/root/deb/herald_*_"$ARCH".deb "$OUT/"
     echo "deb:    $(cd "$OUT" && ls herald_*_"$ARCH".deb)" | tee -a "$REPORT"

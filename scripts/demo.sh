@@ -8,7 +8,11 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 TEXT=${1:-"Hello from herald. Dinner is ready."}
 
-cargo build --release --locked --bins
+# The emulator is its own workspace crate (emulator/). Two builds, not one `-p herald -p
+# herald-emulator`: built together, cargo would unify their features (hyper's server side)
+# into the herald binary, which would then not be the one that ships.
+cargo build --release --locked -p herald
+cargo build --release --locked -p herald-emulator
 BIN=target/release
 
 OUT_ARGS=()

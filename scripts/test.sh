@@ -9,6 +9,7 @@ scripts/ci-extras.sh
 export PATH="$HOME/.local/bin:$HOME/.cargo/bin:$PATH"
 
 export CARGO_TERM_COLOR=never
+# --workspace: the firmware and the emulator crate (default-members is the firmware only).
 cargo fmt --all -- --check
-cargo clippy --all-targets --locked -- -D warnings
-cargo test --all-targets --locked
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --all-targets --locked

@@ -10,7 +10,6 @@ pub mod codec;
 pub mod config;
 pub mod control;
 pub mod daemon;
-pub mod emulator;
 pub mod pipeline;
 pub mod presets;
 pub mod protocol;

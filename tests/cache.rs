@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use herald::emulator::{expected_body, Emulator, EmulatorConfig, EmulatorHandle};
 use herald::presets::{PresetState, RenderBackoff, Renderer};
 use herald::tts::cache::{key, verify, AudioCache, CacheError, CachingSource, TEMP_SUFFIX};
 use herald::tts::openai::{OpenAiClient, OpenAiConfig};
 use herald::tts::{ApiKey, AudioFormat, SpeechRequest, SpeechSource, TtsError};
+use herald_emulator::{expected_body, Emulator, EmulatorConfig, EmulatorHandle};
 
 const KEY: &str = "sk-cache-0123456789abcdefSECRET";
 

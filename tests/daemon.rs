@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use herald::emulator::EmulatorHandle;
+use herald_emulator::EmulatorHandle;
 use serde_json::{json, Value};
 use support::daemon::Served;
 use support::{FifoClock, FifoPcm};

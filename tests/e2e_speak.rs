@@ -8,8 +8,8 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use herald::emulator::{expected_body, synthesize, EmulatorHandle};
 use herald::tts::AudioFormat;
+use herald_emulator::{expected_body, synthesize, EmulatorHandle};
 use support::reference::{decode_ogg_opus, read_wav};
 
 const KEY: &str = "sk-e2e-0123456789abcdefSECRET";

@@ -9,8 +9,8 @@ mod support;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use herald::emulator::{expected_body, EmulatorHandle};
 use herald::tts::AudioFormat;
+use herald_emulator::{expected_body, EmulatorHandle};
 use support::reference::decode_ogg_opus;
 use support::{alsa_env, claim_fifo, FifoClock};
 

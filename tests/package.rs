@@ -69,7 +69,8 @@ fn deb() -> Option<&'static Deb> {
         fs::copy(env!("CARGO_BIN_EXE_herald"), release.join("herald")).unwrap();
         let out_dir = dir.path().join("out");
         let out = Command::new("cargo-deb")
-            .args(["--no-build", "--fast", "--output"])
+            // The workspace's firmware package, never the emulator crate beside it.
+            .args(["--package", "herald", "--no-build", "--fast", "--output"])
             .arg(&out_dir)
             .current_dir(manifest_dir())
             .env("CARGO_TARGET_DIR", dir.path())
@@ -194,6 +195,11 @@ fn package_installs_binary_units_sysusers_tmpfiles_and_a_private_config() {
             "{p}"
         );
     }
+    let bins: Vec<&str> = files
+        .iter()
+        .filter_map(|(_, _, p)| p.strip_prefix("/usr/bin/"))
+        .collect();
+    assert_eq!(bins, ["herald"], "the only program installed is herald");
     // Files shipped byte for byte as in the repository.
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new("dpkg-deb")

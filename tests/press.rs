@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use herald::emulator::{expected_body, Emulator, EmulatorConfig, EmulatorHandle};
 use herald::tts::AudioFormat;
+use herald_emulator::{expected_body, Emulator, EmulatorConfig, EmulatorHandle};
 use serde_json::{json, Value};
 use support::daemon::Served;
 use support::reference::decode_ogg_opus;

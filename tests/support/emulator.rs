@@ -3,7 +3,7 @@
 
 use std::sync::OnceLock;
 
-use herald::emulator::{Emulator, EmulatorConfig, EmulatorHandle};
+use herald_emulator::{Emulator, EmulatorConfig, EmulatorHandle};
 
 /// The binary's emulator, started on first use, expecting the bearer key `key`.
 pub fn shared(key: &str) -> &'static EmulatorHandle {

@@ -18,11 +18,11 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::request::{mask_key, validate, ApiError};
-use super::scenario::{Fault, Scenario};
-use super::schedule::{plan, Stalls, Tail};
-use super::{render, EmulatorConfig, EmulatorError, EmulatorHandle, EmulatorStats, SeenRequest};
-use crate::tts::{AudioFormat, MODELS};
+use crate::request::{mask_key, validate, ApiError};
+use crate::scenario::{Fault, Scenario};
+use crate::schedule::{plan, Stalls, Tail};
+use crate::{render, EmulatorConfig, EmulatorError, EmulatorHandle, EmulatorStats, SeenRequest};
+use herald::tts::{AudioFormat, MODELS};
 
 /// Error carried by a body stream we break on purpose.
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +47,7 @@ impl Shared {
         self.stats.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
-    fn with_stats(&self, key: &str, f: impl FnOnce(&mut super::ScenarioStats)) {
+    fn with_stats(&self, key: &str, f: impl FnOnce(&mut crate::ScenarioStats)) {
         if let Ok(mut s) = self.stats.lock() {
             f(s.scenarios.entry(key.to_string()).or_default());
         }

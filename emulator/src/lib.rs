@@ -2,6 +2,11 @@
 //! (espeak-ng) or a tone, encoded with libopus into OpenAI's Ogg layout, streamed on a
 //! realistic schedule, with fault injection selected per request by a path prefix
 //! (`http://127.0.0.1:PORT/wifi,seed=3/v1`). See docs/EMULATOR.md.
+//!
+//! Test infrastructure, not firmware: herald uses it only as a dev-dependency, so none of
+//! it (the HTTP server, the Opus encoder, the Ogg writer) is linked into the appliance.
+//! The API's vocabulary (models, voices, limits, [`AudioFormat`]) comes from `herald::tts`.
+#![warn(missing_docs)]
 
 mod oggopus;
 mod request;
@@ -18,7 +23,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::tts::AudioFormat;
+use herald::tts::AudioFormat;
 
 pub use oggopus::{encode_ogg_opus, encoder_pre_skip, page_ranges, OggLayout};
 pub use request::{mask_key, validate, ApiError, SpeechBody};

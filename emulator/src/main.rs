@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::Parser;
-use herald::emulator::{Emulator, EmulatorConfig};
+use herald_emulator::{Emulator, EmulatorConfig};
 
 /// OpenAI-compatible POST /v1/audio/speech (opus, pcm) with scenario-selected timing and faults.
 #[derive(Debug, Parser)]

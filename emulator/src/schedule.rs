@@ -11,8 +11,8 @@ use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::scenario::{Fault, Scenario};
-use crate::tts::AudioFormat;
+use crate::scenario::{Fault, Scenario};
+use herald::tts::AudioFormat;
 
 /// One socket write and when it is due.
 #[derive(Debug, Clone, PartialEq)]

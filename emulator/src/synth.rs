@@ -6,7 +6,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
-use super::EmulatorError;
+use crate::EmulatorError;
 
 /// Output rate of everything the emulator synthesizes (OpenAI's rate).
 pub const RATE: u32 = 24_000;
@@ -225,8 +225,8 @@ pub(crate) fn parse_wav(bytes: &[u8]) -> Result<(u32, Vec<i16>), EmulatorError> 
 /// espeak-ng's 22.05 kHz to the API's 24 kHz, with the pipeline's own resampler
 /// (deterministic: the same input always gives the same samples).
 pub(crate) fn resample(input: &[i16], from: u32, to: u32) -> Result<Vec<i16>, EmulatorError> {
-    let failed = |e: crate::codec::resample::ResampleError| EmulatorError::Espeak(e.to_string());
-    let mut r = crate::codec::resample::Resampler::new(from, to, 1).map_err(failed)?;
+    let failed = |e: herald::codec::resample::ResampleError| EmulatorError::Espeak(e.to_string());
+    let mut r = herald::codec::resample::Resampler::new(from, to, 1).map_err(failed)?;
     let mut out = Vec::with_capacity(input.len() * to as usize / from as usize + 1);
     r.process(input, &mut out).map_err(failed)?;
     r.flush(&mut out).map_err(failed)?;
@@ -256,7 +256,7 @@ fn tone(text: &str, voice: &str, speed: f32) -> Vec<i16> {
     let chars = text.chars().count().max(1) as f64;
     let seconds = chars * TONE_MS_PER_CHAR as f64 / 1000.0 / speed as f64;
     let len = (seconds * RATE as f64).round().max(1.0) as usize;
-    let idx = super::super::tts::VOICES
+    let idx = herald::tts::VOICES
         .iter()
         .position(|v| *v == voice)
         .unwrap_or(0);

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::EmulatorError;
+use crate::EmulatorError;
 
 /// Faults that replace or break a successful response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,7 +2,7 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::tts::{AudioFormat, MAX_INPUT_CHARS, MODELS, VOICES};
+use herald::tts::{base_model, takes_instructions, AudioFormat, MAX_INPUT_CHARS, VOICES};
 
 /// An error response: status plus OpenAI's `{"error":{message,type,param,code}}`.
 #[derive(Debug, Clone, PartialEq)]
@@ -97,19 +97,15 @@ fn quoted_list(items: &[&str]) -> String {
     }
 }
 
-/// Known models plus dated snapshots (`gpt-4o-mini-tts-2025-03-20`, `tts-1-1106`).
+/// Known models plus dated snapshots (`gpt-4o-mini-tts-2025-03-20`, `tts-1-1106`), by
+/// herald's own rule, so the emulator accepts exactly what herald's validation lets out.
 fn model_known(model: &str) -> bool {
-    MODELS.iter().any(|m| {
-        model == *m
-            || model
-                .strip_prefix(m)
-                .and_then(|r| r.strip_prefix('-'))
-                .is_some_and(|r| !r.is_empty() && r.chars().all(|c| c.is_ascii_digit() || c == '-'))
-    })
+    base_model(model).is_some()
 }
 
+/// tts-1 and tts-1-hd (and their snapshots): no `instructions` (herald's rule), no SSE.
 fn is_tts1(model: &str) -> bool {
-    model == "tts-1" || model.starts_with("tts-1-")
+    !takes_instructions(model)
 }
 
 fn string_field<'a>(
@@ -324,6 +320,12 @@ mod tests {
         assert!(model_known("tts-1-1106"));
         assert!(!model_known("tts-2"));
         assert!(!model_known("gpt-4o-mini-tts-x"));
+    }
+
+    #[test]
+    fn tts1_family_includes_hd_and_snapshots_only() {
+        assert!(is_tts1("tts-1") && is_tts1("tts-1-hd") && is_tts1("tts-1-hd-1106"));
+        assert!(!is_tts1("gpt-4o-mini-tts") && !is_tts1("gpt-4o-mini-tts-2025-03-20"));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::ops::Range;
 use ogg::writing::{PacketWriteEndInfo, PacketWriter};
 use opus::{Application, Bitrate, Channels, Encoder};
 
-use super::EmulatorError;
+use crate::EmulatorError;
 
 /// Samples per 20 ms packet at 24 kHz.
 const FRAME_24K: usize = 480;

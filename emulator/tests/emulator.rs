@@ -4,10 +4,10 @@ use std::io::Cursor;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use herald::emulator::{
+use herald::tts::AudioFormat;
+use herald_emulator::{
     encode_ogg_opus, expected_body, synthesize, Emulator, EmulatorConfig, EmulatorHandle, OggLayout,
 };
-use herald::tts::AudioFormat;
 use serde_json::{json, Value};
 
 const KEY: &str = "sk-test-emulator-key-0000-1234";
@@ -579,7 +579,7 @@ async fn opus_streams_in_page_bursts_over_time() {
     }
     let full = expected_body("", TEXT, "coral", 1.0, AudioFormat::Opus).unwrap();
     assert_eq!(total, full.len());
-    let pages = herald::emulator::page_ranges(&full);
+    let pages = herald_emulator::page_ranges(&full);
     let audio_secs = synthesize(TEXT, "coral", 1.0).unwrap().len() as f64 / 24_000.0;
 
     // Bursts: arrivals separated by a visible pause.
