@@ -1010,7 +1010,7 @@ async fn a_redirect_is_not_followed_and_is_reported_as_a_portal_or_proxy() {
 /// and the message says how many attempts were made in how long.
 #[tokio::test]
 async fn a_hanging_server_is_given_only_the_attempts_that_fit_the_first_audio_deadline() {
-    let emu = herald::emulator::Emulator::start(herald::emulator::EmulatorConfig {
+    let emu = herald_emulator::Emulator::start(herald_emulator::EmulatorConfig {
         api_key: KEY.into(),
         ..Default::default()
     })
