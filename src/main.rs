@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use tracing::Level;
+use tracing_subscriber::filter::Targets;
 
 use herald::audio::alsa::list_devices;
 use herald::audio::playout::Playout;
@@ -215,37 +217,45 @@ fn describe(e: &anyhow::Error) -> String {
     msg
 }
 
-fn init_logging(verbose: u8, daemon: bool) {
-    let default = match (verbose, daemon) {
-        (0, false) => "herald=warn",
-        (0, true) | (1, _) => "herald=info",
-        _ => "herald=debug",
+/// What to log: `HERALD_LOG` (`target=level` lists such as `herald=debug`, or a bare
+/// level), else by `-v` and whether this is the daemon. A `HERALD_LOG` that does not parse
+/// is reported and the default used.
+fn log_filter(verbose: u8, daemon: bool) -> Targets {
+    let level = match (verbose, daemon) {
+        (0, false) => Level::WARN,
+        (0, true) | (1, _) => Level::INFO,
+        _ => Level::DEBUG,
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG")
-        .unwrap_or_else(|_| default.into());
-    let fmt = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let default = Targets::new().with_target("herald", level);
+    match std::env::var("HERALD_LOG") {
+        Ok(v) => v.parse().unwrap_or_else(|e| {
+            eprintln!("herald: HERALD_LOG={v:?} is not a filter ({e}); using the default (allowed: e.g. herald=debug)");
+            default
+        }),
+        Err(_) => default,
+    }
+}
+
+fn init_logging(verbose: u8, daemon: bool) {
+    use tracing_subscriber::prelude::*;
+    let filter = log_filter(verbose, daemon);
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
     // Under systemd (stderr connected to the journal) log natively, so each job's figures
     // are structured, queryable fields (`journalctl -u herald ID=j7`); if the journal
     // socket is unusable, plain lines without timestamps (the journal adds its own).
+    let registry = tracing_subscriber::registry().with(filter);
     if std::env::var_os("JOURNAL_STREAM").is_some() {
-        use tracing_subscriber::prelude::*;
         match tracing_journald::layer() {
-            Ok(journal) => {
-                let filter = tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG")
-                    .unwrap_or_else(|_| default.into());
-                tracing_subscriber::registry()
-                    .with(filter)
-                    .with(journal.with_syslog_identifier("herald".into()))
-                    .init();
-            }
-            Err(_) => fmt.without_time().init(),
+            Ok(journal) => registry
+                .with(journal.with_syslog_identifier("herald".into()))
+                .init(),
+            Err(_) => registry.with(fmt.without_time()).init(),
         }
     } else {
-        fmt.init();
+        registry.with(fmt).init();
     }
 }
 
