@@ -39,7 +39,7 @@ fn start(dir: &Path, name: &str, base: &str, idle_close_s: u32) -> Daemon {
 }
 
 /// Sends one speak request; returns (client-side send → `started` reply, the daemon's own
-/// time_to_first_audio_ms) once the job finished.
+/// start_to_audio_ms) once the job finished.
 fn say(d: &Daemon, id: &str) -> (f64, f64) {
     let line = format!("{{\"text\":\"{TEXT}\",\"id\":\"{id}\"}}");
     let (client, daemon, _) = timed_request(&d.served.socket, &line);

@@ -3,7 +3,7 @@
 //! `herald serve` on a FIFO-clocked alsa-lib device (a real-time "DAC", see tests/support)
 //! with one preset, rendered from the in-process emulator into the cache before measuring.
 //! For each press it records the client-side time from sending the `preset` line to the
-//! `started` reply, and the daemon's own `time_to_first_audio_ms` (job leaves the queue →
+//! `started` reply, and the daemon's own `start_to_audio_ms` (job leaves the queue →
 //! first non-silent period written to the device: "first sample written" on the daemon's
 //! clock). Three daemons: device kept open (`idle_close_s = 0`, after one warm-up press),
 //! device closed before every press (`idle_close_s = 1`, 2 s pause) with the default
@@ -55,7 +55,7 @@ fn wait_cached(d: &OnFifo) {
     }
 }
 
-/// One press; returns (client send → `started` reply, daemon time_to_first_audio_ms) once
+/// One press; returns (client send → `started` reply, daemon start_to_audio_ms) once
 /// the job finished.
 fn press(d: &OnFifo) -> (f64, f64) {
     let (client, daemon, finished) =

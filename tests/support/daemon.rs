@@ -204,7 +204,7 @@ impl OnFifo {
 }
 
 /// Sends one request `line` on a new connection and reads replies until `finished`:
-/// (send → `started` reply in ms, the daemon's `time_to_first_audio_ms`, the `finished`
+/// (send → `started` reply in ms, the daemon's `start_to_audio_ms`, the `finished`
 /// reply). Panics on any other outcome.
 pub fn timed_request(socket: &Path, line: &str) -> (f64, f64, serde_json::Value) {
     let mut s = UnixStream::connect(socket).unwrap();
@@ -218,7 +218,7 @@ pub fn timed_request(socket: &Path, line: &str) -> (f64, f64, serde_json::Value)
             Some("started") => {
                 started = Some((
                     t0.elapsed().as_secs_f64() * 1000.0,
-                    v["time_to_first_audio_ms"].as_f64().unwrap_or(f64::NAN),
+                    v["start_to_audio_ms"].as_f64().unwrap_or(f64::NAN),
                 ))
             }
             Some("finished") => {
