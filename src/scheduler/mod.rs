@@ -596,7 +596,7 @@ impl Scheduler {
 
     fn end_cancelled(&mut self, job: &Job, by: CancelledBy) {
         self.stats.cancelled();
-        tracing::info!(id = %job.id, ?by, "job cancelled");
+        tracing::info!(id = %job.id, by = %by, "job cancelled");
         job.reply.send(Reply::Cancelled {
             id: job.id.clone(),
             by,
