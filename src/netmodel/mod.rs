@@ -1,0 +1,258 @@
+//! The network model learned per installation (issue 9, part 1): how late speech audio
+//! arrives on this network, kept across utterances, so playout can start at the earliest
+//! moment that stays gapless instead of after a fixed reserve.
+//!
+//! For each utterance the playout records its bursts: when each arrived and how much audio
+//! had arrived before it. A burst's *lateness* is how long after its playback moment it
+//! arrived, had playback started at the first audio: `(arrival − first arrival) − audio
+//! before it`. Starting with `L` of audio buffered plays gaplessly exactly when every burst's
+//! lateness is at most `L`, so what an utterance needed is its worst burst's lateness. As
+//! WebRTC's NetEq does for packets, the model keeps a histogram of that need in 20 ms
+//! buckets whose weights decay with a forget factor per utterance (old networks fade out),
+//! and the start target is a quantile of it (0.95 by default: 19 utterances in 20 start
+//! late enough on their own; slowed playback is meant to cover the rest). Unlike NetEq's
+//! per-packet histogram, one late burst here is one gap, so the unit is the utterance. It
+//! also tracks the generation rate (audio seconds per wall second), which tells a slow
+//! stream from a stalled one. `store.rs` persists it, keyed by endpoint and format.
+
+pub mod store;
+
+use serde::{Deserialize, Serialize};
+
+/// Width of a lateness bucket.
+pub const BUCKET_MS: u32 = 20;
+/// Buckets kept: lateness up to 10 s (the longest WiFi stalls seen are a few seconds).
+pub const BUCKETS: usize = 500;
+/// Weight kept by earlier utterances when a new one is added (NetEq's forget factor is per
+/// packet; per utterance, this forgets a network in about 20 utterances).
+pub const FORGET: f64 = 0.95;
+/// The quantile of lateness the start target covers by default.
+pub const DEFAULT_QUANTILE: f64 = 0.95;
+
+/// One burst of an utterance: when it arrived (ms after the utterance's first audio) and
+/// how much audio (ms) had arrived before it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Burst {
+    /// Arrival, in ms after the first audio arrived.
+    pub at_ms: f64,
+    /// Audio that had arrived before this burst, in ms.
+    pub audio_before_ms: f64,
+}
+
+impl Burst {
+    /// How late the burst came for a playback started at the first audio (≤ 0: in time).
+    pub fn lateness_ms(&self) -> f64 {
+        self.at_ms - self.audio_before_ms
+    }
+}
+
+/// What was learned, as `status` and `check` show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Utterances learned from.
+    pub utterances: u64,
+    /// The start target: the configured quantile of lateness, in ms.
+    pub target_ms: u32,
+    /// Median lateness, in ms.
+    pub p50_ms: u32,
+    /// 95th percentile of lateness, in ms.
+    pub p95_ms: u32,
+    /// Audio seconds generated per wall second (1.0 = real time), if measured.
+    pub generation_rate: Option<f64>,
+}
+
+/// The learned lateness histogram and generation rate for one endpoint and format.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DelayModel {
+    /// Decayed weight per 20 ms bucket of lateness (index 0: on time or early).
+    weights: Vec<f64>,
+    /// Utterances learned from.
+    utterances: u64,
+    /// Decayed mean of the generation rate (audio s per wall s).
+    rate: Option<f64>,
+}
+
+impl Default for DelayModel {
+    fn default() -> Self {
+        DelayModel {
+            weights: vec![0.0; BUCKETS],
+            utterances: 0,
+            rate: None,
+        }
+    }
+}
+
+impl DelayModel {
+    /// Whether anything has been learned (a cold model gives no target).
+    pub fn is_cold(&self) -> bool {
+        self.utterances == 0
+    }
+
+    /// Utterances learned from.
+    pub fn utterances(&self) -> u64 {
+        self.utterances
+    }
+
+    /// Learns one utterance from its bursts (in arrival order) and its audio length; an
+    /// utterance with fewer than two bursts says nothing about lateness and is ignored.
+    pub fn learn(&mut self, bursts: &[Burst], audio_ms: f64) {
+        let (Some(first_size), Some(last)) = (bursts.get(1), bursts.last()) else {
+            return;
+        };
+        let need = bursts.iter().map(Burst::lateness_ms).fold(0.0, f64::max);
+        for w in &mut self.weights {
+            *w *= FORGET;
+        }
+        // Weight 1 per utterance; the total converges to 1 / (1 − FORGET) = 20.
+        self.weights[bucket(need)] += 1.0;
+        // The audio after the first burst, over the time it took to arrive.
+        let generated = audio_ms - first_size.audio_before_ms;
+        if last.at_ms > 0.0 && generated > 0.0 {
+            let rate = generated / last.at_ms;
+            self.rate = Some(match self.rate {
+                Some(r) => r * FORGET + rate * (1.0 - FORGET),
+                None => rate,
+            });
+        }
+        self.utterances += 1;
+    }
+
+    /// The lateness (ms) that a fraction `q` of the learned bursts did not exceed; `None`
+    /// while cold. A start with this much audio buffered rides out that fraction.
+    pub fn quantile_ms(&self, q: f64) -> Option<u32> {
+        let total: f64 = self.weights.iter().sum();
+        if self.is_cold() || total <= 0.0 {
+            return None;
+        }
+        let want = q.clamp(0.0, 1.0) * total;
+        let mut acc = 0.0;
+        for (i, w) in self.weights.iter().enumerate() {
+            acc += w;
+            if acc >= want - 1e-9 {
+                // The bucket's upper edge: lateness up to it is covered (bucket 0: on time).
+                return Some(i as u32 * BUCKET_MS);
+            }
+        }
+        Some((BUCKETS - 1) as u32 * BUCKET_MS)
+    }
+
+    /// What was learned, with the start target at quantile `q`.
+    pub fn summary(&self, q: f64) -> Summary {
+        Summary {
+            utterances: self.utterances,
+            target_ms: self.quantile_ms(q).unwrap_or(0),
+            p50_ms: self.quantile_ms(0.5).unwrap_or(0),
+            p95_ms: self.quantile_ms(0.95).unwrap_or(0),
+            generation_rate: self.rate,
+        }
+    }
+
+    /// Whether the model is well formed (a file of another version or a hand-edited one
+    /// may not be).
+    fn is_valid(&self) -> bool {
+        self.weights.len() == BUCKETS
+            && self.weights.iter().all(|w| w.is_finite() && *w >= 0.0)
+            && self.rate.is_none_or(|r| r.is_finite() && r > 0.0)
+    }
+}
+
+/// The bucket of a lateness: 0 for on time or early, the last for anything beyond.
+fn bucket(lateness_ms: f64) -> usize {
+    if !lateness_ms.is_finite() || lateness_ms <= 0.0 {
+        return 0;
+    }
+    ((lateness_ms / f64::from(BUCKET_MS)).ceil() as usize).min(BUCKETS - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bursts of `page_ms` of audio, generated at `speed` × real time, the first after
+    /// nothing, with an extra `stall_ms` before burst `stall_at`.
+    fn bursts(pages: usize, page_ms: f64, speed: f64, stall: Option<(usize, f64)>) -> Vec<Burst> {
+        let mut out = Vec::new();
+        let mut delay = 0.0;
+        for i in 0..pages {
+            if let Some((at, ms)) = stall {
+                if i == at {
+                    delay += ms;
+                }
+            }
+            out.push(Burst {
+                at_ms: i as f64 * page_ms / speed + delay,
+                audio_before_ms: i as f64 * page_ms,
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn lateness_is_arrival_minus_the_audio_before_it() {
+        let b = Burst {
+            at_ms: 1500.0,
+            audio_before_ms: 1000.0,
+        };
+        assert_eq!(b.lateness_ms(), 500.0);
+        assert_eq!(bucket(-3.0), 0);
+        assert_eq!(bucket(0.0), 0);
+        assert_eq!(bucket(1.0), 1);
+        assert_eq!(bucket(20.0), 1);
+        assert_eq!(bucket(21.0), 2);
+        assert_eq!(bucket(1e9), BUCKETS - 1);
+    }
+
+    #[test]
+    fn a_cold_model_gives_no_target_and_one_burst_teaches_nothing() {
+        let mut m = DelayModel::default();
+        assert_eq!(m.quantile_ms(0.95), None);
+        m.learn(&bursts(1, 1000.0, 4.0, None), 1000.0);
+        assert!(m.is_cold());
+    }
+
+    #[test]
+    fn converges_on_a_scripted_stall_pattern() {
+        let mut m = DelayModel::default();
+        // 200 ms chunks generated at 4×; one utterance in four stalls 900 ms before its
+        // fourth chunk, which then arrives at 150 + 900 ms with 600 ms played: 450 ms late.
+        for k in 0..40 {
+            let stall = (k % 4 == 0).then_some((3, 900.0));
+            m.learn(&bursts(20, 200.0, 4.0, stall), 4000.0);
+        }
+        let p95 = m.quantile_ms(0.95).unwrap();
+        let p50 = m.quantile_ms(0.5).unwrap();
+        assert_eq!(p50, 0, "most utterances need nothing: {p50}");
+        assert_eq!(p95, 460, "the stalled ones needed 450 ms (bucket edge 460)");
+        let s = m.summary(0.95);
+        assert_eq!((s.utterances, s.target_ms), (40, p95));
+        // 3800 ms after the first chunk in 950 ms (4×), or in 1850 ms when stalled (≈ 2×).
+        let rate = s.generation_rate.unwrap();
+        assert!(rate > 2.0 && rate < 4.0, "rate {rate}");
+    }
+
+    #[test]
+    fn decays_when_the_network_gets_better() {
+        let mut m = DelayModel::default();
+        for _ in 0..30 {
+            m.learn(&bursts(10, 200.0, 4.0, Some((2, 2000.0))), 2000.0);
+        }
+        let bad = m.quantile_ms(0.95).unwrap();
+        assert!(bad >= 1500, "{bad}");
+        for _ in 0..60 {
+            m.learn(&bursts(10, 200.0, 4.0, None), 2000.0);
+        }
+        let good = m.quantile_ms(0.95).unwrap();
+        assert!(good <= 40, "still {good} ms after 60 good utterances");
+    }
+
+    #[test]
+    fn weights_stay_bounded() {
+        let mut m = DelayModel::default();
+        for _ in 0..10_000 {
+            m.learn(&bursts(3, 1000.0, 2.0, None), 3000.0);
+        }
+        let total: f64 = m.weights.iter().sum();
+        assert!((total - 1.0 / (1.0 - FORGET)).abs() < 1e-6, "{total}");
+        assert!(m.is_valid());
+    }
+}

@@ -1,0 +1,290 @@
+//! Keeps the learned network models across restarts: one small JSON file in the state
+//! directory (the daemon's `$STATE_DIRECTORY`, the CLI's `$XDG_STATE_HOME/herald` or
+//! `~/.local/state/herald`), one model per endpoint and format.
+//!
+//! Learning is an optimisation, never a reason to fail: a directory that is missing and
+//! cannot be made, or is read-only, gives an in-memory store and one warning; a corrupt or
+//! foreign file is ignored with a warning (and replaced at the next save). Models are keyed
+//! by the endpoint alone — userinfo and query strings are cut off — so no credential ever
+//! reaches the file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Burst, DelayModel};
+use crate::tts::AudioFormat;
+
+/// The file's name in the state directory.
+pub const FILE_NAME: &str = "network-model.json";
+/// The file format's version; a file of another version is ignored.
+const VERSION: u32 = 1;
+
+/// Why the store could not be written (it keeps working in memory).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Writing or renaming the file failed.
+    #[error("cannot save the network model to {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct File {
+    herald_network_model: u32,
+    models: BTreeMap<String, DelayModel>,
+}
+
+/// The learned models, and where they are saved (`None`: memory only).
+#[derive(Debug, Default)]
+pub struct ModelStore {
+    path: Option<PathBuf>,
+    models: BTreeMap<String, DelayModel>,
+}
+
+/// The key of an endpoint and format: the base URL without userinfo, query or fragment.
+pub fn key(api_base: &str, format: AudioFormat) -> String {
+    let base = crate::tts::openai::redact_userinfo(api_base);
+    let base = base.split(['?', '#']).next().unwrap_or_default();
+    format!("{} {}", base.trim_end_matches('/'), format.as_str())
+}
+
+/// The daemon's state directory: systemd's `$STATE_DIRECTORY` (the first if several).
+pub fn daemon_dir() -> Option<PathBuf> {
+    let d = std::env::var_os("STATE_DIRECTORY").filter(|d| !d.is_empty())?;
+    let d = d.to_string_lossy().into_owned();
+    Some(PathBuf::from(d.split(':').next().unwrap_or(&d)))
+}
+
+/// The CLI's state directory: `$XDG_STATE_HOME/herald`, else `~/.local/state/herald`.
+pub fn cli_dir() -> Option<PathBuf> {
+    let xdg = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty());
+    match xdg {
+        Some(d) => Some(PathBuf::from(d).join("herald")),
+        None => {
+            let home = std::env::var_os("HOME").filter(|d| !d.is_empty())?;
+            Some(PathBuf::from(home).join(".local/state/herald"))
+        }
+    }
+}
+
+impl ModelStore {
+    /// Opens the store in `dir`; the warning, if any, says why it is memory-only or why
+    /// an existing file was ignored.
+    pub fn open(dir: Option<&Path>) -> (ModelStore, Option<String>) {
+        let Some(dir) = dir else {
+            let why = "no state directory (STATE_DIRECTORY, XDG_STATE_HOME or HOME): the network model is kept in memory only";
+            return (ModelStore::default(), Some(why.into()));
+        };
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            let why = format!(
+                "state directory {} is unusable ({e}): the network model is kept in memory only",
+                dir.display()
+            );
+            return (ModelStore::default(), Some(why));
+        }
+        let path = dir.join(FILE_NAME);
+        let (models, warning) = match std::fs::read(&path) {
+            Ok(bytes) => match parse(&bytes) {
+                Ok(models) => (models, None),
+                Err(why) => (
+                    BTreeMap::new(),
+                    Some(format!(
+                        "ignoring {} ({why}); it is replaced by what is learned next",
+                        path.display()
+                    )),
+                ),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (BTreeMap::new(), None),
+            Err(e) => (
+                BTreeMap::new(),
+                Some(format!(
+                    "cannot read {} ({e}); starting afresh",
+                    path.display()
+                )),
+            ),
+        };
+        let store = ModelStore {
+            path: Some(path),
+            models,
+        };
+        (store, warning)
+    }
+
+    /// Where the models are saved (`None`: memory only).
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// The model for `key` (cold if nothing was learned there).
+    pub fn model(&self, key: &str) -> DelayModel {
+        self.models.get(key).cloned().unwrap_or_default()
+    }
+
+    /// Every learned model by key, for `status` and `check`.
+    pub fn models(&self) -> &BTreeMap<String, DelayModel> {
+        &self.models
+    }
+
+    /// Learns one utterance on `key`.
+    pub fn learn(&mut self, key: &str, bursts: &[Burst], audio_ms: f64) {
+        self.models
+            .entry(key.to_string())
+            .or_default()
+            .learn(bursts, audio_ms);
+    }
+
+    /// Forgets everything learned (the file too, at the next save).
+    pub fn reset(&mut self) {
+        self.models.clear();
+    }
+
+    /// Writes the models (atomically: a reader never sees half a file). On failure the
+    /// store keeps working in memory and the error says why.
+    pub fn save(&self) -> Result<(), StoreError> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let file = File {
+            herald_network_model: VERSION,
+            models: self.models.clone(),
+        };
+        let write_err = |source| StoreError::Write {
+            path: path.clone(),
+            source,
+        };
+        let json = serde_json::to_vec(&file).map_err(|e| write_err(std::io::Error::other(e)))?;
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, json).map_err(write_err)?;
+        std::fs::rename(&tmp, path).map_err(write_err)
+    }
+}
+
+/// The models in a file's bytes, or why they are not usable.
+fn parse(bytes: &[u8]) -> Result<BTreeMap<String, DelayModel>, String> {
+    let file: File =
+        serde_json::from_slice(bytes).map_err(|e| format!("not a network model file: {e}"))?;
+    if file.herald_network_model != VERSION {
+        return Err(format!(
+            "version {} (this herald reads version {VERSION})",
+            file.herald_network_model
+        ));
+    }
+    if let Some((k, _)) = file.models.iter().find(|(_, m)| !m.is_valid()) {
+        return Err(format!("the model for '{k}' is damaged"));
+    }
+    Ok(file.models)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stalled() -> Vec<Burst> {
+        (0..10)
+            .map(|i| Burst {
+                at_ms: f64::from(i) * 50.0 + if i >= 3 { 900.0 } else { 0.0 },
+                audio_before_ms: f64::from(i) * 200.0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn what_is_learned_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = key("https://api.openai.com/v1/", AudioFormat::Opus);
+        let (mut s, w) = ModelStore::open(Some(dir.path()));
+        assert_eq!(w, None);
+        for _ in 0..5 {
+            s.learn(&k, &stalled(), 2000.0);
+        }
+        s.save().unwrap();
+        let (again, w) = ModelStore::open(Some(dir.path()));
+        assert_eq!(w, None);
+        assert_eq!(again.model(&k), s.model(&k));
+        assert_eq!(again.model(&k).utterances(), 5);
+        // Other formats and endpoints are separate.
+        assert!(again
+            .model(&key("https://api.openai.com/v1", AudioFormat::Pcm))
+            .is_cold());
+        assert!(again
+            .model(&key("http://127.0.0.1:8000/v1", AudioFormat::Opus))
+            .is_cold());
+    }
+
+    #[test]
+    fn a_corrupt_or_foreign_file_is_ignored_with_a_warning() {
+        for (content, says) in [
+            (&b"{ not json"[..], "not a network model file"),
+            (br#"{"herald_network_model": 7, "models": {}}"#, "version 7"),
+            (br#"{"something": "else"}"#, "not a network model file"),
+            (
+                br#"{"herald_network_model": 1, "models": {"x opus": {"weights": [1.0], "utterances": 1, "rate": null}}}"#,
+                "damaged",
+            ),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join(FILE_NAME), content).unwrap();
+            let (mut s, w) = ModelStore::open(Some(dir.path()));
+            let w = w.expect("a warning");
+            assert!(w.contains(says) && w.contains(FILE_NAME), "{w}");
+            assert!(s.models().is_empty());
+            // It still learns, and the next save replaces the bad file.
+            s.learn("k opus", &stalled(), 2000.0);
+            s.save().unwrap();
+            let (again, w) = ModelStore::open(Some(dir.path()));
+            assert_eq!((w, again.models().len()), (None, 1));
+        }
+    }
+
+    #[test]
+    fn an_unusable_directory_means_memory_only_with_one_warning() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, b"x").unwrap();
+        // A directory below a regular file can never be made (even by root).
+        let (mut s, w) = ModelStore::open(Some(&file.join("state")));
+        assert!(w.unwrap().contains("memory only"));
+        assert_eq!(s.path(), None);
+        s.learn("k opus", &stalled(), 2000.0);
+        assert!(s.save().is_ok());
+        assert_eq!(s.model("k opus").utterances(), 1);
+        let (_, w) = ModelStore::open(None);
+        assert!(w.unwrap().contains("memory only"));
+    }
+
+    #[test]
+    fn the_key_never_holds_credentials() {
+        let k = key(
+            "https://user:sk-secret-123@proxy.example/v1?key=sk-other#x",
+            AudioFormat::Opus,
+        );
+        assert_eq!(k, "https://proxy.example/v1 opus");
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = ModelStore::open(Some(dir.path()));
+        s.learn(&k, &stalled(), 2000.0);
+        s.save().unwrap();
+        let text = std::fs::read_to_string(dir.path().join(FILE_NAME)).unwrap();
+        assert!(
+            !text.contains("sk-secret") && !text.contains("sk-other"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn reset_forgets_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = ModelStore::open(Some(dir.path()));
+        s.learn("k opus", &stalled(), 2000.0);
+        s.save().unwrap();
+        s.reset();
+        s.save().unwrap();
+        let (again, _) = ModelStore::open(Some(dir.path()));
+        assert!(again.models().is_empty());
+    }
+}
