@@ -405,21 +405,13 @@ impl Config {
             };
             return Err(c.bad(key, e.message));
         }
-        if !(1..=MAX_TEXT_CHARS_LIMIT).contains(&s.max_text_chars) {
-            return Err(c.bad(
-                "speech.max_text_chars",
-                format!(
-                    "{} is out of range (allowed: 1 to {MAX_TEXT_CHARS_LIMIT})",
-                    s.max_text_chars
-                ),
-            ));
-        }
-        if s.lookahead > 4 {
-            return Err(c.bad(
-                "speech.lookahead",
-                format!("{} is out of range (allowed: 0 to 4)", s.lookahead),
-            ));
-        }
+        c.in_range(
+            "speech.max_text_chars",
+            s.max_text_chars,
+            1..=MAX_TEXT_CHARS_LIMIT,
+            &format!("1 to {MAX_TEXT_CHARS_LIMIT}"),
+        )?;
+        c.in_range("speech.lookahead", s.lookahead, 0..=4, "0 to 4")?;
         Ok(())
     }
 
@@ -438,18 +430,8 @@ impl Config {
                 format!("{} Hz is out of range (allowed: 8000 to 192000)", a.rate),
             ));
         }
-        if !(2..=500).contains(&a.period_ms) {
-            return Err(c.bad(
-                "audio.period_ms",
-                format!("{} is out of range (allowed: 2 to 500)", a.period_ms),
-            ));
-        }
-        if !(2..=64).contains(&a.buffer_periods) {
-            return Err(c.bad(
-                "audio.buffer_periods",
-                format!("{} is out of range (allowed: 2 to 64)", a.buffer_periods),
-            ));
-        }
+        c.in_range("audio.period_ms", a.period_ms, 2..=500, "2 to 500")?;
+        c.in_range("audio.buffer_periods", a.buffer_periods, 2..=64, "2 to 64")?;
         // The playout's own rules, reported against the config key.
         if let Err(crate::audio::playout::PlayoutError::Config {
             field,
@@ -464,15 +446,7 @@ impl Config {
         }
         // A drain legitimately blocks for a whole device buffer: the timeout must outlast it.
         let buffer_ms = u64::from(a.period_ms) * u64::from(a.buffer_periods);
-        if !(buffer_ms + 1000..=120_000).contains(&a.write_timeout_ms) {
-            return Err(c.bad(
-                "audio.write_timeout_ms",
-                format!(
-                    "{} is out of range (allowed: the device buffer, period_ms × buffer_periods = {buffer_ms} ms, plus 1000, up to 120000 ms)",
-                    a.write_timeout_ms
-                ),
-            ));
-        }
+        c.in_range("audio.write_timeout_ms", a.write_timeout_ms, buffer_ms + 1000..=120_000, &format!("the device buffer, period_ms × buffer_periods = {buffer_ms} ms, plus 1000, up to 120000 ms"))?;
         Ok(())
     }
 
@@ -485,33 +459,20 @@ impl Config {
                 format!("'{}' is not an http(s) URL", redact_userinfo(&api.api_base)),
             ));
         }
-        if api.max_attempts == 0 || api.max_attempts > 10 {
-            return Err(c.bad(
-                "api.max_attempts",
-                format!("{} is out of range (allowed: 1 to 10)", api.max_attempts),
-            ));
-        }
+        c.in_range("api.max_attempts", api.max_attempts, 1..=10, "1 to 10")?;
         for (key, v) in [
             ("api.connect_timeout_ms", api.connect_timeout_ms),
             ("api.first_byte_timeout_ms", api.first_byte_timeout_ms),
             ("api.stall_timeout_ms", api.stall_timeout_ms),
         ] {
-            if !(100..=600_000).contains(&v) {
-                return Err(c.bad(
-                    key,
-                    format!("{v} is out of range (allowed: 100 to 600000 ms)"),
-                ));
-            }
+            c.in_range(key, v, 100..=600_000, "100 to 600000 ms")?;
         }
-        if !(1_000..=600_000).contains(&api.first_audio_deadline_ms) {
-            return Err(c.bad(
-                "api.first_audio_deadline_ms",
-                format!(
-                    "{} is out of range (allowed: 1000 to 600000 ms)",
-                    api.first_audio_deadline_ms
-                ),
-            ));
-        }
+        c.in_range(
+            "api.first_audio_deadline_ms",
+            api.first_audio_deadline_ms,
+            1_000..=600_000,
+            "1000 to 600000 ms",
+        )?;
         Ok(())
     }
 
@@ -533,42 +494,26 @@ impl Config {
                 ),
             ));
         }
-        if !(1..=1024).contains(&d.max_connections) {
-            return Err(c.bad(
-                "daemon.max_connections",
-                format!("{} is out of range (allowed: 1 to 1024)", d.max_connections),
-            ));
-        }
-        if !(1..=10_000).contains(&d.queue_size) {
-            return Err(c.bad(
-                "daemon.queue_size",
-                format!("{} is out of range (allowed: 1 to 10000)", d.queue_size),
-            ));
-        }
-        if d.lead_in_ms > 5000 {
-            return Err(c.bad(
-                "daemon.lead_in_ms",
-                format!("{} is out of range (allowed: 0 to 5000)", d.lead_in_ms),
-            ));
-        }
-        if d.idle_close_s > 86_400 {
-            return Err(c.bad(
-                "daemon.idle_close_s",
-                format!(
-                    "{} is out of range (allowed: 0 = never close, 1 to 86400)",
-                    d.idle_close_s
-                ),
-            ));
-        }
-        if !(100..=600_000).contains(&d.hook_timeout_ms) {
-            return Err(c.bad(
-                "daemon.hook_timeout_ms",
-                format!(
-                    "{} is out of range (allowed: 100 to 600000 ms)",
-                    d.hook_timeout_ms
-                ),
-            ));
-        }
+        c.in_range(
+            "daemon.max_connections",
+            d.max_connections,
+            1..=1024,
+            "1 to 1024",
+        )?;
+        c.in_range("daemon.queue_size", d.queue_size, 1..=10_000, "1 to 10000")?;
+        c.in_range("daemon.lead_in_ms", d.lead_in_ms, 0..=5000, "0 to 5000")?;
+        c.in_range(
+            "daemon.idle_close_s",
+            d.idle_close_s,
+            0..=86_400,
+            "0 = never close, 1 to 86400",
+        )?;
+        c.in_range(
+            "daemon.hook_timeout_ms",
+            d.hook_timeout_ms,
+            100..=600_000,
+            "100 to 600000 ms",
+        )?;
         for (key, hook) in [
             ("daemon.hook_before_open", &d.hook_before_open),
             ("daemon.hook_after_close", &d.hook_after_close),
@@ -580,35 +525,24 @@ impl Config {
                 ));
             }
         }
-        if d.keepalive_s > 86_400 {
-            return Err(c.bad(
-                "daemon.keepalive_s",
-                format!(
-                    "{} is out of range (allowed: 0 = off, 1 to 86400)",
-                    d.keepalive_s
-                ),
-            ));
-        }
-        if d.idle_timeout_s > 86_400 {
-            return Err(c.bad(
-                "daemon.idle_timeout_s",
-                format!(
-                    "{} is out of range (allowed: 0 = never, 1 to 86400)",
-                    d.idle_timeout_s
-                ),
-            ));
-        }
+        c.in_range(
+            "daemon.keepalive_s",
+            d.keepalive_s,
+            0..=86_400,
+            "0 = off, 1 to 86400",
+        )?;
+        c.in_range(
+            "daemon.idle_timeout_s",
+            d.idle_timeout_s,
+            0..=86_400,
+            "0 = never, 1 to 86400",
+        )?;
         Ok(())
     }
 
     /// `[cache]`.
     fn check_cache(&self, c: &Checker) -> Result<(), ConfigError> {
-        if !(1..=4096).contains(&self.cache.max_mb) {
-            return Err(c.bad(
-                "cache.max_mb",
-                format!("{} is out of range (allowed: 1 to 4096)", self.cache.max_mb),
-            ));
-        }
+        c.in_range("cache.max_mb", self.cache.max_mb, 1..=4096, "1 to 4096")?;
         if self.cache.dir.as_os_str().is_empty() {
             return Err(c.bad("cache.dir", "must name a directory".into()));
         }
@@ -776,6 +710,23 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
+    /// `value` of `key` must lie in `range`; `allowed` says what is, in words.
+    fn in_range<T>(
+        &self,
+        key: &str,
+        value: T,
+        range: std::ops::RangeInclusive<T>,
+        allowed: &str,
+    ) -> Result<(), ConfigError>
+    where
+        T: PartialOrd + std::fmt::Display,
+    {
+        if range.contains(&value) {
+            return Ok(());
+        }
+        Err(self.bad(key, format!("{value} is out of range (allowed: {allowed})")))
+    }
+
     /// `key` (dotted) holds a bad value.
     fn bad(&self, key: &str, message: String) -> ConfigError {
         ConfigError::Invalid {

@@ -1300,26 +1300,24 @@ fn over_the_connection_limit_a_status_is_still_answered_and_a_speak_is_refused()
     assert_eq!(s["counters"]["accepted"], 0, "{s}");
 }
 
-/// `s` as a JSON string the way Python's `json.dumps` writes it by default
-/// (`ensure_ascii=True`): every non-ASCII character as `\uXXXX`, astral ones as a
-/// surrogate pair (12 bytes).
-fn ascii_json(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            ' '..='~' => out.push(c),
-            _ => {
-                let mut units = [0u16; 2];
-                for u in c.encode_utf16(&mut units) {
-                    out.push_str(&format!("\\u{u:04x}"));
-                }
-            }
-        }
-    }
-    out.push('"');
-    out
+/// The request line Python's `json.dumps` writes by default (`ensure_ascii=True`: every
+/// non-ASCII character as `\uXXXX`, astral ones as a surrogate pair), from real Python,
+/// as docs/PROTOCOL.md's example client sends it.
+fn python_json_dumps(text_char: char, count: usize) -> String {
+    let script = format!(
+        "import json, sys; sys.stdout.write(json.dumps({{'cmd': 'speak', 'text': chr({}) * {count}, 'id': 'big', 'voice': 'coral'}}) + '\\n')",
+        u32::from(text_char)
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
 
 #[test]
@@ -1329,12 +1327,8 @@ fn a_long_non_ascii_text_escaped_by_json_dumps_fits_the_line_limit() {
     let mut c = d.conn();
     // 20000 characters (speech.max_text_chars) of the worst case: astral-plane characters,
     // 12 bytes each as json.dumps escapes them: 240 kB on one line.
-    let text: String = "\u{1F514}".repeat(20_000);
-    let line = format!(
-        "{{\"cmd\": \"speak\", \"text\": {}, \"id\": \"big\", \"voice\": \"coral\"}}\n",
-        ascii_json(&text)
-    );
-    assert!(line.len() > 240_000);
+    let line = python_json_dumps('\u{1F514}', 20_000);
+    assert!(line.len() > 240_000 && line.is_ascii());
     c.send_raw(line.as_bytes());
     let r = c.reply();
     assert_eq!(
