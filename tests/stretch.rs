@@ -412,6 +412,58 @@ fn stereo_channels_stay_in_lockstep() {
 }
 
 #[test]
+fn release_held_plays_what_libsonic_held_at_once_without_a_click() {
+    let amp = 12_000.0;
+    let input = sine(220.0, amp, RATE as usize / 2);
+    let mut s = stretcher(1);
+    s.set_tempo(0.9);
+    let mut out = Vec::new();
+    let mut buf = [0i16; PERIOD];
+    let mut rest = &input[..];
+    while !rest.is_empty() {
+        let n = s.push(rest).unwrap();
+        rest = &rest[n..];
+        let n = s.pull(&mut buf);
+        out.extend_from_slice(&buf[..n]);
+    }
+    // The source ran dry: pull what was stretched, then let go of what libsonic holds.
+    loop {
+        let n = s.pull(&mut buf);
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    let before = out.len();
+    s.release_held().unwrap();
+    assert_eq!(s.tempo(), 0.9);
+    let held = s.buffered_frames();
+    assert!(
+        held > 0 && held < s.latency_frames(),
+        "{held} frames released"
+    );
+    loop {
+        let n = s.pull(&mut buf);
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    // Everything came out: the input, stretched, within libsonic's rounding of a period.
+    let want = input.len() as f64 / 0.9;
+    assert!(
+        (out.len() as f64 - want).abs() <= s.latency_frames() as f64,
+        "{} frames out, {want:.0} expected ({before} before the release)",
+        out.len()
+    );
+    // The released audio continues the stretched audio with no jump.
+    let ideal = 2.0 * amp * (std::f64::consts::PI * 220.0 / f64::from(RATE)).sin();
+    assert!(f64::from(max_step(&out)) <= 1.15 * ideal);
+    // And it was the input's tail, verbatim.
+    assert_eq!(out[out.len() - held..], input[input.len() - held..]);
+}
+
+#[test]
 fn clear_drops_everything_and_keeps_the_tempo() {
     let mut s = stretcher(1);
     s.set_tempo(0.9);
@@ -461,9 +513,13 @@ fn nothing_allocates_after_new_not_even_libsonic() {
             }
             pulled += s.pull(&mut buf);
             period += 1;
-            // A flush mid-stream (end of an utterance) and a clear (an interrupt), too.
+            // A flush mid-stream (end of an utterance), a release (the source ran dry) and a
+            // clear (an interrupt), too.
             if period % 97 == 0 {
                 s.flush().unwrap();
+            }
+            if period % 61 == 0 {
+                s.release_held().unwrap();
             }
             if period % 211 == 0 {
                 s.clear().unwrap();

@@ -116,7 +116,7 @@ pub enum StretchError {
     /// `Stretcher` keeps (its buffers are sized at creation); kept rather than ignored.
     #[error("libsonic could not grow a buffer during {op}: out of memory")]
     OutOfMemory {
-        /// `push`, `flush` or `clear`.
+        /// `push`, `flush`, `release_held` or `clear`.
         op: &'static str,
     },
 }
@@ -153,7 +153,7 @@ impl StretchStats {
 /// A libsonic stream, sized at creation so that its steady state never reallocates.
 ///
 /// Create it outside the audio loop; in the loop call only `set_tempo`, `push`, `pull`,
-/// `buffered_frames`, `flush`, `clear` and the getters: none of them allocate, lock, log or
+/// `buffered_frames`, `flush`, `release_held`, `clear` and the getters: none of them allocate, lock, log or
 /// block (libsonic's own calls are plain memcpy/memmove and arithmetic on buffers it
 /// already has; see docs/STRETCH.md for how that was checked).
 #[derive(Debug)]
@@ -259,11 +259,12 @@ impl Stretcher {
     /// `max_push`, from sonic.c 0.2.0: after a write libsonic holds < M input frames; a
     /// write of ≤ P frames therefore needs input room < M + P and produces at most
     /// 2 × (M + P) output frames (each inserted period doubles one, the rest is copied);
-    /// `push` writes only while < P frames wait, so the output never exceeds
-    /// 3P + 2M; a flush checks input room for 2 × held + 2M < 4M and adds < 6M output
-    /// transiently (a second flush < 4M more). 4P + 8M covers all of these.
+    /// `push` writes only while < P frames wait, so the output stays < 3P + 2M;
+    /// `release_held` adds < M; a flush checks input room for 2 × held + 2M < 4M and
+    /// adds < 2 × (held + 2M) output transiently. No sequence of calls needs more than
+    /// 3P + 8M; 4P + 12M leaves a margin (≈ 43 KB a channel at 48 kHz, P = 960).
     fn reserve_frames(&self) -> usize {
-        4 * self.max_push + 8 * self.latency
+        4 * self.max_push + 12 * self.latency
     }
 
     /// Sets the tempo (1.0 normal, 0.9 = 10 % slower), clamped to `min_tempo..=1.0` (NaN
@@ -370,6 +371,28 @@ impl Stretcher {
         // SAFETY: the stream is live; the buffers were sized for a flush in `reserve`.
         if unsafe { ffi::sonicFlushStream(self.stream.as_ptr()) } == 0 {
             return Err(StretchError::OutOfMemory { op: "flush" });
+        }
+        Ok(())
+    }
+
+    /// Makes the input libsonic holds (fewer than `latency_frames`) ready to `pull` now,
+    /// unstretched, keeping the tempo: for when the source runs dry mid-utterance, where
+    /// waiting would keep real audio back and `flush` would pad silence into the speech.
+    pub fn release_held(&mut self) -> Result<(), StretchError> {
+        let p = self.stream.as_ptr();
+        // At speed 1.0 processing copies every held frame to the output, continuing the
+        // audio exactly where the last stretched period ended.
+        // SAFETY: the stream is live. A NULL pointer with 0 frames is how libsonic's own
+        // flush asks for processing without input (nothing is read); the copy fits the
+        // output buffer grown in `reserve` (see `reserve_frames`).
+        let ok = unsafe {
+            ffi::sonicSetSpeed(p, 1.0);
+            let ok = ffi::sonicWriteShortToStream(p, std::ptr::null_mut(), 0);
+            ffi::sonicSetSpeed(p, self.tempo);
+            ok
+        };
+        if ok == 0 {
+            return Err(StretchError::OutOfMemory { op: "release_held" });
         }
         Ok(())
     }
