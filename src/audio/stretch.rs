@@ -153,9 +153,9 @@ impl StretchStats {
 /// A libsonic stream, sized at creation so that its steady state never reallocates.
 ///
 /// Create it outside the audio loop; in the loop call only `set_tempo`, `push`, `pull`,
-/// `buffered_frames`, `flush`, `release_held`, `clear` and the getters: none of them allocate, lock, log or
-/// block (libsonic's own calls are plain memcpy/memmove and arithmetic on buffers it
-/// already has; see docs/STRETCH.md for how that was checked).
+/// `buffered_frames`, `flush`, `release_held`, `clear` and the getters: none of them
+/// allocate, lock, log or block (libsonic's own calls are plain memcpy/memmove and
+/// arithmetic on buffers it already has; see docs/STRETCH.md for how that was checked).
 #[derive(Debug)]
 pub struct Stretcher {
     stream: NonNull<ffi::SonicStreamStruct>,
