@@ -12,12 +12,12 @@
 # Why a bookworm chroot: Raspberry Pi OS bookworm has glibc 2.36. Linking against a newer
 # glibc (trixie's 2.41 headers turn sscanf & co into __isoc23_*, GLIBC_2.38) gives binaries
 # that refuse to start on the Pi. Building inside bookworm, against bookworm's arm64/armhf
-# libasound2-dev and libopus-dev (Debian multiarch), guarantees the binary only asks for
-# what the Pi has. Inside the chroot:
+# libasound2-dev, libopus-dev and libsonic-dev (Debian multiarch), guarantees the binary
+# only asks for what the Pi has. Inside the chroot:
 #   rustc-web + cargo-web      Debian's newer Rust for bookworm (from bookworm-security)
 #   libstd-rust-web-dev:ARCH   the matching prebuilt std for the target, unpacked by hand
 #                              (its Depends would drag in the target's whole toolchain)
-#   gcc-<triplet>              the linker and C compiler (libopus/alsa are only linked)
+#   gcc-<triplet>              the linker and C compiler (libopus/alsa/sonic are only linked)
 #   qemu-user                  runs the result: `qemu-aarch64 -L / herald --version`
 #
 # Output: $WORK/out/<target>/herald (stripped) and $WORK/out/report.txt (sizes, NEEDED
@@ -130,7 +130,9 @@ WANT="rustc-web cargo-web pkg-config ca-certificates qemu-user binutils file"
 for t in $TARGETS; do
   target_info "$t"
   ARCHES="$ARCHES $ARCH"
-  WANT="$WANT gcc-$TRIPLET libc6-dev-$ARCH-cross libasound2-dev:$ARCH libopus-dev:$ARCH"
+  # libsonic-dev: the time-stretcher (src/audio/stretch.rs). It has no .pc file: plain
+  # -lsonic, which the cross gcc finds in /usr/lib/$TRIPLET (multiarch).
+  WANT="$WANT gcc-$TRIPLET libc6-dev-$ARCH-cross libasound2-dev:$ARCH libopus-dev:$ARCH libsonic-dev:$ARCH"
 done
 [ "$DEB" = 1 ] && WANT="$WANT dpkg-dev liblzma-dev"
 if [ "$(cat "$ROOT/.herald-packages" 2>/dev/null)" != "$WANT" ]; then

@@ -3,9 +3,11 @@
 # whatever is already there. Safe to run repeatedly.
 set -euo pipefail
 
-# Build: alsa-lib and libopus headers. Tests: espeak-ng (the emulator's voice), opus-tools
-# and sox (fixtures), alsa-utils (aplay for manual checks), systemd (systemd-analyze).
-PKGS=(pkg-config libasound2-dev libopus-dev espeak-ng opus-tools sox alsa-utils ca-certificates systemd)
+# Build: alsa-lib, libopus and libsonic (the time-stretcher, src/audio/stretch.rs; linked
+# by every binary of the crate, so nothing links without it) headers. Tests: espeak-ng (the
+# emulator's voice), opus-tools and sox (fixtures), alsa-utils (aplay for manual checks),
+# systemd (systemd-analyze).
+PKGS=(pkg-config libasound2-dev libopus-dev libsonic-dev espeak-ng opus-tools sox alsa-utils ca-certificates systemd)
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -5,6 +5,7 @@ pub mod alsa;
 pub mod channels;
 pub mod playout;
 pub mod policy;
+pub mod stretch;
 mod thread;
 pub mod wav;
 
