@@ -469,9 +469,7 @@ async fn speech(req: Request<Incoming>, ctx: Ctx, sc: Scenario) -> Response<Body
             })
         }
     };
-    let seed = sc.seed.unwrap_or(ctx.shared.cfg.seed)
-        ^ fnv1a(&ctx.key)
-        ^ nth.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let seed = stall_seed(&sc, ctx.shared.cfg.seed, &ctx.key, nth);
     let horizon = sc.ttfb + rendered.audio.div_f64(sc.speed) + Duration::from_secs(1);
     let stalls = Stalls::new(&sc, seed, horizon);
     let total = rendered.body.len();
@@ -552,6 +550,18 @@ async fn speech(req: Request<Incoming>, ctx: Ctx, sc: Scenario) -> Response<Body
     r
 }
 
+/// The stall RNG's seed for the `nth` request on `key`: mixed with both, so successive
+/// requests and parallel tests differ, unless `fixed-seed` asks for the same pattern on
+/// every request (a bench comparing clients on identical stalls).
+fn stall_seed(sc: &Scenario, default_seed: u64, key: &str, nth: u64) -> u64 {
+    let seed = sc.seed.unwrap_or(default_seed);
+    if sc.fixed_seed {
+        seed
+    } else {
+        seed ^ fnv1a(key) ^ nth.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+}
+
 /// Stable string hash (std's hasher is not promised to stay the same across releases).
 fn fnv1a(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
@@ -573,5 +583,22 @@ mod tests {
         assert_eq!(split_path("/fast/v1/models"), Some(("fast", "/models")));
         assert_eq!(split_path("/fast/v2/models"), None);
         assert_eq!(split_path("/v1x/models"), None);
+    }
+
+    #[test]
+    fn stall_seeds_mix_key_and_request_unless_fixed() {
+        let sc = Scenario::parse("wifi,seed=3").unwrap();
+        // The mix existing tests and recorded benchmarks depend on.
+        assert_eq!(
+            stall_seed(&sc, 0, "wifi,seed=3", 2),
+            3 ^ fnv1a("wifi,seed=3") ^ 2u64.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        );
+        assert_ne!(stall_seed(&sc, 0, "a", 1), stall_seed(&sc, 0, "b", 1));
+        assert_ne!(stall_seed(&sc, 0, "a", 1), stall_seed(&sc, 0, "a", 2));
+        let fixed = Scenario::parse("wifi,seed=3,fixed-seed").unwrap();
+        assert_eq!(stall_seed(&fixed, 0, "a", 1), 3);
+        assert_eq!(stall_seed(&fixed, 0, "b", 7), 3);
+        let fixed = Scenario::parse("wifi,fixed-seed").unwrap();
+        assert_eq!(stall_seed(&fixed, 9, "a", 1), 9);
     }
 }
