@@ -55,9 +55,9 @@ pub struct Scenario {
     pub padded_tags: bool,
     /// Seed for the stall RNG (`None` = the emulator's seed).
     pub seed: Option<u64>,
-    /// Use the seed as is, not mixed with the scenario key and request number, so every
-    /// request with this scenario sees the same stall pattern (`fixed-seed`).
-    pub fixed_seed: bool,
+    /// Stalls independent of the scenario key: mixed with the request's number only, so the
+    /// nth request of every key with this option sees the same pattern (`shared-stalls`).
+    pub shared_stalls: bool,
     /// `Retry-After` seconds on 429/503 (`None` = header omitted).
     pub retry_after_s: Option<u64>,
     /// `retry-after-ms` on 429/503 (`None` = header omitted).
@@ -81,7 +81,7 @@ impl Default for Scenario {
             fault: None,
             padded_tags: false,
             seed: None,
-            fixed_seed: false,
+            shared_stalls: false,
             retry_after_s: Some(1),
             retry_after_ms: Some(1000),
             tone: false,
@@ -92,7 +92,7 @@ impl Default for Scenario {
 /// Every option name, for error messages.
 pub const OPTIONS: &str = "fast, realtime, slow, under, wifi, wifi-long, ttfb=MS, speed=X, chunk=BYTES, \
 stall-every=MS, stall-min=MS, stall-max=MS, stall=AT_MS+LEN_MS, fail=STATUS[xN], hang, \
-hang-body, drop, garbage, json200, corrupt[=PAGE], padded-tags, seed=N, fixed-seed, retry-after=S|none, \
+hang-body, drop, garbage, json200, corrupt[=PAGE], padded-tags, seed=N, shared-stalls, retry-after=S|none, \
 retry-after-ms=MS|none, id=NAME, tone";
 
 impl Scenario {
@@ -274,9 +274,9 @@ impl Scenario {
                             .map_err(|_| bad(format!("seed={v}: expected an unsigned integer")))?,
                     );
                 }
-                "fixed-seed" => {
+                "shared-stalls" => {
                     flag()?;
-                    s.fixed_seed = true;
+                    s.shared_stalls = true;
                 }
                 "retry-after" => {
                     let v = need()?;
@@ -397,9 +397,9 @@ mod tests {
         // A later preset replaces the stall settings of an earlier one.
         let s = Scenario::parse("wifi-long,under").unwrap();
         assert_eq!((s.speed, s.stall_every), (0.85, None));
-        assert!(!Scenario::parse("wifi").unwrap().fixed_seed);
-        assert!(Scenario::parse("wifi,fixed-seed").unwrap().fixed_seed);
-        assert!(Scenario::parse("fixed-seed=1").is_err());
+        assert!(!Scenario::parse("wifi").unwrap().shared_stalls);
+        assert!(Scenario::parse("wifi,shared-stalls").unwrap().shared_stalls);
+        assert!(Scenario::parse("shared-stalls=1").is_err());
     }
 
     fn ms(n: u64) -> Duration {

@@ -593,14 +593,14 @@ async fn speech(req: Request<Incoming>, ctx: Ctx, sc: Scenario) -> Response<Body
 }
 
 /// The stall RNG's seed for the `nth` request on `key`: mixed with both, so successive
-/// requests and parallel tests differ, unless `fixed-seed` asks for the same pattern on
-/// every request (a bench comparing clients on identical stalls).
+/// requests and parallel tests differ; `shared-stalls` leaves the key out, so a bench can
+/// run two clients (two `id=`s) through the same sequence of stall patterns.
 fn stall_seed(sc: &Scenario, default_seed: u64, key: &str, nth: u64) -> u64 {
-    let seed = sc.seed.unwrap_or(default_seed);
-    if sc.fixed_seed {
+    let seed = sc.seed.unwrap_or(default_seed) ^ nth.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    if sc.shared_stalls {
         seed
     } else {
-        seed ^ fnv1a(key) ^ nth.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        seed ^ fnv1a(key)
     }
 }
 
@@ -628,7 +628,7 @@ mod tests {
     }
 
     #[test]
-    fn stall_seeds_mix_key_and_request_unless_fixed() {
+    fn stall_seeds_mix_key_and_request_unless_shared() {
         let sc = Scenario::parse("wifi,seed=3").unwrap();
         // The mix existing tests and recorded benchmarks depend on.
         assert_eq!(
@@ -637,10 +637,25 @@ mod tests {
         );
         assert_ne!(stall_seed(&sc, 0, "a", 1), stall_seed(&sc, 0, "b", 1));
         assert_ne!(stall_seed(&sc, 0, "a", 1), stall_seed(&sc, 0, "a", 2));
-        let fixed = Scenario::parse("wifi,seed=3,fixed-seed").unwrap();
-        assert_eq!(stall_seed(&fixed, 0, "a", 1), 3);
-        assert_eq!(stall_seed(&fixed, 0, "b", 7), 3);
-        let fixed = Scenario::parse("wifi,fixed-seed").unwrap();
-        assert_eq!(stall_seed(&fixed, 9, "a", 1), 9);
+        let shared = Scenario::parse("wifi,seed=3,shared-stalls").unwrap();
+        assert_eq!(
+            stall_seed(&shared, 0, "a", 1),
+            stall_seed(&shared, 0, "b", 1)
+        );
+        assert_ne!(
+            stall_seed(&shared, 0, "a", 1),
+            stall_seed(&shared, 0, "a", 2)
+        );
+        let other_seed = Scenario::parse("wifi,seed=4,shared-stalls").unwrap();
+        assert_ne!(
+            stall_seed(&shared, 0, "a", 1),
+            stall_seed(&other_seed, 0, "a", 1)
+        );
+        // Without seed= the emulator's seed is used.
+        let shared = Scenario::parse("wifi,shared-stalls").unwrap();
+        assert_ne!(
+            stall_seed(&shared, 9, "a", 1),
+            stall_seed(&shared, 8, "a", 1)
+        );
     }
 }
