@@ -382,10 +382,11 @@ struct LimitRun {
     /// (`SendSchedule::gapless_start`, measured from the request's arrival).
     limit_ms: f64,
     run: Run,
-    /// Audible gaps at the "DAC": empty-pipe gaps plus silence played inside the tone.
-    gaps: usize,
-    /// Their total length.
-    gap_ms: f64,
+    /// Silences herald played inside the tone (its buffer ran dry): (count, total ms).
+    silences: (usize, f64),
+    /// Ticks the "DAC" found the pipe empty (herald's writer late, e.g. starved of CPU on
+    /// a loaded machine): (count, total ms). Also audible.
+    empty: (usize, f64),
     /// First data at the FIFO "DAC" after the request reached the emulator: a cross-check
     /// of herald's own figure on one clock (the FIFO reader polls every 10 ms).
     dac_ms: f64,
@@ -483,8 +484,8 @@ fn limit_run(
     let silences = silent_runs(&run.samples, 48_000);
     LimitRun {
         limit_ms: limit.as_secs_f64() * 1000.0,
-        gaps: run.gaps + silences.len(),
-        gap_ms: run.gap_ms + silences.iter().sum::<usize>() as f64 / 48.0,
+        silences: (silences.len(), silences.iter().sum::<usize>() as f64 / 48.0),
+        empty: (run.gaps, run.gap_ms),
         run,
         dac_ms,
     }
@@ -544,9 +545,9 @@ fn limit_table(
          schedule) vs herald's time to first audio; {utterances} utterance(s) per profile, \
          format and reserve"
     );
-    let set = "  limit   ttfa  -limit        gaps       stalls";
+    let set = "  limit   ttfa  -limit     silences  empty pipe       stalls";
     println!(
-        "{:<30} {:<5} {:>2} |{:^47}|{:^47}",
+        "{:<30} {:<5} {:>2} |{:^60}|{:^60}",
         "", "", "", "jitter_reserve_ms = 1000 (default)", "jitter_reserve_ms = 0"
     );
     println!("{:<30} {:<5} {:>2} |{set} |{set}", "profile", "fmt", "u");
@@ -566,12 +567,14 @@ fn limit_table(
                 let a = limit_run(emu, &default_key, format, default_cfg, fifo, &default_state);
                 let b = limit_run(emu, &eager_key, format, eager_cfg, fifo, &eager_state);
                 let cols = |r: &LimitRun| {
+                    let gaps = |(n, ms): (usize, f64)| format!("{n} ({ms:.0} ms)");
                     format!(
-                        "{:>7.0} {:>6.0} {:>+7.0} {:>11} {:>12}",
+                        "{:>7.0} {:>6.0} {:>+7.0} {:>12} {:>11} {:>12}",
                         r.limit_ms,
                         r.run.ttfa_ms,
                         r.run.ttfa_ms - r.limit_ms,
-                        format!("{} ({:.0} ms)", r.gaps, r.gap_ms),
+                        gaps(r.silences),
+                        gaps(r.empty),
                         r.run.stalls
                     )
                 };
