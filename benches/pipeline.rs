@@ -6,6 +6,8 @@
 //! first sample written), stalls, audible gaps at the "DAC", the process's peak RSS and CPU.
 //! Then it compares the CPU time per second of audio of `herald play` (demux + decode +
 //! playout into a `null` PCM) with bare libopus decoding of the same packets.
+//! `-- limit` (issue 9) sets each run's time to first audio against that run's limit, the
+//! earliest gapless start computed from the emulator's send schedule.
 //! Results and the command are recorded in docs/BENCHMARKS.md.
 
 #[path = "../tests/support/mod.rs"]
@@ -28,6 +30,13 @@ struct Run {
     overhead_ms: f64,
     stalls: String,
     gaps: usize,
+    /// Total length of the gaps at the FIFO "DAC".
+    gap_ms: f64,
+    /// When the FIFO "DAC" got its first data (the first audio period: `speak` writes no
+    /// lead-in), on this process's clock.
+    dac_started_at: Option<Instant>,
+    /// Every sample the "DAC" played (48 kHz mono).
+    samples: Vec<i16>,
     rss_kib: i64,
     cpu_s: f64,
     audio_s: f64,
@@ -87,6 +96,17 @@ fn field(summary: &str, before: &str, after: &str) -> Option<f64> {
 }
 
 fn speak(base: &str, format: &str, config: &std::path::Path, fifo: &support::FifoPcm) -> Run {
+    speak_with(base, format, config, fifo, &[])
+}
+
+/// [`speak`] with extra environment variables for herald.
+fn speak_with(
+    base: &str,
+    format: &str,
+    config: &std::path::Path,
+    fifo: &support::FifoPcm,
+    extra_env: &[(&str, &str)],
+) -> Run {
     let env = alsa_env();
     let clock = FifoClock::start(&fifo.path, 48_000, 1);
     let (var, value) = env.env_var();
@@ -103,7 +123,9 @@ fn speak(base: &str, format: &str, config: &std::path::Path, fifo: &support::Fif
         format,
         TEXT,
     ];
-    let (err, rss, cpu, ok) = run_measured(&args, &[("OPENAI_API_KEY", KEY), (var, value)]);
+    let mut envs = vec![("OPENAI_API_KEY", KEY), (var, value)];
+    envs.extend_from_slice(extra_env);
+    let (err, rss, cpu, ok) = run_measured(&args, &envs);
     let capture = clock.finish(Duration::from_secs(3));
     assert!(ok, "herald failed: {err}");
     let line = err.lines().last().unwrap_or_default().to_string();
@@ -117,6 +139,9 @@ fn speak(base: &str, format: &str, config: &std::path::Path, fifo: &support::Fif
             .trim_start_matches("stalls ")
             .to_string(),
         gaps: capture.gaps.len(),
+        gap_ms: capture.gap_frames() as f64 * 1000.0 / f64::from(capture.rate),
+        dac_started_at: capture.started_at,
+        samples: capture.samples,
         rss_kib: rss,
         cpu_s: cpu,
         audio_s: field(&line, ", audio ", " s").unwrap_or(f64::NAN),
@@ -219,12 +244,14 @@ fn main() {
         println!("pipeline benchmark: run it with `cargo bench --bench pipeline`");
         return;
     }
-    // `cargo bench --bench pipeline -- cpu` (or `scenarios`, or `sweep`) runs one part
-    // only; `sweep` (WiFi stalls over many seeds) runs only when named.
+    // `cargo bench --bench pipeline -- cpu` (or `scenarios`, `sweep`, `limit`) runs one
+    // part only; `sweep` (WiFi stalls over many seeds) and `limit` (issue 9's per-run
+    // limit, several minutes) run only when named.
     let parts: Vec<String> = std::env::args()
-        .filter(|a| a == "cpu" || a == "scenarios" || a == "sweep")
+        .filter(|a| ["cpu", "scenarios", "sweep", "limit"].contains(&a.as_str()))
         .collect();
     let only = |part: &str| parts.is_empty() || parts.iter().any(|p| p == part);
+    let named = |part: &str| parts.iter().any(|p| p == part);
     // The emulator stands in for OpenAI on 127.0.0.1 for the whole run.
     let emu = support::emulator::shared(KEY);
     let dir = tempfile::tempdir().unwrap();
@@ -293,8 +320,11 @@ fn main() {
     if only("cpu") {
         cpu_figures(dir.path());
     }
-    if parts.iter().any(|p| p == "sweep") {
+    if named("sweep") {
         sweep(emu, dir.path(), &fifo);
+    }
+    if named("limit") {
+        limit_table(emu, dir.path(), &fifo, &default_cfg, &eager_cfg);
     }
 }
 
@@ -344,4 +374,230 @@ fn sweep(emu: &herald_emulator::EmulatorHandle, dir: &std::path::Path, fifo: &su
             );
         }
     }
+}
+
+/// One run of the `limit` part: herald's start against the earliest gapless one.
+struct LimitRun {
+    /// The earliest gapless start at normal speed, from the emulator's send schedule
+    /// (`SendSchedule::gapless_start`, measured from the request's arrival).
+    limit_ms: f64,
+    run: Run,
+    /// Silences herald played inside the tone (its buffer ran dry): (count, total ms).
+    silences: (usize, f64),
+    /// Ticks the "DAC" found the pipe empty (herald's writer late, e.g. starved of CPU on
+    /// a loaded machine): (count, total ms). Also audible.
+    empty: (usize, f64),
+    /// First data at the FIFO "DAC" after the request reached the emulator: a cross-check
+    /// of herald's own figure on one clock (the FIFO reader polls every 10 ms).
+    dac_ms: f64,
+}
+
+/// Below this a sample of the emulator's tone is not (its quietest syllable peaks near
+/// 4900, and it stays under 1000 only ~0.5 ms around a zero crossing).
+const TONE_QUIET: u16 = 1000;
+/// Shortest quiet stretch counted as a gap: ten times the tone's own, well under a
+/// stall's fade plus silence.
+const GAP_MIN: Duration = Duration::from_millis(5);
+
+/// Quiet stretches (frames) inside tone content, between its first and last loud sample:
+/// the silence herald plays while its buffer is dry (the pipe never empties then, so the
+/// FIFO clock's own gap count cannot see it).
+fn silent_runs(samples: &[i16], rate: u32) -> Vec<usize> {
+    let min = (GAP_MIN.as_secs_f64() * f64::from(rate)) as usize;
+    let loud = |s: &i16| s.unsigned_abs() >= TONE_QUIET;
+    let (Some(first), Some(last)) = (
+        samples.iter().position(loud),
+        samples.iter().rposition(loud),
+    ) else {
+        return Vec::new();
+    };
+    samples[first..=last]
+        .split(loud)
+        .map(<[i16]>::len)
+        .filter(|&n| n >= min)
+        .collect()
+}
+
+/// Options of the `limit` part, from the bench's arguments.
+struct LimitArgs {
+    /// `utterances=N`: runs in a row per profile, format and config (default 1).
+    utterances: usize,
+    /// `seeds=1,2`: stall seeds of the two WiFi profiles (default 1,2).
+    seeds: Vec<u64>,
+    /// `profiles=under,wifi-long`: only these presets (default all).
+    profiles: Option<Vec<String>>,
+}
+
+fn limit_args() -> LimitArgs {
+    let mut args = LimitArgs {
+        utterances: 1,
+        seeds: vec![1, 2],
+        profiles: None,
+    };
+    for a in std::env::args() {
+        if let Some(n) = a.strip_prefix("utterances=") {
+            args.utterances = n.parse().expect("utterances=N");
+        } else if let Some(list) = a.strip_prefix("seeds=") {
+            args.seeds = list
+                .split(',')
+                .map(|s| s.parse().expect("seeds=1,2,3"))
+                .collect();
+        } else if let Some(list) = a.strip_prefix("profiles=") {
+            args.profiles = Some(list.split(',').map(str::to_string).collect());
+        }
+    }
+    args
+}
+
+/// Speaks once on `key` and reads that response's send schedule back from the emulator.
+fn limit_run(
+    emu: &herald_emulator::EmulatorHandle,
+    key: &str,
+    format: &str,
+    cfg: &std::path::Path,
+    fifo: &support::FifoPcm,
+    state: &std::path::Path,
+) -> LimitRun {
+    let before = emu.stats().requests_for(key);
+    // A state directory per sequence: the first utterance is cold even once herald
+    // learns the network (issue 9, step 1), the later ones warm.
+    let state = state.to_str().unwrap();
+    let run = speak_with(
+        &emu.base_url(key),
+        format,
+        cfg,
+        fifo,
+        &[("XDG_STATE_HOME", state)],
+    );
+    // One response per utterance, so the schedule below is the one that was played.
+    assert_eq!(
+        emu.stats().requests_for(key),
+        before + 1,
+        "{key}: herald made more than one request"
+    );
+    let s = emu.schedules(key).pop().expect("a send schedule");
+    assert!(s.complete(), "{key}: body not sent to the end");
+    let limit = s.gapless_start().expect("audio went out");
+    let dac_ms = run.dac_started_at.map_or(f64::NAN, |t| {
+        t.saturating_duration_since(s.arrived).as_secs_f64() * 1000.0
+    });
+    let silences = silent_runs(&run.samples, 48_000);
+    LimitRun {
+        limit_ms: limit.as_secs_f64() * 1000.0,
+        silences: (silences.len(), silences.iter().sum::<usize>() as f64 / 48.0),
+        empty: (run.gaps, run.gap_ms),
+        run,
+        dac_ms,
+    }
+}
+
+/// Issue 9, part 5: per profile and format, herald's time to first audio against the
+/// run's limit, with the default jitter reserve and with none, on identical stalls
+/// (`shared-stalls`: the two configurations' nth requests see the same pattern).
+fn limit_table(
+    emu: &herald_emulator::EmulatorHandle,
+    dir: &std::path::Path,
+    fifo: &support::FifoPcm,
+    default_cfg: &std::path::Path,
+    eager_cfg: &std::path::Path,
+) {
+    let LimitArgs {
+        utterances,
+        seeds,
+        profiles: wanted,
+    } = limit_args();
+    // The gap detector, on the content it will judge: a clean tone has no gap, and 100 ms
+    // of silence inside one is one gap of 100 ms.
+    let tone = herald_emulator::synthesize_tone(TEXT, "alloy", 1.0).unwrap();
+    assert_eq!(silent_runs(&tone, 24_000), Vec::<usize>::new());
+    let mut holed = tone.clone();
+    holed[48_000..50_400].fill(0);
+    let runs = silent_runs(&holed, 24_000);
+    assert!(
+        runs.len() == 1 && (2400..2450).contains(&runs[0]),
+        "{runs:?}"
+    );
+
+    let mut profiles: Vec<(String, String)> = vec![
+        ("good 4x (default pacing)".into(), "realtime".into()),
+        ("fast 50x".into(), "fast".into()),
+    ];
+    for s in &seeds {
+        profiles.push((
+            format!("wifi 2.5x, <=1 s, seed {s}"),
+            format!("wifi,seed={s},shared-stalls"),
+        ));
+    }
+    profiles.push(("slow 1.15x".into(), "slow".into()));
+    profiles.push(("under 0.85x".into(), "under".into()));
+    for s in &seeds {
+        profiles.push((
+            format!("wifi-long 2x, <=2.5 s, seed {s}"),
+            format!("wifi-long,seed={s},shared-stalls"),
+        ));
+    }
+    if let Some(w) = &wanted {
+        profiles.retain(|(_, sc)| w.iter().any(|p| sc.split(',').next() == Some(p.as_str())));
+    }
+    println!();
+    println!(
+        "Per-run limit: earliest gapless start at normal speed (from the emulator's send \
+         schedule) vs herald's time to first audio; {utterances} utterance(s) per profile, \
+         format and reserve"
+    );
+    let set = "  limit   ttfa  -limit     silences  empty pipe       stalls";
+    println!(
+        "{:<30} {:<5} {:>2} |{:^60}|{:^60}",
+        "", "", "", "jitter_reserve_ms = 1000 (default)", "jitter_reserve_ms = 0"
+    );
+    println!("{:<30} {:<5} {:>2} |{set} |{set}", "profile", "fmt", "u");
+    let mut cross = Vec::new();
+    for (i, (label, sc)) in profiles.iter().enumerate() {
+        for format in ["opus", "pcm"] {
+            let seq = |reserve: &str| {
+                // A tone, so that any silence herald plays is a gap we can see.
+                let key = format!("{sc},tone,id=limit{i}-{format}-{reserve}");
+                let state = dir.join(format!("state-{i}-{format}-{reserve}"));
+                std::fs::create_dir_all(&state).unwrap();
+                (key, state)
+            };
+            let (default_key, default_state) = seq("1000");
+            let (eager_key, eager_state) = seq("0");
+            for u in 1..=utterances {
+                let a = limit_run(emu, &default_key, format, default_cfg, fifo, &default_state);
+                let b = limit_run(emu, &eager_key, format, eager_cfg, fifo, &eager_state);
+                let cols = |r: &LimitRun| {
+                    let gaps = |(n, ms): (usize, f64)| format!("{n} ({ms:.0} ms)");
+                    format!(
+                        "{:>7.0} {:>6.0} {:>+7.0} {:>12} {:>11} {:>12}",
+                        r.limit_ms,
+                        r.run.ttfa_ms,
+                        r.run.ttfa_ms - r.limit_ms,
+                        gaps(r.silences),
+                        gaps(r.empty),
+                        r.run.stalls
+                    )
+                };
+                println!(
+                    "{:<30} {:<5} {:>2} |{} |{}",
+                    label,
+                    format,
+                    u,
+                    cols(&a),
+                    cols(&b)
+                );
+                cross.extend([a.run.ttfa_ms - a.dac_ms, b.run.ttfa_ms - b.dac_ms]);
+            }
+        }
+    }
+    let (lo, hi) = cross
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &d| {
+            (lo.min(d), hi.max(d))
+        });
+    println!(
+        "cross-check: herald's ttfa minus (first data at the FIFO - request at the emulator): \
+         {lo:+.0} to {hi:+.0} ms over {} runs",
+        cross.len()
+    );
 }

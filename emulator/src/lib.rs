@@ -12,6 +12,7 @@ mod oggopus;
 mod request;
 mod scenario;
 mod schedule;
+mod sent;
 mod server;
 mod synth;
 
@@ -29,6 +30,10 @@ pub use oggopus::{encode_ogg_opus, encoder_pre_skip, page_ranges, OggLayout};
 pub use request::{mask_key, validate, ApiError, SpeechBody};
 pub use scenario::{Fail, Fault, Scenario, OPTIONS as SCENARIO_OPTIONS};
 pub use schedule::{Piece, Plan, Stalls, Tail};
+pub use sent::{
+    SendSchedule, SentWrite, KEEP_PER_KEY as SCHEDULES_KEPT_PER_KEY,
+    MAX_WRITES as SCHEDULE_MAX_WRITES,
+};
 pub use synth::{synthesize, synthesize_tone, RATE, TONE_MS_PER_CHAR};
 
 /// Everything that can go wrong starting the emulator or producing audio.
@@ -192,6 +197,13 @@ impl EmulatorHandle {
         self.shared.stats_snapshot()
     }
 
+    /// The send schedules of the last (up to [`SCHEDULES_KEPT_PER_KEY`]) 200 audio
+    /// responses for a scenario key (keyed like [`EmulatorHandle::stats`]), oldest first;
+    /// one still being sent is included as far as it has gone.
+    pub fn schedules(&self, scenario: &str) -> Vec<SendSchedule> {
+        self.shared.sent.get(scenario)
+    }
+
     /// Stops accepting, closes every connection and ends every stream.
     pub async fn shutdown(self) {
         let _ = self.shutdown_tx.send(true);
@@ -204,7 +216,11 @@ pub(crate) struct Rendered {
     pub body: Bytes,
     pub pages: Vec<Range<usize>>,
     pub page_audio_end: Vec<Duration>,
+    /// Decodable 48 kHz samples complete once each page is in (granule − pre-skip).
+    pub page_media: Vec<u64>,
     pub audio: Duration,
+    /// Samples of audio in the whole body, at the format's rate.
+    pub media_total: u64,
 }
 
 /// Synthesizes and encodes a response body exactly as the server does.
@@ -235,7 +251,9 @@ pub(crate) fn render(
                 body: Bytes::from(body),
                 pages: Vec::new(),
                 page_audio_end: Vec::new(),
+                page_media: Vec::new(),
                 audio,
+                media_total: pcm.len() as u64,
             })
         }
         AudioFormat::Opus => {
@@ -261,6 +279,7 @@ pub(crate) fn render(
                     Duration::from_millis(packets * 20).min(audio)
                 })
                 .collect();
+            let page_media = page_media(&body, &pages);
             if let Some(Fault::Corrupt(i)) = sc.fault {
                 if let Some(r) = pages.get(i).or(pages.last()) {
                     // The page's last payload byte: the CRC no longer matches.
@@ -271,10 +290,42 @@ pub(crate) fn render(
                 body: Bytes::from(body),
                 pages,
                 page_audio_end,
+                media_total: page_media.last().copied().unwrap_or(0),
+                page_media,
                 audio,
             })
         }
     }
+}
+
+/// Decodable samples (48 kHz) complete after each page: its granule position minus the
+/// OpusHead pre-skip, as a decoder would count them (0 for the header pages).
+fn page_media(body: &[u8], pages: &[Range<usize>]) -> Vec<u64> {
+    let granule = |r: &Range<usize>| {
+        body.get(r.start + 6..r.start + 14)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map_or(-1, i64::from_le_bytes)
+    };
+    // OpusHead's pre-skip: bytes 10..12 of the packet that follows page 0's lacing.
+    let pre_skip = pages.first().map_or(0, |r| {
+        let nseg = body.get(r.start + 26).copied().unwrap_or(0) as usize;
+        let at = r.start + 27 + nseg + 10;
+        body.get(at..at + 2)
+            .map_or(0, |b| u16::from_le_bytes([b[0], b[1]]))
+    });
+    let mut done = 0u64;
+    pages
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            // -1 = no packet ends on this page; headers carry no audio.
+            let g = granule(r);
+            if i >= 2 && g >= 0 {
+                done = done.max((g as u64).saturating_sub(u64::from(pre_skip)));
+            }
+            done
+        })
+        .collect()
 }
 
 /// The exact body a 200 carries for this request and scenario segment (as applied on top

@@ -55,6 +55,9 @@ pub struct Scenario {
     pub padded_tags: bool,
     /// Seed for the stall RNG (`None` = the emulator's seed).
     pub seed: Option<u64>,
+    /// Stalls independent of the scenario key: mixed with the request's number only, so the
+    /// nth request of every key with this option sees the same pattern (`shared-stalls`).
+    pub shared_stalls: bool,
     /// `Retry-After` seconds on 429/503 (`None` = header omitted).
     pub retry_after_s: Option<u64>,
     /// `retry-after-ms` on 429/503 (`None` = header omitted).
@@ -78,6 +81,7 @@ impl Default for Scenario {
             fault: None,
             padded_tags: false,
             seed: None,
+            shared_stalls: false,
             retry_after_s: Some(1),
             retry_after_ms: Some(1000),
             tone: false,
@@ -86,9 +90,9 @@ impl Default for Scenario {
 }
 
 /// Every option name, for error messages.
-pub const OPTIONS: &str = "fast, realtime, slow, wifi, ttfb=MS, speed=X, chunk=BYTES, \
+pub const OPTIONS: &str = "fast, realtime, slow, under, wifi, wifi-long, ttfb=MS, speed=X, chunk=BYTES, \
 stall-every=MS, stall-min=MS, stall-max=MS, stall=AT_MS+LEN_MS, fail=STATUS[xN], hang, \
-hang-body, drop, garbage, json200, corrupt[=PAGE], padded-tags, seed=N, retry-after=S|none, \
+hang-body, drop, garbage, json200, corrupt[=PAGE], padded-tags, seed=N, shared-stalls, retry-after=S|none, \
 retry-after-ms=MS|none, id=NAME, tone";
 
 impl Scenario {
@@ -138,6 +142,15 @@ impl Scenario {
                     s.speed = 1.15;
                     s.stall_every = None;
                 }
+                // Generation below real time (an overloaded server): every second of
+                // audio arrives later than the one before is due, so no start short of
+                // (almost) the whole utterance is gapless at normal speed.
+                "under" => {
+                    flag()?;
+                    s.ttfb = Duration::from_millis(1000);
+                    s.speed = 0.85;
+                    s.stall_every = None;
+                }
                 "wifi" => {
                     flag()?;
                     s.ttfb = Duration::from_millis(400);
@@ -145,6 +158,18 @@ impl Scenario {
                     s.stall_every = Some(Duration::from_millis(2000));
                     s.stall_min = Duration::from_millis(150);
                     s.stall_max = Duration::from_millis(1000);
+                }
+                // A bad link: stalls of 1–2.5 s (roaming, a microwave oven), longer than any
+                // fixed reserve a latency-minded client would hold. They come often enough
+                // that the first one usually lands in the first ~2 s, where it decides the
+                // gapless start: later ones meet a buffer that 2× generation has filled.
+                "wifi-long" => {
+                    flag()?;
+                    s.ttfb = Duration::from_millis(400);
+                    s.speed = 2.0;
+                    s.stall_every = Some(Duration::from_millis(1500));
+                    s.stall_min = Duration::from_millis(1000);
+                    s.stall_max = Duration::from_millis(2500);
                 }
                 "ttfb" => s.ttfb = ms()?,
                 "speed" => {
@@ -251,6 +276,10 @@ impl Scenario {
                             .map_err(|_| bad(format!("seed={v}: expected an unsigned integer")))?,
                     );
                 }
+                "shared-stalls" => {
+                    flag()?;
+                    s.shared_stalls = true;
+                }
                 "retry-after" => {
                     let v = need()?;
                     if v == "none" {
@@ -346,6 +375,37 @@ mod tests {
             s.stalls,
             vec![(Duration::from_millis(1000), Duration::from_millis(800))]
         );
+    }
+
+    #[test]
+    fn new_profiles_and_the_old_ones_unchanged() {
+        let s = Scenario::parse("under").unwrap();
+        assert_eq!((s.ttfb, s.speed, s.stall_every), (ms(1000), 0.85, None));
+        let s = Scenario::parse("wifi-long").unwrap();
+        assert_eq!(
+            (s.ttfb, s.speed, s.stall_every, s.stall_min, s.stall_max),
+            (ms(400), 2.0, Some(ms(1500)), ms(1000), ms(2500))
+        );
+        // Tests and recorded benchmarks rely on these staying exactly as they were.
+        let s = Scenario::parse("wifi").unwrap();
+        assert_eq!(
+            (s.ttfb, s.speed, s.stall_every, s.stall_min, s.stall_max),
+            (ms(400), 2.5, Some(ms(2000)), ms(150), ms(1000))
+        );
+        let s = Scenario::parse("slow").unwrap();
+        assert_eq!((s.ttfb, s.speed, s.stall_every), (ms(1000), 1.15, None));
+        let s = Scenario::parse("fast").unwrap();
+        assert_eq!((s.ttfb, s.speed, s.stall_every), (ms(0), 50.0, None));
+        // A later preset replaces the stall settings of an earlier one.
+        let s = Scenario::parse("wifi-long,under").unwrap();
+        assert_eq!((s.speed, s.stall_every), (0.85, None));
+        assert!(!Scenario::parse("wifi").unwrap().shared_stalls);
+        assert!(Scenario::parse("wifi,shared-stalls").unwrap().shared_stalls);
+        assert!(Scenario::parse("shared-stalls=1").is_err());
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
     }
 
     #[test]

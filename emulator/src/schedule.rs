@@ -21,6 +21,10 @@ pub struct Piece {
     pub at: Duration,
     /// The bytes.
     pub bytes: Bytes,
+    /// Audio complete once this write is out, in samples at the format's rate (opus: 48 kHz
+    /// granule minus pre-skip; pcm: 24 kHz), set only on writes that complete something a
+    /// decoder can use: the last write of an Ogg page, every pcm write (whole samples).
+    pub media: Option<u64>,
 }
 
 /// What happens after the last piece.
@@ -96,24 +100,35 @@ fn gen_time(sc: &Scenario, audio: Duration) -> Duration {
     sc.ttfb + audio.div_f64(sc.speed)
 }
 
-fn split(bytes: &Bytes, range: Range<usize>, chunk: usize, at: Duration, out: &mut Vec<Piece>) {
+/// Splits `range` into `chunk`-byte writes due at `at`; the last one carries `media`.
+fn split(
+    bytes: &Bytes,
+    range: Range<usize>,
+    chunk: usize,
+    at: Duration,
+    media: Option<u64>,
+    out: &mut Vec<Piece>,
+) {
     let mut pos = range.start;
     while pos < range.end {
         let end = (pos + chunk).min(range.end);
         out.push(Piece {
             at,
             bytes: bytes.slice(pos..end),
+            media: media.filter(|_| end == range.end),
         });
         pos = end;
     }
 }
 
 /// Plans an Ogg Opus body: `pages` are the page byte ranges, `page_audio_end` the audio
-/// time each page completes (headers: zero).
+/// time each page completes (headers: zero), `page_media` the decodable samples (48 kHz)
+/// complete once each page is in.
 pub fn plan_opus(
     body: Bytes,
     pages: &[Range<usize>],
     page_audio_end: &[Duration],
+    page_media: &[u64],
     sc: &Scenario,
     stalls: &Stalls,
 ) -> Plan {
@@ -131,14 +146,16 @@ pub fn plan_opus(
         }),
         _ => None,
     };
-    for (range, audio_end) in pages.iter().zip(page_audio_end) {
+    for (i, (range, audio_end)) in pages.iter().zip(page_audio_end).enumerate() {
         let at = stalls.release(gen_time(sc, *audio_end));
         let end = match cut_at {
             Some(c) if c <= range.start => break,
             Some(c) => range.end.min(c),
             None => range.end,
         };
-        split(&body, range.start..end, sc.chunk, at, &mut pieces);
+        // A page cut short completes nothing: its audio cannot be decoded.
+        let media = page_media.get(i).copied().filter(|_| end == range.end);
+        split(&body, range.start..end, sc.chunk, at, media, &mut pieces);
     }
     Plan {
         pieces,
@@ -166,6 +183,7 @@ pub fn plan_pcm(body: Bytes, sc: &Scenario, stalls: &Stalls) -> Plan {
             pos..end,
             chunk,
             stalls.release(gen_time(sc, audio)),
+            Some(end as u64 / 2),
             &mut pieces,
         );
         pos = end;
@@ -190,11 +208,12 @@ pub fn plan(
     body: Bytes,
     pages: &[Range<usize>],
     page_audio_end: &[Duration],
+    page_media: &[u64],
     sc: &Scenario,
     stalls: &Stalls,
 ) -> Plan {
     match format {
-        AudioFormat::Opus => plan_opus(body, pages, page_audio_end, sc, stalls),
+        AudioFormat::Opus => plan_opus(body, pages, page_audio_end, page_media, sc, stalls),
         AudioFormat::Pcm => plan_pcm(body, sc, stalls),
     }
 }
@@ -229,11 +248,30 @@ mod tests {
         let body = Bytes::from(vec![0u8; 100]);
         let pages = [0..10, 10..30, 30..60, 60..100];
         let ends = [ms(0), ms(0), ms(1000), ms(1500)];
-        let p = plan_opus(body, &pages, &ends, &sc, &Stalls::default());
+        let media = [0, 0, 47_688, 72_000];
+        let p = plan_opus(body, &pages, &ends, &media, &sc, &Stalls::default());
         let times: Vec<u64> = p.pieces.iter().map(|x| x.at.as_millis() as u64).collect();
         assert_eq!(
             times,
             vec![100, 100, 100, 600, 600, 600, 850, 850, 850, 850]
+        );
+        // Only the write that completes a page says how much audio is usable.
+        let marks: Vec<Option<u64>> = p.pieces.iter().map(|x| x.media).collect();
+        let n = None;
+        assert_eq!(
+            marks,
+            vec![
+                Some(0),
+                n,
+                Some(0),
+                n,
+                n,
+                Some(47_688),
+                n,
+                n,
+                n,
+                Some(72_000)
+            ]
         );
         assert_eq!(p.tail, Tail::End);
     }
@@ -245,6 +283,8 @@ mod tests {
         let p = plan_pcm(Bytes::from(vec![0u8; 48_000 * 3]), &sc, &st);
         let times: Vec<u64> = p.pieces.iter().map(|x| x.at.as_millis() as u64).collect();
         assert_eq!(times, vec![1700, 2000, 3000]);
+        let marks: Vec<Option<u64>> = p.pieces.iter().map(|x| x.media).collect();
+        assert_eq!(marks, vec![Some(24_000), Some(48_000), Some(72_000)]);
     }
 
     #[test]
@@ -253,9 +293,13 @@ mod tests {
         let body = Bytes::from(vec![0u8; 100]);
         let pages = [0..10, 10..30, 30..60, 60..100];
         let ends = [ms(0), ms(0), ms(1000), ms(1500)];
-        let p = plan_opus(body, &pages, &ends, &sc, &Stalls::default());
+        let media = [0, 0, 47_688, 72_000];
+        let p = plan_opus(body, &pages, &ends, &media, &sc, &Stalls::default());
         let sent: usize = p.pieces.iter().map(|x| x.bytes.len()).sum();
         assert_eq!(sent, 80);
+        // The cut page completes nothing.
+        let last = p.pieces.iter().rev().find_map(|x| x.media);
+        assert_eq!(last, Some(47_688));
         assert_eq!(p.tail, Tail::Cut);
     }
 }

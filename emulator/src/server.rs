@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use crate::request::{mask_key, validate, ApiError};
 use crate::scenario::{Fault, Scenario};
 use crate::schedule::{plan, Stalls, Tail};
+use crate::sent::{SendLog, SendSchedule};
 use crate::{render, EmulatorConfig, EmulatorError, EmulatorHandle, EmulatorStats, SeenRequest};
 use herald::tts::{AudioFormat, MODELS};
 
@@ -40,6 +41,8 @@ pub(crate) struct Shared {
     counters: Mutex<HashMap<String, u64>>,
     shutdown: watch::Receiver<bool>,
     next_id: AtomicU64,
+    /// When each write of each 200 audio response went out.
+    pub(crate) sent: SendLog,
 }
 
 impl Shared {
@@ -98,6 +101,7 @@ pub(crate) async fn start(cfg: EmulatorConfig) -> Result<EmulatorHandle, Emulato
         counters: Mutex::new(HashMap::new()),
         shutdown: shutdown_rx.clone(),
         next_id: AtomicU64::new(1),
+        sent: SendLog::default(),
     });
     let accept = tokio::spawn(accept_loop(listener, shared.clone(), shutdown_rx));
     Ok(EmulatorHandle {
@@ -469,9 +473,7 @@ async fn speech(req: Request<Incoming>, ctx: Ctx, sc: Scenario) -> Response<Body
             })
         }
     };
-    let seed = sc.seed.unwrap_or(ctx.shared.cfg.seed)
-        ^ fnv1a(&ctx.key)
-        ^ nth.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let seed = stall_seed(&sc, ctx.shared.cfg.seed, &ctx.key, nth);
     let horizon = sc.ttfb + rendered.audio.div_f64(sc.speed) + Duration::from_secs(1);
     let stalls = Stalls::new(&sc, seed, horizon);
     let total = rendered.body.len();
@@ -480,6 +482,7 @@ async fn speech(req: Request<Incoming>, ctx: Ctx, sc: Scenario) -> Response<Body
         rendered.body,
         &rendered.pages,
         &rendered.page_audio_end,
+        &rendered.page_media,
         &sc,
         &stalls,
     );
@@ -487,7 +490,27 @@ async fn speech(req: Request<Incoming>, ctx: Ctx, sc: Scenario) -> Response<Body
     let first_at = p.pieces.first().map_or(sc.ttfb, |x| x.at);
     tokio::time::sleep_until(ctx.started + first_at).await;
 
-    let (tx, mut rx) = mpsc::channel::<Result<Frame<Bytes>, BodyError>>(64);
+    ctx.shared.sent.begin(
+        &ctx.key,
+        SendSchedule {
+            request_id: ctx.request_id.clone(),
+            format,
+            rate: match format {
+                AudioFormat::Opus => 48_000,
+                AudioFormat::Pcm => crate::RATE,
+            },
+            arrived: ctx.started.into_std(),
+            writes: Vec::new(),
+            media_total: rendered.media_total,
+            body_bytes: total as u64,
+            sent_bytes: 0,
+            truncated: false,
+        },
+    );
+    // Each frame carries what its write completes (`Piece::media`), logged when hyper takes
+    // it for the socket: the channel may hold frames the client has not yet made room for.
+    type Item = (Result<Frame<Bytes>, BodyError>, Option<u64>);
+    let (tx, mut rx) = mpsc::channel::<Item>(64);
     let shared = ctx.shared.clone();
     let key = ctx.key.clone();
     let started = ctx.started;
@@ -498,7 +521,11 @@ async fn speech(req: Request<Incoming>, ctx: Ctx, sc: Scenario) -> Response<Body
                 _ = tokio::time::sleep_until(started + piece.at) => {}
                 _ = stopped(shutdown.clone()) => return,
             }
-            if tx.send(Ok(Frame::data(piece.bytes))).await.is_err() {
+            if tx
+                .send((Ok(Frame::data(piece.bytes)), piece.media))
+                .await
+                .is_err()
+            {
                 shared.with_stats(&key, |s| s.client_disconnects += 1);
                 return;
             }
@@ -513,7 +540,9 @@ async fn speech(req: Request<Incoming>, ctx: Ctx, sc: Scenario) -> Response<Body
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                let _ = tx.send(Err(BodyError("emulated connection drop"))).await;
+                let _ = tx
+                    .send((Err(BodyError("emulated connection drop")), None))
+                    .await;
             }
             Tail::Hang => {
                 shared.with_stats(&key, |s| s.bodies_broken += 1);
@@ -524,7 +553,18 @@ async fn speech(req: Request<Incoming>, ctx: Ctx, sc: Scenario) -> Response<Body
             }
         }
     });
-    let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let (log, key, request_id) = (ctx.shared.clone(), ctx.key.clone(), ctx.request_id.clone());
+    let stream = futures_util::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx).map(|item| {
+            item.map(|(frame, media)| {
+                if let Some(bytes) = frame.as_ref().ok().and_then(|f| f.data_ref()) {
+                    let at = started.elapsed();
+                    log.sent.wrote(&key, &request_id, at, bytes.len(), media);
+                }
+                frame
+            })
+        })
+    });
     let mut r = Response::new(StreamBody::new(stream).boxed());
     let ct = match format {
         AudioFormat::Opus => "audio/ogg",
@@ -552,6 +592,18 @@ async fn speech(req: Request<Incoming>, ctx: Ctx, sc: Scenario) -> Response<Body
     r
 }
 
+/// The stall RNG's seed for the `nth` request on `key`: mixed with both, so successive
+/// requests and parallel tests differ; `shared-stalls` leaves the key out, so a bench can
+/// run two clients (two `id=`s) through the same sequence of stall patterns.
+fn stall_seed(sc: &Scenario, default_seed: u64, key: &str, nth: u64) -> u64 {
+    let seed = sc.seed.unwrap_or(default_seed) ^ nth.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    if sc.shared_stalls {
+        seed
+    } else {
+        seed ^ fnv1a(key)
+    }
+}
+
 /// Stable string hash (std's hasher is not promised to stay the same across releases).
 fn fnv1a(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
@@ -573,5 +625,37 @@ mod tests {
         assert_eq!(split_path("/fast/v1/models"), Some(("fast", "/models")));
         assert_eq!(split_path("/fast/v2/models"), None);
         assert_eq!(split_path("/v1x/models"), None);
+    }
+
+    #[test]
+    fn stall_seeds_mix_key_and_request_unless_shared() {
+        let sc = Scenario::parse("wifi,seed=3").unwrap();
+        // The mix existing tests and recorded benchmarks depend on.
+        assert_eq!(
+            stall_seed(&sc, 0, "wifi,seed=3", 2),
+            3 ^ fnv1a("wifi,seed=3") ^ 2u64.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        );
+        assert_ne!(stall_seed(&sc, 0, "a", 1), stall_seed(&sc, 0, "b", 1));
+        assert_ne!(stall_seed(&sc, 0, "a", 1), stall_seed(&sc, 0, "a", 2));
+        let shared = Scenario::parse("wifi,seed=3,shared-stalls").unwrap();
+        assert_eq!(
+            stall_seed(&shared, 0, "a", 1),
+            stall_seed(&shared, 0, "b", 1)
+        );
+        assert_ne!(
+            stall_seed(&shared, 0, "a", 1),
+            stall_seed(&shared, 0, "a", 2)
+        );
+        let other_seed = Scenario::parse("wifi,seed=4,shared-stalls").unwrap();
+        assert_ne!(
+            stall_seed(&shared, 0, "a", 1),
+            stall_seed(&other_seed, 0, "a", 1)
+        );
+        // Without seed= the emulator's seed is used.
+        let shared = Scenario::parse("wifi,shared-stalls").unwrap();
+        assert_ne!(
+            stall_seed(&shared, 9, "a", 1),
+            stall_seed(&shared, 8, "a", 1)
+        );
     }
 }

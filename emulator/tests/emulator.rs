@@ -680,3 +680,147 @@ async fn refuses_remote_listen_and_stops_on_shutdown() {
     emu.shutdown().await;
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
+
+/// Reads a body as it arrives: (time since `t0`, bytes so far) per chunk.
+async fn arrivals(resp: reqwest::Response, t0: Instant) -> Vec<(Duration, usize)> {
+    let mut stream = resp.bytes_stream();
+    let (mut out, mut total) = (Vec::new(), 0);
+    while let Some(b) = stream.next().await {
+        total += b.unwrap().len();
+        out.push((t0.elapsed(), total));
+    }
+    out
+}
+
+#[tokio::test]
+async fn opus_send_schedule_is_per_page_with_granule_media() {
+    let emu = start().await;
+    let key = "ttfb=200,speed=4,chunk=512,id=sched-opus";
+    let t0 = Instant::now();
+    let resp = post(&emu, key, &speech_body(TEXT, "opus")).await;
+    assert_eq!(resp.status(), 200);
+    let request_id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    let got = arrivals(resp, t0).await;
+    let full = expected_body("", TEXT, "coral", 1.0, AudioFormat::Opus).unwrap();
+    let page_ends: Vec<usize> = herald_emulator::page_ranges(&full)
+        .iter()
+        .map(|r| r.end)
+        .collect();
+    let pages = read_pages(&full).unwrap();
+    let n = synthesize(TEXT, "coral", 1.0).unwrap().len() as u64;
+
+    let all = emu.schedules(key);
+    assert_eq!(all.len(), 1);
+    assert!(emu.schedules("ttfb=200,speed=4,chunk=512").is_empty());
+    let s = &all[0];
+    assert_eq!(
+        (s.request_id.as_str(), s.format, s.rate),
+        (request_id.as_str(), AudioFormat::Opus, 48_000)
+    );
+    assert!(s.complete() && !s.truncated);
+    assert_eq!(s.body_bytes, full.len() as u64);
+    assert_eq!(s.media_total, 2 * n);
+    // One entry per page (not per 512-byte write); audio = granule − pre-skip.
+    let media: Vec<u64> = s.writes.iter().map(|w| w.media).collect();
+    let mut want = vec![0, 0];
+    want.extend(pages[2..].iter().map(|p| p.granule - 312));
+    assert_eq!(media, want);
+    assert_eq!(*media.last().unwrap(), 2 * n);
+    for (i, w) in s.writes.iter().enumerate() {
+        // Never before the timing model allows (audio page k is generated at
+        // ttfb + k s / 4), and never after the client saw the page's last byte.
+        let due = if i < 2 {
+            Duration::from_millis(200)
+        } else {
+            Duration::from_millis(200)
+                + Duration::from_secs_f64(((i - 1) as f64 / 4.0).min(n as f64 / 24_000.0 / 4.0))
+        };
+        assert!(
+            w.at + Duration::from_millis(2) >= due,
+            "page {i} out at {:?}, due {due:?}",
+            w.at
+        );
+        let seen = got.iter().find(|a| a.1 >= page_ends[i]).unwrap().0;
+        assert!(
+            w.at <= seen,
+            "page {i} logged at {:?}, client had it at {seen:?}",
+            w.at
+        );
+    }
+    // The first audio page decides at 4×: it leaves at 200 + 250 ms.
+    let limit = s.gapless_start().unwrap();
+    assert!(
+        limit >= Duration::from_millis(448) && limit < Duration::from_millis(550),
+        "limit {limit:?}"
+    );
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn pcm_schedule_below_real_time_and_a_broken_body() {
+    let emu = start().await;
+    // 0.1 s writes generated at 0.8× real time: each is later than the last one is due,
+    // so the last write decides the limit.
+    let key = "ttfb=100,speed=0.8,chunk=4800";
+    let resp = post(&emu, key, &speech_body(TEXT, "pcm")).await;
+    let body = resp.bytes().await.unwrap();
+    let s = emu.schedules(key).pop().unwrap();
+    assert_eq!((s.format, s.rate), (AudioFormat::Pcm, 24_000));
+    assert!(s.complete());
+    let n = body.len() as u64 / 2;
+    assert_eq!(s.media_total, n);
+    let media: Vec<u64> = s.writes.iter().map(|w| w.media).collect();
+    let want: Vec<u64> = (1..=n.div_ceil(2400)).map(|k| (k * 2400).min(n)).collect();
+    assert_eq!(media, want);
+    let secs = |samples: u64| Duration::from_secs_f64(samples as f64 / 24_000.0);
+    let last_before = media[media.len() - 2];
+    let expected = Duration::from_millis(100) + secs(n).div_f64(0.8) - secs(last_before);
+    let limit = s.gapless_start().unwrap();
+    assert!(
+        limit + Duration::from_millis(2) >= expected
+            && limit < expected + Duration::from_millis(100),
+        "limit {limit:?}, model says {expected:?}"
+    );
+    // A playback start at the first write would have run dry: the limit is later.
+    assert!(limit > s.writes[0].at + Duration::from_millis(500));
+
+    // `drop`: the cut page never completes, so the log stops at the first audio page.
+    let resp = post(&emu, "fast,drop,id=sched-drop", &speech_body(TEXT, "opus")).await;
+    let mut stream = resp.bytes_stream();
+    while let Some(Ok(_)) = stream.next().await {}
+    let s = emu.schedules("fast,drop,id=sched-drop").pop().unwrap();
+    assert!(!s.complete() && s.sent_bytes < s.body_bytes);
+    let pages =
+        read_pages(&expected_body("fast", TEXT, "coral", 1.0, AudioFormat::Opus).unwrap()).unwrap();
+    assert_eq!(s.writes.last().unwrap().media, pages[2].granule - 312);
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn schedules_keep_the_last_responses_per_key() {
+    let emu = start().await;
+    let key = "fast,tone,id=sched-many";
+    let extra = 3;
+    for _ in 0..herald_emulator::SCHEDULES_KEPT_PER_KEY + extra {
+        post(&emu, key, &speech_body("ab", "pcm"))
+            .await
+            .bytes()
+            .await
+            .unwrap();
+    }
+    let all = emu.schedules(key);
+    assert_eq!(all.len(), herald_emulator::SCHEDULES_KEPT_PER_KEY);
+    // Oldest first, and the oldest `extra` were dropped.
+    let ids: Vec<&str> = all.iter().map(|s| s.request_id.as_str()).collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(ids, sorted);
+    assert_eq!(
+        emu.stats().requests_for(key),
+        all.len() as u64 + extra as u64
+    );
+    // Errors leave no schedule.
+    post(&emu, "fail=500,id=sched-err", &speech_body("ab", "pcm")).await;
+    assert!(emu.schedules("fail=500,id=sched-err").is_empty());
+    emu.shutdown().await;
+}
