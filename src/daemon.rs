@@ -13,6 +13,7 @@ use crate::buttons::rppal::RppalSource;
 use crate::buttons::{pin_setups, ButtonAction, ButtonService};
 use crate::config::{Config, ConfigError};
 use crate::control::server::{self, ServerError};
+use crate::netmodel::store::{self, ModelStore};
 use crate::protocol::{Envelope, PresetRequest, Reply, ReplyTo, Request};
 use crate::scheduler::{Command, Parts, Presets, Scheduler, SchedulerHandle};
 use crate::systemd::{self, Notifier, SystemdError};
@@ -103,7 +104,14 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), D
 
     let limits = config.server_limits();
     let source: Arc<dyn SpeechSource> = Arc::new(client);
+    // What was learned about the network survives restarts in systemd's StateDirectory=;
+    // without one it is learned in memory only.
+    let (model, warning) = ModelStore::open(store::daemon_dir().as_deref());
+    if let Some(w) = warning {
+        tracing::warn!("{w}");
+    }
     let parts = Parts {
+        model,
         presets: open_cache(&config, &source),
         source,
         opener: Arc::new(AlsaOpener),

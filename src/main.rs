@@ -14,6 +14,7 @@ use herald::audio::playout::Playout;
 use herald::config::{Config, Loaded};
 use herald::control::client::Client;
 use herald::daemon;
+use herald::netmodel::store::{self, ModelStore};
 use herald::pipeline::{self, Limits, SpeakReport};
 use herald::protocol::{
     OkCommand, PresetRequest, Priority, Reply, Request, SpeakRequest, StatusReport, WhilePlaying,
@@ -320,6 +321,16 @@ async fn speak(config: &mut Config, args: SpeakArgs) -> Result<()> {
     let client = OpenAiClient::new(config.openai(key))?;
     let mut playout = open_playout(config, &args.out)?;
     let result = pipeline::speak(Arc::new(client), &mut playout, &text, &voice, limits).await;
+    if let Ok(report) = &result {
+        // What the network did is remembered for the next run (never a reason to fail).
+        let key = store::key(&config.api.api_base, voice.format);
+        let audio_ms = report.audio.as_secs_f64() * 1000.0;
+        for problem in
+            ModelStore::record(store::cli_dir().as_deref(), &key, &report.bursts, audio_ms)
+        {
+            tracing::warn!("{problem}");
+        }
+    }
     finish(playout, result)
 }
 
@@ -529,6 +540,17 @@ fn print_status(s: &StatusReport) {
     );
     if let Some(e) = &n.last_error {
         println!("         last error: {e}");
+    }
+    for (i, m) in s.network_model.iter().enumerate() {
+        let head = if i == 0 { "learned:" } else { "" };
+        let rate = m
+            .summary
+            .generation_rate
+            .map_or("-".to_string(), |r| format!("{r:.2}x"));
+        println!(
+            "{head:9}{}: {} utterances, start target {} ms (lateness p50 {} / p95 {} ms), generation {rate}",
+            m.key, m.summary.utterances, m.summary.target_ms, m.summary.p50_ms, m.summary.p95_ms
+        );
     }
     for (i, p) in s.presets.iter().enumerate() {
         let head = if i == 0 { "presets:" } else { "" };

@@ -123,6 +123,8 @@ pub struct SpeakReport {
     pub attempts: u32,
     /// Prebuffer the start policy chose.
     pub prebuffer_ms: u32,
+    /// How the audio arrived, burst by burst (what the network model learns from).
+    pub bursts: Vec<crate::netmodel::Burst>,
 }
 
 impl std::fmt::Display for SpeakReport {
@@ -538,5 +540,6 @@ async fn conclude(
     report.stalls = done.stalls;
     report.stall_ms = done.stall_ms;
     report.prebuffer_ms = done.prebuffer_ms;
+    report.bursts = playout.take_bursts();
     Ok(report)
 }

@@ -514,6 +514,19 @@ pub struct StatusReport {
     /// Every configured preset and its cache state.
     #[serde(default)]
     pub presets: Vec<PresetInfo>,
+    /// What was learned about the network, per endpoint and format.
+    #[serde(default)]
+    pub network_model: Vec<LearnedNetwork>,
+}
+
+/// The network model learned for one endpoint and format.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LearnedNetwork {
+    /// The endpoint (no credentials) and the format, e.g. `https://api.openai.com/v1 opus`.
+    pub key: String,
+    /// Utterances learned from, the start target and the lateness percentiles.
+    #[serde(flatten)]
+    pub summary: crate::netmodel::Summary,
 }
 
 /// One preset as `presets` and `status` report it.

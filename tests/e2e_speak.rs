@@ -35,6 +35,8 @@ fn herald(dir: &Path, config: &str, args: &[&str]) -> Output {
         .env("OPENAI_API_KEY", KEY)
         .env_remove("OPENAI_BASE_URL")
         .env_remove("HERALD_LOG")
+        // What herald learns about the network stays in the test's directory.
+        .env("XDG_STATE_HOME", dir)
         .output()
         .unwrap()
 }
@@ -288,4 +290,30 @@ fn play_decodes_a_local_file_through_the_same_pipeline() {
         "{}",
         stderr(&out)
     );
+}
+
+#[test]
+fn what_the_network_did_is_remembered_between_runs_without_the_key() {
+    let dir = tmp();
+    // Default pacing (4×): the pages arrive as separate bursts, which is what is learned.
+    let base = emu().base_url("id=learn");
+    let wav = dir.path().join("learn.wav");
+    let args = [
+        "speak",
+        "--api-base",
+        &base,
+        "--out",
+        wav.to_str().unwrap(),
+        TEXT,
+    ];
+    for run in 1..=2 {
+        let out = herald(dir.path(), "", &args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let file = dir.path().join("herald/network-model.json");
+        let text = std::fs::read_to_string(&file).expect("the model is saved");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let key = format!("{} opus", base.trim_end_matches('/'));
+        assert_eq!(v["models"][&key]["utterances"], run, "{text}");
+        assert!(!text.contains(KEY), "the key reached the state file");
+    }
 }

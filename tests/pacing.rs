@@ -31,11 +31,14 @@ fn speak_clocked(scenario: &str, extra: &[&str]) -> (Output, support::Capture) {
     let clock = FifoClock::start(&fifo.path, 48_000, 1);
     let (var, value) = env.env_var();
     let base = emu().base_url(scenario);
+    // What herald learns about the network stays in a directory of this test's.
+    let state = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_herald"))
         .args(["speak", "--api-base", &base, "--device", &fifo.pcm])
         .args(extra)
         .arg(TEXT)
         .env("OPENAI_API_KEY", KEY)
+        .env("XDG_STATE_HOME", state.path())
         .env(var, value)
         .env_remove("OPENAI_BASE_URL")
         .output()
@@ -106,6 +109,7 @@ fn pcm_under_wifi_stalls_causes_no_gap() {
 fn devices_with_fixed_rate_or_channels_play_the_whole_text() {
     let env = alsa_env();
     let (var, value) = env.env_var();
+    let state = tempfile::tempdir().unwrap();
     for device in ["herald_44k", "herald_stereo"] {
         let base = emu().base_url(&format!("fast,id=dev-{device}"));
 
@@ -120,6 +124,7 @@ fn devices_with_fixed_rate_or_channels_play_the_whole_text() {
                 "Dinner is ready.",
             ])
             .env("OPENAI_API_KEY", KEY)
+            .env("XDG_STATE_HOME", state.path())
             .env(var, value)
             .output()
             .unwrap();

@@ -110,7 +110,8 @@ impl SinkOpener for StandInOpener {
 }
 
 /// Stands in for OpenAI: answers every request with raw 24 kHz PCM of a tone whose length
-/// in milliseconds is the text's last word ("Hello 300"), after 5 ms.
+/// in milliseconds is the text's last word ("Hello 300"), after 5 ms, in 100 ms chunks
+/// 20 ms apart.
 struct ScriptedSource;
 
 impl SpeechSource for ScriptedSource {
@@ -129,7 +130,19 @@ impl SpeechSource for ScriptedSource {
                 let s = if (i / 30) % 2 == 0 { 6000i16 } else { -6000 };
                 pcm.extend_from_slice(&s.to_le_bytes());
             }
-            let body = futures_util::stream::iter([Ok(Bytes::from(pcm))]);
+            // 100 ms chunks, 20 ms apart: generated at 5× real time, as OpenAI's pcm arrives.
+            let chunks: Vec<Bytes> = pcm
+                .chunks(RATE as usize / 10 * 2)
+                .map(Bytes::copy_from_slice)
+                .collect();
+            let body =
+                futures_util::stream::unfold(chunks.into_iter().enumerate(), |mut it| async move {
+                    let (i, c) = it.next()?;
+                    if i > 0 {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Some((Ok(c), it))
+                });
             Ok(SpeechStream {
                 body: Box::pin(body),
                 attempts: 1,
@@ -211,6 +224,8 @@ impl Rig {
             opener: Arc::new(StandInOpener(log.clone())),
             notifier: Notifier::from_env(),
             presets: Err("no cache in this test".into()),
+            // Learned in memory only: a test leaves no state behind.
+            model: herald::netmodel::store::ModelStore::default(),
         };
         let (sched, _task) = Scheduler::spawn(cfg, parts);
         Rig {
@@ -535,4 +550,26 @@ async fn skip_and_stop_on_a_hung_device_answer_at_once_and_never_wedge_the_sched
         "{end:?}"
     );
     rig.log.hang.store(false, Ordering::Release);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_arrived_is_learned_per_endpoint_and_format_and_shown_in_status() {
+    let rig = Rig::start("");
+    assert!(rig.status().await.network_model.is_empty());
+    for id in ["a", "b"] {
+        rig.speak(id, "Learn 500", Priority::Normal).await;
+        assert!(matches!(
+            rig.client.terminal(id).await,
+            Reply::Finished { .. }
+        ));
+    }
+    let learned = rig.status().await.network_model;
+    assert_eq!(learned.len(), 1, "{learned:?}");
+    let n = &learned[0];
+    assert_eq!(n.key, "https://api.openai.com/v1 pcm");
+    assert_eq!(n.summary.utterances, 2);
+    // Every chunk came ahead of its playback moment: nothing to hold back for.
+    assert_eq!(n.summary.target_ms, 0, "{n:?}");
+    let rate = n.summary.generation_rate.unwrap();
+    assert!(rate > 2.0, "generated at 5x, measured {rate}");
 }

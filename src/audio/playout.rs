@@ -293,6 +293,8 @@ pub struct Playout {
     utt: Option<Utterance>,
     done: Option<RawReport>,
     events_tx: Option<mpsc::UnboundedSender<PlayoutEvent>>,
+    /// The bursts of the utterance that ended last (for the network model).
+    ended_bursts: Vec<crate::netmodel::Burst>,
     failed: bool,
     error_taken: bool,
 }
@@ -429,6 +431,7 @@ impl Playout {
             utt: None,
             done: None,
             events_tx: None,
+            ended_bursts: Vec::new(),
             failed: false,
             error_taken: false,
         })
@@ -566,6 +569,12 @@ impl Playout {
         self.check_alive()
     }
 
+    /// How the audio of the utterance that ended last arrived, burst by burst (empty if
+    /// none ended since the last call).
+    pub fn take_bursts(&mut self) -> Vec<crate::netmodel::Burst> {
+        std::mem::take(&mut self.ended_bursts)
+    }
+
     /// A handle that tells, from any thread, whether the audio thread is stuck in a device
     /// call; it stays valid while the playout is lent out.
     pub fn health(&self) -> PlayoutHealth {
@@ -621,7 +630,9 @@ impl Playout {
         loop {
             self.pump();
             if let Some(raw) = self.done.take() {
-                self.utt = None;
+                if let Some(u) = self.utt.take() {
+                    self.ended_bursts = u.stats.bursts().to_vec();
+                }
                 return Ok(self.report(raw));
             }
             self.check_alive()?;

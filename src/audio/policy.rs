@@ -25,6 +25,12 @@
 
 use std::time::{Duration, Instant};
 
+use crate::netmodel::Burst;
+
+/// Bursts remembered per utterance for the network model (a 10-minute announcement in 1 s
+/// pages, or 4 minutes of 100 ms PCM chunks); later ones are not recorded.
+const MAX_LOGGED_BURSTS: usize = 4096;
+
 /// Pushes closer together than this belong to one burst (one Ogg page decodes as a quick
 /// run of pushes; page gaps are hundreds of milliseconds).
 pub const BURST_GAP: Duration = Duration::from_millis(10);
@@ -61,6 +67,8 @@ pub struct ArrivalStats {
     bursts: u32,
     frames_before_burst: u64,
     max_gap: Duration,
+    /// Each burst's start, for the network model (this side may allocate).
+    log: Vec<Burst>,
 }
 
 impl ArrivalStats {
@@ -75,7 +83,23 @@ impl ArrivalStats {
             bursts: 0,
             frames_before_burst: 0,
             max_gap: Duration::ZERO,
+            log: Vec::new(),
         }
+    }
+
+    /// Every burst so far: when it began (after the first) and how much audio came before.
+    pub fn bursts(&self) -> &[Burst] {
+        &self.log
+    }
+
+    fn log_burst(&mut self, at: Instant) {
+        let (Some(first), true) = (self.first_at, self.log.len() < MAX_LOGGED_BURSTS) else {
+            return;
+        };
+        self.log.push(Burst {
+            at_ms: at.saturating_duration_since(first).as_secs_f64() * 1000.0,
+            audio_before_ms: self.received as f64 * 1000.0 / f64::from(self.rate),
+        });
     }
 
     /// Records `frames` arriving at `at` (times must not go backwards; if they do they are
@@ -89,12 +113,14 @@ impl ArrivalStats {
                     self.bursts += 1;
                     self.burst_start_at = Some(at);
                     self.frames_before_burst = self.received;
+                    self.log_burst(at);
                 }
             }
             _ => {
                 self.first_at = Some(at);
                 self.burst_start_at = Some(at);
                 self.bursts = 1;
+                self.log_burst(at);
             }
         }
         self.last_push_at = Some(at);

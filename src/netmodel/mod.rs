@@ -94,10 +94,11 @@ impl DelayModel {
     }
 
     /// Learns one utterance from its bursts (in arrival order) and its audio length; an
-    /// utterance with fewer than two bursts says nothing about lateness and is ignored.
-    pub fn learn(&mut self, bursts: &[Burst], audio_ms: f64) {
+    /// utterance with fewer than two bursts says nothing about lateness and is ignored
+    /// (returns whether it was learned).
+    pub fn learn(&mut self, bursts: &[Burst], audio_ms: f64) -> bool {
         let (Some(first_size), Some(last)) = (bursts.get(1), bursts.last()) else {
-            return;
+            return false;
         };
         let need = bursts.iter().map(Burst::lateness_ms).fold(0.0, f64::max);
         for w in &mut self.weights {
@@ -115,6 +116,7 @@ impl DelayModel {
             });
         }
         self.utterances += 1;
+        true
     }
 
     /// The lateness (ms) that a fraction `q` of the learned bursts did not exceed; `None`

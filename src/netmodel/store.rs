@@ -133,15 +133,27 @@ impl ModelStore {
 
     /// Learns one utterance on `key`.
     pub fn learn(&mut self, key: &str, bursts: &[Burst], audio_ms: f64) {
-        self.models
-            .entry(key.to_string())
-            .or_default()
-            .learn(bursts, audio_ms);
+        let mut model = self.model(key);
+        if model.learn(bursts, audio_ms) {
+            self.models.insert(key.to_string(), model);
+        }
     }
 
     /// Forgets everything learned (the file too, at the next save).
     pub fn reset(&mut self) {
         self.models.clear();
+    }
+
+    /// Opens the store in `dir`, learns one utterance on `key` and saves it: for a process
+    /// that speaks once (the CLI). Returns what went wrong, if anything (never fatal).
+    pub fn record(dir: Option<&Path>, key: &str, bursts: &[Burst], audio_ms: f64) -> Vec<String> {
+        let (mut store, warning) = ModelStore::open(dir);
+        let mut problems: Vec<String> = warning.into_iter().collect();
+        store.learn(key, bursts, audio_ms);
+        if let Err(e) = store.save() {
+            problems.push(e.to_string());
+        }
+        problems
     }
 
     /// Writes the models (atomically: a reader never sees half a file). On failure the

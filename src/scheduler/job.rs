@@ -184,6 +184,7 @@ impl Scheduler {
         }
         self.net.ok();
         self.stats.finished(report);
+        self.learn(job, report);
         let request_to_audio = report.time_to_first_audio.map(ms);
         tracing::info!(
             id = %job.id,

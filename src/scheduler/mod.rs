@@ -27,6 +27,7 @@ use tokio::time::sleep_until;
 
 use crate::audio::SinkOpener;
 use crate::config::Config;
+use crate::netmodel::store::{self, ModelStore};
 use crate::pipeline::{PipelineError, SpeakReport, Voice};
 use crate::presets::Renderer;
 use crate::protocol::{
@@ -128,6 +129,8 @@ pub struct Parts {
     pub notifier: Notifier,
     /// The audio cache and preset renderer, or why there is none.
     pub presets: Result<Presets, String>,
+    /// The network model learned so far (and where it is kept).
+    pub model: ModelStore,
 }
 
 /// Opens through the cache with presets' audio pinned (never evicted while configured).
@@ -175,6 +178,10 @@ pub struct Scheduler {
     preset_reqs: BTreeMap<String, SpeechRequest>,
     /// Why there is no cache (presets then play live).
     cache_error: Option<String>,
+    /// What was learned about the network, per endpoint and format.
+    model: ModelStore,
+    /// Saving the model failed once already (warned; it stays in memory).
+    model_unsaved: bool,
 }
 
 impl Scheduler {
@@ -199,6 +206,8 @@ impl Scheduler {
             device: Device::new(parts.opener, DeviceSettings::from_config(&cfg)),
             source: parts.source,
             notifier: parts.notifier,
+            model: parts.model,
+            model_unsaved: false,
             presets,
             preset_reqs,
             cache_error,
@@ -638,8 +647,40 @@ impl Scheduler {
             now_playing: self.stats.now_playing(),
             counters: self.stats.counters(),
             network: self.net.status(api_base),
+            network_model: self.learned(),
             presets: self.preset_infos(),
         }
+    }
+}
+
+impl Scheduler {
+    /// Learns how a finished job's audio arrived, when it came over the network (cached
+    /// audio arrives at once and says nothing about it), and saves the model.
+    fn learn(&mut self, job: &Job, report: &SpeakReport) {
+        if report.attempts == 0 {
+            return;
+        }
+        let key = store::key(&self.cfg.api.api_base, job.voice.format);
+        let audio_ms = report.audio.as_secs_f64() * 1000.0;
+        self.model.learn(&key, &report.bursts, audio_ms);
+        if let Err(e) = self.model.save() {
+            if !self.model_unsaved {
+                tracing::warn!("{e}; the network model is kept in memory");
+                self.model_unsaved = true;
+            }
+        }
+    }
+
+    /// What was learned, for `status`.
+    fn learned(&self) -> Vec<crate::protocol::LearnedNetwork> {
+        self.model
+            .models()
+            .iter()
+            .map(|(key, m)| crate::protocol::LearnedNetwork {
+                key: key.clone(),
+                summary: m.summary(crate::netmodel::DEFAULT_QUANTILE),
+            })
+            .collect()
     }
 }
 
