@@ -70,6 +70,9 @@ pub struct DelayModel {
     utterances: u64,
     /// Decayed mean of the generation rate (audio s per wall s).
     rate: Option<f64>,
+    /// When this model last learned, in the store's own count (which models to keep).
+    #[serde(default)]
+    pub(crate) learned_at: u64,
 }
 
 impl Default for DelayModel {
@@ -78,6 +81,7 @@ impl Default for DelayModel {
             weights: vec![0.0; BUCKETS],
             utterances: 0,
             rate: None,
+            learned_at: 0,
         }
     }
 }

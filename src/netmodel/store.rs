@@ -20,6 +20,9 @@ use crate::tts::AudioFormat;
 pub const FILE_NAME: &str = "network-model.json";
 /// The file format's version; a file of another version is ignored.
 const VERSION: u32 = 1;
+/// Endpoints and formats remembered at most (a box talks to one or two); the one that
+/// learned longest ago goes first.
+pub const MAX_MODELS: usize = 16;
 
 /// Why the store could not be written (it keeps working in memory).
 #[derive(Debug, thiserror::Error)]
@@ -134,8 +137,27 @@ impl ModelStore {
     /// Learns one utterance on `key`.
     pub fn learn(&mut self, key: &str, bursts: &[Burst], audio_ms: f64) {
         let mut model = self.model(key);
-        if model.learn(bursts, audio_ms) {
-            self.models.insert(key.to_string(), model);
+        if !model.learn(bursts, audio_ms) {
+            return;
+        }
+        let newest = self
+            .models
+            .values()
+            .map(|m| m.learned_at)
+            .max()
+            .unwrap_or(0);
+        model.learned_at = newest + 1;
+        self.models.insert(key.to_string(), model);
+        while self.models.len() > MAX_MODELS {
+            let oldest = self
+                .models
+                .iter()
+                .min_by_key(|(_, m)| m.learned_at)
+                .map(|(k, _)| k.clone());
+            match oldest {
+                Some(k) => self.models.remove(&k),
+                None => break,
+            };
         }
     }
 
@@ -286,6 +308,24 @@ mod tests {
             !text.contains("sk-secret") && !text.contains("sk-other"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn only_the_most_recently_used_endpoints_are_kept() {
+        let mut s = ModelStore::default();
+        for i in 0..MAX_MODELS + 5 {
+            s.learn(&format!("http://host{i}/v1 opus"), &stalled(), 2000.0);
+        }
+        // The first endpoint learns again: it is recent now and stays.
+        s.learn("http://host0/v1 opus", &stalled(), 2000.0);
+        s.learn("http://another/v1 opus", &stalled(), 2000.0);
+        assert_eq!(s.models().len(), MAX_MODELS);
+        assert_eq!(s.model("http://host0/v1 opus").utterances(), 1);
+        assert!(
+            s.model("http://host1/v1 opus").is_cold(),
+            "the oldest went first"
+        );
+        assert!(!s.model("http://another/v1 opus").is_cold());
     }
 
     #[test]
