@@ -631,7 +631,7 @@ impl Playout {
             self.pump();
             if let Some(raw) = self.done.take() {
                 if let Some(u) = self.utt.take() {
-                    self.ended_bursts = u.stats.bursts().to_vec();
+                    self.ended_bursts = u.stats.into_bursts();
                 }
                 return Ok(self.report(raw));
             }

@@ -87,9 +87,9 @@ impl ArrivalStats {
         }
     }
 
-    /// Every burst so far: when it began (after the first) and how much audio came before.
-    pub fn bursts(&self) -> &[Burst] {
-        &self.log
+    /// Every burst: when it began (after the first) and how much audio came before.
+    pub fn into_bursts(self) -> Vec<Burst> {
+        self.log
     }
 
     fn log_burst(&mut self, at: Instant) {

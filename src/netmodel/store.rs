@@ -43,8 +43,9 @@ struct File {
     models: BTreeMap<String, DelayModel>,
 }
 
-/// The learned models, and where they are saved (`None`: memory only).
-#[derive(Debug, Default)]
+/// The learned models, and where they are saved (`None`: memory only). Cloned to save a
+/// snapshot off the async runtime.
+#[derive(Debug, Default, Clone)]
 pub struct ModelStore {
     path: Option<PathBuf>,
     models: BTreeMap<String, DelayModel>,
@@ -193,7 +194,10 @@ impl ModelStore {
             source,
         };
         let json = serde_json::to_vec(&file).map_err(|e| write_err(std::io::Error::other(e)))?;
-        let tmp = path.with_extension("json.tmp");
+        // A name of this save's own: two saves in flight never write one temporary file.
+        static SAVES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SAVES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = path.with_extension(format!("json.{}.{n}.tmp", std::process::id()));
         std::fs::write(&tmp, json).map_err(write_err)?;
         std::fs::rename(&tmp, path).map_err(write_err)
     }

@@ -181,7 +181,7 @@ pub struct Scheduler {
     /// What was learned about the network, per endpoint and format.
     model: ModelStore,
     /// Saving the model failed once already (warned; it stays in memory).
-    model_unsaved: bool,
+    model_unsaved: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Scheduler {
@@ -207,7 +207,7 @@ impl Scheduler {
             source: parts.source,
             notifier: parts.notifier,
             model: parts.model,
-            model_unsaved: false,
+            model_unsaved: Arc::default(),
             presets,
             preset_reqs,
             cache_error,
@@ -663,12 +663,16 @@ impl Scheduler {
         let key = store::key(&self.cfg.api.api_base, job.voice.format);
         let audio_ms = report.audio.as_secs_f64() * 1000.0;
         self.model.learn(&key, &report.bursts, audio_ms);
-        if let Err(e) = self.model.save() {
-            if !self.model_unsaved {
-                tracing::warn!("{e}; the network model is kept in memory");
-                self.model_unsaved = true;
+        // Written off the runtime: an SD card write must not hold the scheduler.
+        let snapshot = self.model.clone();
+        let warned = self.model_unsaved.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = snapshot.save() {
+                if !warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!("{e}; the network model is kept in memory");
+                }
             }
-        }
+        });
     }
 
     /// What was learned, for `status`.
