@@ -262,11 +262,16 @@ impl Device {
 
     /// When the device call in progress will count as stuck (`None`: none is in progress).
     pub fn stuck_at(&self) -> Option<Instant> {
+        self.call_passes(|o| self.stuck_after(o))
+    }
+
+    /// When the device call in progress will have been blocked for `limit(open device)`.
+    fn call_passes(&self, limit: impl Fn(&Open) -> Duration) -> Option<Instant> {
         let State::Open(o) = &self.state else {
             return None;
         };
         let blocked = o.health.device_call_for()?;
-        Some(Instant::now() + self.stuck_after(o).saturating_sub(blocked))
+        Some(Instant::now() + limit(o).saturating_sub(blocked))
     }
 
     /// How long a device call may block before the device counts as stuck.
@@ -284,12 +289,7 @@ impl Device {
 
     /// When the device call in progress would pass `write_timeout` (`None`: none is).
     pub fn hung_at(&self) -> Option<Instant> {
-        let State::Open(o) = &self.state else {
-            return None;
-        };
-        let blocked = o.health.device_call_for()?;
-        let left = self.settings.write_timeout.saturating_sub(blocked);
-        Some(Instant::now() + left)
+        self.call_passes(|_| self.settings.write_timeout)
     }
 
     /// Why the device counts as stuck, for the job's failure and `status`.
