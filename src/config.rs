@@ -207,6 +207,10 @@ pub struct AudioSection {
     /// A device write blocked this long means the device hangs: the job fails and the
     /// device is reopened.
     pub write_timeout_ms: u64,
+    /// The slowest tempo playback slows to while its buffer is short (1.0 = never).
+    pub max_slowdown: f32,
+    /// The share of past utterances whose lateness a learned start covers (0.5–0.999).
+    pub start_quantile: f64,
 }
 
 impl Default for ApiSection {
@@ -252,6 +256,8 @@ impl Default for AudioSection {
             max_buffer_ms: p.max_buffer_ms,
             realtime_priority: p.realtime_priority.unwrap_or(0),
             write_timeout_ms: 5000,
+            max_slowdown: crate::audio::stretch::DEFAULT_MIN_TEMPO,
+            start_quantile: crate::netmodel::DEFAULT_QUANTILE,
         }
     }
 }
@@ -444,6 +450,17 @@ impl Config {
                 format!("{value} is out of range (allowed: {allowed})"),
             ));
         }
+        if let Err(e @ crate::audio::playout::PlayoutError::Tempo { .. }) =
+            self.playout().validate()
+        {
+            return Err(c.bad("audio.max_slowdown", e.to_string()));
+        }
+        c.in_range(
+            "audio.start_quantile",
+            a.start_quantile,
+            0.5..=0.999,
+            "0.5 to 0.999: the share of past announcements a learned start would have played without a gap",
+        )?;
         // A drain legitimately blocks for a whole device buffer: the timeout must outlast it.
         let buffer_ms = u64::from(a.period_ms) * u64::from(a.buffer_periods);
         c.in_range("audio.write_timeout_ms", a.write_timeout_ms, buffer_ms + 1000..=120_000, &format!("the device buffer, period_ms × buffer_periods = {buffer_ms} ms, plus 1000, up to 120000 ms"))?;
@@ -667,6 +684,7 @@ impl Config {
             max_buffer_ms: self.audio.max_buffer_ms,
             // 0 means off; anything else is checked by the playout's own rules.
             realtime_priority: Some(self.audio.realtime_priority).filter(|&p| p != 0),
+            max_slowdown: self.audio.max_slowdown,
             ..PlayoutConfig::default()
         }
     }

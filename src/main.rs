@@ -320,6 +320,11 @@ async fn speak(config: &mut Config, args: SpeakArgs) -> Result<()> {
     }
     let client = OpenAiClient::new(config.openai(key))?;
     let mut playout = open_playout(config, &args.out)?;
+    // Start by what earlier runs learned about this endpoint (its problems are reported
+    // when this run's learning is saved).
+    let model_key = store::key(&config.api.api_base, voice.format);
+    let (models, _) = ModelStore::open(store::cli_dir().as_deref());
+    playout.plan_next(models.model(&model_key).plan(config.audio.start_quantile));
     let result = pipeline::speak(Arc::new(client), &mut playout, &text, &voice, limits).await;
     if let Ok(report) = &result {
         // What the network did is remembered for the next run (never a reason to fail).

@@ -123,6 +123,12 @@ pub struct SpeakReport {
     pub attempts: u32,
     /// Prebuffer the start policy chose.
     pub prebuffer_ms: u32,
+    /// Audio played slowed down (pitch kept), in ms of the original.
+    pub stretched_ms: u64,
+    /// The slowest tempo used (1.0: never slowed).
+    pub lowest_tempo: f32,
+    /// The start followed a learned network plan.
+    pub warm: bool,
     /// How the audio arrived, burst by burst (what the network model learns from).
     pub bursts: Vec<crate::netmodel::Burst>,
 }
@@ -146,6 +152,14 @@ impl std::fmt::Display for SpeakReport {
             self.segments,
             if self.segments == 1 { "" } else { "s" }
         )?;
+        if self.stretched_ms > 0 {
+            write!(
+                f,
+                ", slowed {} ms (down to {:.2}×)",
+                self.stretched_ms, self.lowest_tempo
+            )?;
+        }
+        write!(f, ", start {}", if self.warm { "learned" } else { "cold" })?;
         if self.attempts as usize > self.segments {
             let retries = self.attempts as usize - self.segments;
             write!(
@@ -536,10 +550,15 @@ async fn conclude(
         .zip(first_audio_at)
         .map(|(s, f)| s.saturating_duration_since(f));
     let rate = playout.format().rate.max(1);
-    report.audio = Duration::from_secs_f64(done.frames_played as f64 / f64::from(rate));
+    // The audio's own length: what slowed playback added is reported apart.
+    report.audio = Duration::from_secs_f64(done.frames_played as f64 / f64::from(rate))
+        .saturating_sub(Duration::from_millis(done.added_ms));
     report.stalls = done.stalls;
     report.stall_ms = done.stall_ms;
     report.prebuffer_ms = done.prebuffer_ms;
+    report.stretched_ms = done.stretched_ms;
+    report.lowest_tempo = done.lowest_tempo;
+    report.warm = done.warm;
     report.bursts = playout.take_bursts();
     Ok(report)
 }

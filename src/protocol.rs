@@ -420,6 +420,12 @@ pub enum Reply {
         segments: usize,
         /// HTTP attempts (retries included).
         attempts: u32,
+        /// Audio played slowed down (pitch kept) to ride out the network, in ms.
+        #[serde(default)]
+        stretched_ms: u64,
+        /// The start followed what was learned about the network (not the fixed rules).
+        #[serde(default)]
+        warm: bool,
     },
     /// Terminal (for a job) or a refused request (`id` absent when there was no job).
     Failed {

@@ -463,6 +463,8 @@ fn a_stall_on_a_device_that_never_blocks_is_timed_by_the_clock_not_spun() {
             min_prebuffer_ms: 100,
             jitter_reserve_ms: 0,
             realtime_priority: None,
+            // The pacing of a stall's silence is under test, not slowed playback.
+            max_slowdown: 1.0,
             ..PlayoutConfig::default()
         };
         let mut p = Playout::spawn(Box::new(sink), cfg).unwrap();

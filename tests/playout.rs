@@ -12,6 +12,7 @@ use herald::audio::playout::{
     Playout, PlayoutConfig, PlayoutError, PlayoutEvent, RealtimeStatus, UtteranceReport,
 };
 use herald::audio::{DeviceFormat, Sink, SinkError};
+use herald::netmodel::StartPlan;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 const RATE: u32 = 8000;
@@ -213,6 +214,9 @@ fn config() -> PlayoutConfig {
         stall_fade_ms: 8,
         interrupt_fade_ms: 15,
         realtime_priority: None,
+        // These tests check that the input comes out sample for sample; the slowed
+        // playback has its own tests below.
+        max_slowdown: 1.0,
     }
 }
 
@@ -733,6 +737,136 @@ async fn begin_during_playback_fades_the_old_utterance_out_and_plays_the_new_one
         // (B itself starts at full level: only the switch-over is checked.)
         let step = max_step(&out[..b_start]);
         assert!(step <= MAX_STEP, "click: step of {step}");
+    })
+    .await
+}
+
+/// Adaptive playout (issue 9): a stall that gaps at normal speed is ridden out by playing
+/// slower, pitch kept, and the audio is all there, in order, without clicks.
+#[tokio::test]
+async fn slowed_playback_rides_out_a_stall_that_gaps_at_normal_speed() {
+    guarded(async {
+        let input = tone(frames_of(2000));
+        let first = frames_of(1000);
+        let run = |max_slowdown: f32| {
+            let input = input.clone();
+            async move {
+                let (sink, rec) = ClockedSink::new(1);
+                let cfg = PlayoutConfig {
+                    min_prebuffer_ms: 100,
+                    jitter_reserve_ms: 0,
+                    max_slowdown,
+                    ..config()
+                };
+                let mut p = Playout::spawn(Box::new(sink), cfg).unwrap();
+                p.begin(ms(2000));
+                // One 1 s burst starts playback at once; the next comes 1.06 s later: at
+                // normal speed the device runs dry ~60 ms before it.
+                p.push(&input[..first]).await.unwrap();
+                tokio::time::sleep(ms(1060)).await;
+                p.push(&input[first..]).await.unwrap();
+                p.end();
+                let report = p.finished().await.unwrap();
+                let samples = rec.lock().unwrap().samples.clone();
+                (report, samples)
+            }
+        };
+        let (normal, _) = run(1.0).await;
+        assert_eq!(
+            normal.stalls, 1,
+            "the rig must gap at normal speed: {normal:?}"
+        );
+        let (slowed, out) = run(0.9).await;
+        assert_eq!(slowed.stalls, 0, "{slowed:?}");
+        assert!(slowed.lowest_tempo >= 0.9 - 1e-6, "{slowed:?}");
+        assert!(slowed.stretched_ms >= 800, "{slowed:?}");
+        // Slowing by ≥ 6 % over ~1 s added ≥ 60 ms, and the output is the input plus that.
+        assert!(slowed.added_ms >= 60, "{slowed:?}");
+        let heard = out.iter().rposition(|&s| s != 0).unwrap_or(0) + 1;
+        let expect = input.len() + frames_of(slowed.added_ms as usize);
+        assert!(
+            heard.abs_diff(expect) <= frames_of(15),
+            "heard {heard} frames, expected {expect}"
+        );
+        // The tone never crosses zero: a zero inside is a gap, a big step is a click.
+        assert!(
+            out[..heard].iter().all(|&s| s != 0),
+            "silence inside the audio"
+        );
+        assert!(
+            max_step(&out[..heard]) <= MAX_STEP,
+            "click: {}",
+            max_step(&out)
+        );
+    })
+    .await
+}
+
+/// A learned plan replaces the fixed reserve: the start comes at the learned moment after
+/// the first audio — earlier than the fixed rule on a network known to be good, later on
+/// one known to stall even when the first burst is large.
+#[tokio::test]
+async fn a_learned_plan_starts_at_its_moment_after_the_first_audio() {
+    guarded(async {
+        let start_after = |plan: Option<StartPlan>, burst_ms: usize| async move {
+            let (sink, _rec) = ClockedSink::new(1);
+            let cfg = PlayoutConfig {
+                min_prebuffer_ms: 100,
+                jitter_reserve_ms: 1000,
+                max_slowdown: 0.9,
+                ..config()
+            };
+            let mut p = Playout::spawn(Box::new(sink), cfg).unwrap();
+            let mut rx = p.subscribe();
+            p.plan_next(plan);
+            p.begin(ms(6000));
+            let input = tone(frames_of(6000));
+            let pushed = Instant::now();
+            p.push(&input[..frames_of(burst_ms)]).await.unwrap();
+            let started = tokio::time::timeout(ms(1500), async {
+                loop {
+                    if let Ok(PlayoutEvent::Started { at }) = rx.try_recv() {
+                        return at;
+                    }
+                    p.wait_event().await.unwrap();
+                }
+            })
+            .await
+            .ok()
+            .map(|at| at.saturating_duration_since(pushed));
+            p.push(&input[frames_of(burst_ms)..]).await.unwrap();
+            p.end();
+            let report = p.finished().await.unwrap();
+            (started, report)
+        };
+        let good = StartPlan {
+            jitter_ms: 200,
+            rate: 2.0,
+        };
+        // 600 ms in: the fixed rule wants 0.6 s + 1 s; the plan 200 ms less what slowing
+        // gains before the next burst (10 % of a 0.6 s wait).
+        let (cold, _) = start_after(None, 600).await;
+        assert_eq!(cold, None, "the fixed rule started with 0.6 s: {cold:?}");
+        let (warm, report) = start_after(Some(good), 600).await;
+        let warm = warm.expect("never started");
+        assert!(
+            (ms(100)..ms(260)).contains(&warm),
+            "started {warm:?} after the first audio"
+        );
+        assert!(report.warm && report.stalls == 0, "{report:?}");
+        // 3 s in at once: the fixed rule starts at once, a plan that knows 800 ms stalls waits.
+        let (cold, _) = start_after(None, 3000).await;
+        assert!(cold.unwrap() < ms(60), "{cold:?}");
+        let stalls = StartPlan {
+            jitter_ms: 800,
+            rate: 2.0,
+        };
+        let (warm, _) = start_after(Some(stalls), 3000).await;
+        let warm = warm.expect("never started");
+        assert!(
+            (ms(650)..ms(820)).contains(&warm),
+            "started {warm:?} after the first audio"
+        );
     })
     .await
 }

@@ -29,12 +29,14 @@ use rtrb::{Consumer, Producer, RingBuffer};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
-use super::policy::{prebuffer_needed, ArrivalStats, PolicyParams};
+use super::policy::{prebuffer_needed, resume_needed, warm_start, ArrivalStats, PolicyParams};
+use super::stretch::{StretchConfig, Stretcher, MIN_TEMPO_FLOOR};
 use super::thread::{
-    AudioThread, RawEvent, RawReport, Shared, ThreadParams, RT_GRANTED, RT_NOT_REQUESTED,
+    AudioThread, RawEvent, RawReport, Shared, ThreadParams, NO_PLAN, RT_GRANTED, RT_NOT_REQUESTED,
     RT_PENDING,
 };
 use super::{DeviceFormat, Sink, SinkError};
+use crate::netmodel::StartPlan;
 
 /// Audio still assumed to be coming until `end()`, whatever the text's estimate says.
 const MIN_REMAINING_MS: u32 = 500;
@@ -42,7 +44,7 @@ const MIN_REMAINING_MS: u32 = 500;
 const EVENT_SLOTS: usize = 64;
 
 /// Playout tuning; the defaults suit OpenAI's streams over home WiFi.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PlayoutConfig {
     /// Never start with less than this buffered (unless the whole utterance is shorter).
     pub min_prebuffer_ms: u32,
@@ -62,6 +64,9 @@ pub struct PlayoutConfig {
     pub interrupt_fade_ms: u32,
     /// SCHED_FIFO priority for the audio thread (1–99); `None` leaves it at normal priority.
     pub realtime_priority: Option<i32>,
+    /// The slowest tempo playback may slow to while the buffer is short (pitch kept):
+    /// 0.5–1.0, 1.0 = never stretch. Default 0.90, NetEq's own bound.
+    pub max_slowdown: f32,
 }
 
 impl PlayoutConfig {
@@ -92,6 +97,11 @@ impl PlayoutConfig {
             self.min_prebuffer_ms.saturating_add(self.jitter_reserve_ms) < self.max_buffer_ms,
             "min_prebuffer_ms + jitter_reserve_ms below max_buffer_ms",
         )?;
+        if !(MIN_TEMPO_FLOOR..=1.0).contains(&self.max_slowdown) {
+            return Err(PlayoutError::Tempo {
+                value: self.max_slowdown,
+            });
+        }
         if let Some(p) = self.realtime_priority {
             if !(1..=99).contains(&p) {
                 return Err(PlayoutError::Config {
@@ -116,12 +126,13 @@ impl Default for PlayoutConfig {
             // Above ordinary threads, below the kernel's threaded IRQs (50); the systemd unit
             // must allow it (LimitRTPRIO), otherwise playout carries on without it.
             realtime_priority: Some(20),
+            max_slowdown: super::stretch::DEFAULT_MIN_TEMPO,
         }
     }
 }
 
 /// What happened to one utterance, reported when it finished or was interrupted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct UtteranceReport {
     /// When the first sample was written to the sink (`None` if nothing was played).
     pub started_at: Option<Instant>,
@@ -137,6 +148,14 @@ pub struct UtteranceReport {
     pub xruns: u64,
     /// The utterance was cut short by `interrupt` (or replaced by a new `begin`).
     pub interrupted: bool,
+    /// Audio played slowed down (pitch kept), in milliseconds of the original.
+    pub stretched_ms: u64,
+    /// What slowed playback added, in milliseconds.
+    pub added_ms: u64,
+    /// The slowest tempo used (1.0: never slowed).
+    pub lowest_tempo: f32,
+    /// The start followed a learned network plan (warm) rather than the fixed rules.
+    pub warm: bool,
 }
 
 /// Progress of the current utterance.
@@ -190,6 +209,14 @@ pub enum PlayoutError {
         value: i64,
         /// What is allowed.
         allowed: &'static str,
+    },
+    /// `max_slowdown` is out of range.
+    #[error(
+        "playout setting max_slowdown = {value} is not allowed: 0.5 to 1.0 (1.0 = never slow down)"
+    )]
+    Tempo {
+        /// The value given.
+        value: f32,
     },
     /// The sink granted a format playout cannot use.
     #[error("audio device '{device}' granted an unusable format: {detail}")]
@@ -249,6 +276,8 @@ pub enum PlayoutError {
 struct Utterance {
     expected: Duration,
     stats: ArrivalStats,
+    /// The learned plan this utterance starts by (`None`: the fixed cold-start rules).
+    plan: Option<StartPlan>,
     /// More `push`es are accepted.
     open: bool,
     ended: bool,
@@ -295,6 +324,10 @@ pub struct Playout {
     events_tx: Option<mpsc::UnboundedSender<PlayoutEvent>>,
     /// The bursts of the utterance that ended last (for the network model).
     ended_bursts: Vec<crate::netmodel::Burst>,
+    /// The plan the next `begin` starts by.
+    next_plan: Option<StartPlan>,
+    /// The slowest tempo allowed (1.0: no stretcher).
+    min_tempo: f32,
     failed: bool,
     error_taken: bool,
 }
@@ -314,6 +347,33 @@ fn check(
             allowed,
         })
     }
+}
+
+/// The stretcher for a device, if slowing down is on and the format allows it (a device
+/// format libsonic cannot take plays without, and says so).
+fn stretcher_for(format: &DeviceFormat, max_slowdown: f32) -> Option<Stretcher> {
+    if max_slowdown >= 1.0 {
+        return None;
+    }
+    let cfg = StretchConfig::new(format.rate, format.channels, format.period_frames)
+        .with_min_tempo(max_slowdown);
+    match Stretcher::new(cfg) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "playback will not slow down to ride out stalls");
+            None
+        }
+    }
+}
+
+/// A warm start's floor: `min_prebuffer_ms`, or the whole utterance if shorter.
+fn warm_floor(stats: &ArrivalStats, expected: Duration, p: &PolicyParams) -> u64 {
+    let rate = u64::from(p.rate);
+    let floor = u64::from(p.min_prebuffer_ms) * rate / 1000;
+    let received = stats.received();
+    let total = (expected.as_millis() as u64 * rate / 1000)
+        .max(received + u64::from(p.min_remaining_ms) * rate / 1000);
+    floor.min(total).min(p.capacity_frames)
 }
 
 fn ms_to_frames(ms: u32, rate: u32) -> usize {
@@ -360,6 +420,8 @@ impl Playout {
         }
 
         let shared = Arc::new(Shared::new());
+        let stretch = stretcher_for(&format, cfg.max_slowdown);
+        let min_tempo = stretch.as_ref().map_or(1.0, Stretcher::min_tempo);
         let params = ThreadParams {
             stall_fade,
             interrupt_fade,
@@ -375,6 +437,7 @@ impl Playout {
             wake_tx,
             thread::current(),
             params,
+            stretch,
         );
         let handle = thread::Builder::new()
             .name("herald-audio".into())
@@ -432,6 +495,8 @@ impl Playout {
             done: None,
             events_tx: None,
             ended_bursts: Vec::new(),
+            next_plan: None,
+            min_tempo,
             failed: false,
             error_taken: false,
         })
@@ -447,21 +512,28 @@ impl Playout {
         &self.realtime
     }
 
+    /// The network plan that the following utterances start by (`None`: the fixed rules,
+    /// as with nothing learned). Takes effect at the next `begin`.
+    pub fn plan_next(&mut self, plan: Option<StartPlan>) {
+        self.next_plan = plan;
+    }
+
     /// Starts a new utterance lasting about `expected` (estimated from its text). One still
     /// in flight is faded out and dropped (its report is discarded).
     pub fn begin(&mut self, expected: Duration) {
         self.gen += 1;
-        let stats = ArrivalStats::new(self.format.rate);
-        let target = prebuffer_needed(&stats, expected, &self.policy, Instant::now());
-        self.utt = Some(Utterance {
+        let utt = Utterance {
             expected,
-            stats,
+            stats: ArrivalStats::new(self.format.rate),
+            plan: self.next_plan,
             open: true,
             ended: false,
-        });
+        };
         self.done = None;
         // Order matters: the thread reads the generation first, then these.
-        self.shared.target_frames.store(target, Ordering::Release);
+        self.shared.first_at_ns.store(0, Ordering::Release);
+        self.publish_targets(&utt, Instant::now());
+        self.utt = Some(utt);
         self.shared.start_pos.store(self.pushed, Ordering::Release);
         self.shared.generation.store(self.gen, Ordering::Release);
         self.audio_thread.unpark();
@@ -487,8 +559,15 @@ impl Playout {
         }
         let now = Instant::now();
         utt.stats.record((samples.len() / ch) as u64, now);
-        let target = prebuffer_needed(&utt.stats, utt.expected, &self.policy, now);
-        self.shared.target_frames.store(target, Ordering::Release);
+        if let Some(first) = utt.stats.first_at() {
+            let ns = self.shared.ns_of(first);
+            self.shared.first_at_ns.store(ns, Ordering::Release);
+        }
+        let utt = self.utt.take();
+        if let Some(u) = &utt {
+            self.publish_targets(u, now);
+        }
+        self.utt = utt;
 
         let mut rest = samples;
         while !rest.is_empty() {
@@ -523,6 +602,32 @@ impl Playout {
             self.shared.end_pos.store(self.pushed, Ordering::Release);
             self.shared.ended_gen.store(self.gen, Ordering::Release);
             self.audio_thread.unpark();
+        }
+    }
+
+    /// Tells the audio thread when it may start, resume and stop slowing down, from what
+    /// has arrived so far (see `policy.rs`).
+    fn publish_targets(&self, utt: &Utterance, now: Instant) {
+        let (stats, expected, p) = (&utt.stats, utt.expected, &self.policy);
+        let cold = prebuffer_needed(stats, expected, p, now);
+        let resume = resume_needed(stats, expected, p, self.min_tempo, now);
+        let sh = &self.shared;
+        sh.resume_frames.store(resume, Ordering::Release);
+        match &utt.plan {
+            None => {
+                sh.target_frames.store(cold, Ordering::Release);
+                sh.delay_target_ns.store(0, Ordering::Release);
+                sh.start_delay_ns.store(NO_PLAN, Ordering::Release);
+            }
+            Some(plan) => {
+                let (start, target) = warm_start(plan, stats, expected, p, self.min_tempo);
+                let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX - 1);
+                // The floor still applies (the learned moment only replaces the reserve).
+                let floor = warm_floor(stats, expected, p);
+                sh.target_frames.store(floor, Ordering::Release);
+                sh.delay_target_ns.store(ns(target), Ordering::Release);
+                sh.start_delay_ns.store(ns(start), Ordering::Release);
+            }
         }
     }
 
@@ -630,17 +735,19 @@ impl Playout {
         loop {
             self.pump();
             if let Some(raw) = self.done.take() {
+                let mut warm = false;
                 if let Some(u) = self.utt.take() {
+                    warm = u.plan.is_some();
                     self.ended_bursts = u.stats.into_bursts();
                 }
-                return Ok(self.report(raw));
+                return Ok(self.report(raw, warm));
             }
             self.check_alive()?;
             self.wait_wakeup().await?;
         }
     }
 
-    fn report(&self, raw: RawReport) -> UtteranceReport {
+    fn report(&self, raw: RawReport, warm: bool) -> UtteranceReport {
         let rate = u64::from(self.format.rate);
         UtteranceReport {
             started_at: raw.started_at,
@@ -650,6 +757,10 @@ impl Playout {
             prebuffer_ms: u32::try_from(raw.prebuffer_frames * 1000 / rate).unwrap_or(u32::MAX),
             xruns: raw.xruns,
             interrupted: raw.interrupted,
+            stretched_ms: raw.stretched_frames * 1000 / rate,
+            added_ms: raw.added_frames * 1000 / rate,
+            lowest_tempo: raw.lowest_tempo_milli.min(1000) as f32 / 1000.0,
+            warm,
         }
     }
 

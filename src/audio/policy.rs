@@ -25,7 +25,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::netmodel::Burst;
+use crate::netmodel::{Burst, StartPlan};
 
 /// Bursts remembered per utterance for the network model (a 10-minute announcement in 1 s
 /// pages, or 4 minutes of 100 ms PCM chunks); later ones are not recorded.
@@ -166,6 +166,84 @@ impl ArrivalStats {
             .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
         self.max_gap.max(current)
     }
+}
+
+impl ArrivalStats {
+    /// The usual wait from one burst to the next: the mean interval between burst starts
+    /// so far (stalls included). Prior before a second burst: as [`Self::burst_wait`].
+    pub fn typical_wait(&self) -> Duration {
+        match (self.first_at, self.burst_start_at) {
+            (Some(first), Some(last)) if self.bursts >= 2 => {
+                last.saturating_duration_since(first) / (self.bursts - 1)
+            }
+            _ => {
+                let first = Duration::from_secs_f64(self.received as f64 / f64::from(self.rate));
+                first.min(MAX_PAGE)
+            }
+        }
+    }
+}
+
+/// The audio expected in all, as the policy assumes it: the text's estimate, but never
+/// less than what came plus `min_remaining_ms`.
+fn assumed_total(stats: &ArrivalStats, expected: Duration, p: &PolicyParams) -> f64 {
+    let received = stats.received() as f64 / f64::from(p.rate.max(1));
+    expected
+        .as_secs_f64()
+        .max(received + f64::from(p.min_remaining_ms) / 1000.0)
+}
+
+/// Seconds to frames, rounding up but forgiving float noise, capped at the ring.
+fn to_frames(secs: f64, p: &PolicyParams) -> u64 {
+    let frames = (secs * f64::from(p.rate.max(1)) - 1e-6).ceil().max(0.0) as u64;
+    frames.min(p.capacity_frames)
+}
+
+/// Frames to have buffered to resume after a stall while playing at `tempo` (< 1 slows
+/// playback): enough for slowed playback to last until the next burst is usually due, plus
+/// what a stream slower than `tempo` still falls behind. With `tempo` 1.0 (no stretcher)
+/// the full start rule applies, as before stretching existed.
+pub fn resume_needed(
+    stats: &ArrivalStats,
+    expected: Duration,
+    p: &PolicyParams,
+    tempo: f32,
+    now: Instant,
+) -> u64 {
+    if tempo >= 1.0 {
+        return prebuffer_needed(stats, expected, p, now);
+    }
+    let tempo = f64::from(tempo);
+    let total = assumed_total(stats, expected, p);
+    let received = stats.received() as f64 / f64::from(p.rate.max(1));
+    let remaining = total - received;
+    let r = stats.rate().unwrap_or(1.0).max(0.01);
+    let deficit = if r < tempo {
+        remaining * (tempo - r) / r
+    } else {
+        0.0
+    };
+    let wait = stats.typical_wait().as_secs_f64() * tempo;
+    to_frames((deficit + wait).min(remaining.max(0.0)), p)
+}
+
+/// When a warm start (one with a learned [`StartPlan`]) may begin, after the first audio,
+/// and the delay behind the first audio it must have reached, by slowed playback, before
+/// the worst burst the plan covers: `(start, target)`. The start is the target less what
+/// playing at `tempo` gains before the next burst is usually due.
+pub fn warm_start(
+    plan: &StartPlan,
+    stats: &ArrivalStats,
+    expected: Duration,
+    p: &PolicyParams,
+    tempo: f32,
+) -> (Duration, Duration) {
+    let total = Duration::from_secs_f64(assumed_total(stats, expected, p));
+    let target = plan.delay(total);
+    let gain = stats
+        .typical_wait()
+        .mul_f64(f64::from(1.0 - tempo.clamp(0.0, 1.0)));
+    (target.saturating_sub(gain), target)
 }
 
 /// Frames to hold before playing (or before resuming after a stall) so that playback, once

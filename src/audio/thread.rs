@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use rtrb::{Consumer, Producer};
 
+use super::stretch::Stretcher;
 use super::{DeviceFormat, Sink, SinkError};
 
 /// Real-time status before the thread has tried.
@@ -33,6 +34,11 @@ const PREBUFFER_PARK: Duration = Duration::from_millis(20);
 const DRY_MARGIN: Duration = Duration::from_millis(5);
 /// Event slots kept free for the one terminal event of an utterance.
 const TERMINAL_RESERVE: usize = 4;
+/// `start_delay_ns` when no learned plan applies (the buffer rule alone decides).
+pub(super) const NO_PLAN: u64 = u64::MAX;
+/// Mean absolute sample value below which a period counts as a pause (about −40 dBFS):
+/// pauses are slowed the most, speech only half as much, so stretching is least audible.
+const QUIET_LEVEL: u64 = 330;
 
 /// Control and status shared between the async side and the audio thread.
 #[derive(Debug)]
@@ -49,6 +55,14 @@ pub(super) struct Shared {
     pub interrupt_gen: AtomicU64,
     /// Prebuffer target in frames, recomputed by the async side at every push.
     pub target_frames: AtomicU64,
+    /// Frames needed to resume after a stall (at the slowed tempo), recomputed at every push.
+    pub resume_frames: AtomicU64,
+    /// Nanoseconds after `base` when the utterance's first audio arrived; 0 = not yet.
+    pub first_at_ns: AtomicU64,
+    /// Warm start: play once this long (ns) after the first audio; `NO_PLAN`: cold.
+    pub start_delay_ns: AtomicU64,
+    /// Warm start: play slowed until playback runs this far (ns) behind the first audio.
+    pub delay_target_ns: AtomicU64,
     /// Feed the device silence while idle or prebuffering (wakes amplifiers).
     pub lead_in: AtomicBool,
     /// Stop the thread.
@@ -75,6 +89,12 @@ impl Shared {
         }
     }
 
+    /// Nanoseconds from `base` to `at` (at least 1, so 0 can mean "not yet").
+    pub fn ns_of(&self, at: Instant) -> u64 {
+        let ns = at.saturating_duration_since(self.base).as_nanos();
+        u64::try_from(ns).unwrap_or(u64::MAX).max(1)
+    }
+
     fn stamp_device_call(&self) {
         let ns = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.device_call_ns.store(ns.max(1), Ordering::Release);
@@ -93,6 +113,10 @@ impl Shared {
             ended_gen: AtomicU64::new(0),
             interrupt_gen: AtomicU64::new(0),
             target_frames: AtomicU64::new(0),
+            resume_frames: AtomicU64::new(0),
+            first_at_ns: AtomicU64::new(0),
+            start_delay_ns: AtomicU64::new(NO_PLAN),
+            delay_target_ns: AtomicU64::new(0),
             lead_in: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
             space_wanted: AtomicBool::new(false),
@@ -114,6 +138,12 @@ pub(super) struct RawReport {
     pub prebuffer_frames: u64,
     pub xruns: u64,
     pub interrupted: bool,
+    /// Input frames played below tempo 1.0.
+    pub stretched_frames: u64,
+    /// Frames slowed playback added (output minus input).
+    pub added_frames: u64,
+    /// The slowest tempo used, in thousandths (1000 = never slowed).
+    pub lowest_tempo_milli: u32,
 }
 
 /// Events from the audio thread, tagged with the generation they belong to.
@@ -220,6 +250,13 @@ pub(super) struct AudioThread {
     /// Device queue (frames) at or below which a short ring means a stall: a period plus
     /// `DRY_MARGIN`.
     dry_threshold: u64,
+    /// Slows playback while the buffer is short (`None`: `max_slowdown` = 1.0).
+    stretch: Option<Stretcher>,
+    /// Ring position where the current utterance starts (its frames consumed = the
+    /// difference).
+    utt_start: u64,
+    /// The last period written was a pause (see `QUIET_LEVEL`).
+    quiet: bool,
 }
 
 impl AudioThread {
@@ -234,6 +271,7 @@ impl AudioThread {
         wake: UnixStream,
         spawner: thread::Thread,
         params: ThreadParams,
+        stretch: Option<Stretcher>,
     ) -> Self {
         let channels = usize::from(format.channels);
         let clocked = sink.is_clocked();
@@ -268,6 +306,10 @@ impl AudioThread {
             buffer_frames: format.buffer_frames as u64,
             dry_threshold: format.period_frames as u64
                 + (DRY_MARGIN.as_secs_f64() * f64::from(format.rate)) as u64,
+            // A file has no clock to fall behind: nothing to stretch for.
+            stretch: stretch.filter(|_| clocked),
+            utt_start: 0,
+            quiet: false,
         }
     }
 
@@ -346,8 +388,16 @@ impl AudioThread {
         }
     }
 
-    /// Frames of the current utterance in the ring, and whether that is all of it.
+    /// Frames of the current utterance ready to play (in the ring, plus what the stretcher
+    /// has ready), and whether that is all of it (the stretcher may still hold < 31 ms:
+    /// `settle_stretch` releases it).
     fn available(&self) -> (usize, bool) {
+        let (in_ring, all_in) = self.in_ring();
+        (in_ring + self.stretched_ready(), all_in)
+    }
+
+    /// Frames of the current utterance in the ring, and whether that is all of it.
+    fn in_ring(&self) -> (usize, bool) {
         let in_ring = self.ring.slots() / self.channels;
         match self.boundary() {
             Boundary::Open => (in_ring, false),
@@ -357,6 +407,10 @@ impl AudioThread {
                 (in_ring.min(left), in_ring >= left)
             }
         }
+    }
+
+    fn stretched_ready(&self) -> usize {
+        self.stretch.as_ref().map_or(0, Stretcher::buffered_frames)
     }
 
     fn ring_full(&self) -> bool {
@@ -376,7 +430,16 @@ impl AudioThread {
         let stale = usize::try_from(start.saturating_sub(self.consumed)).unwrap_or(usize::MAX);
         self.discard(stale);
         self.consumed = self.consumed.max(start);
-        self.report = RawReport::default();
+        self.utt_start = self.consumed;
+        self.report = RawReport {
+            lowest_tempo_milli: 1000,
+            ..RawReport::default()
+        };
+        self.quiet = false;
+        if let Some(st) = &mut self.stretch {
+            st.set_tempo(1.0);
+            st.reset_stats();
+        }
         self.xruns_at_begin = self.sink.xruns();
         self.fade_in = None;
         self.stall_frames_now = 0;
@@ -424,7 +487,7 @@ impl AudioThread {
             return self.finish();
         }
         let ready = !self.clocked && avail >= self.period;
-        if ready || self.enough_buffered(avail, all_in) {
+        if ready || self.may_start(avail, all_in) {
             self.report.prebuffer_frames = avail as u64;
             self.shared.lead_in.store(false, Ordering::Release);
             self.lead = LeadIn::default();
@@ -434,8 +497,39 @@ impl AudioThread {
         if self.shared.lead_in.load(Ordering::Acquire) {
             self.lead_in_tick()
         } else {
-            thread::park_timeout(PREBUFFER_PARK);
+            let until = self.until_planned_start().unwrap_or(PREBUFFER_PARK);
+            thread::park_timeout(until.min(PREBUFFER_PARK));
             Ok(())
+        }
+    }
+
+    /// Nanoseconds on the shared clock now.
+    fn now_ns(&self) -> u64 {
+        self.shared.ns_of(Instant::now())
+    }
+
+    /// How long until a warm start's moment (`None`: no plan, or no audio yet).
+    fn until_planned_start(&self) -> Option<Duration> {
+        let delay = self.shared.start_delay_ns.load(Ordering::Acquire);
+        let first = self.shared.first_at_ns.load(Ordering::Acquire);
+        if delay == NO_PLAN || first == 0 {
+            return None;
+        }
+        let at = first.saturating_add(delay);
+        Some(Duration::from_nanos(at.saturating_sub(self.now_ns())))
+    }
+
+    /// The start rule. Cold (no plan): the buffer target is met. Warm: the learned moment
+    /// after the first audio has come and the floor (`target_frames`) is buffered. Either
+    /// way, everything is in or the ring is full.
+    fn may_start(&self, avail: usize, all_in: bool) -> bool {
+        match self.until_planned_start() {
+            None if self.shared.start_delay_ns.load(Ordering::Acquire) == NO_PLAN => {
+                self.enough_buffered(avail, all_in)
+            }
+            // Warm but no audio yet.
+            None => all_in && avail > 0,
+            Some(wait) => wait.is_zero() && self.enough_buffered(avail, all_in),
         }
     }
 
@@ -443,7 +537,11 @@ impl AudioThread {
         let (avail, all_in) = self.available();
         let p = self.period;
         if avail >= p + self.lookahead || (all_in && avail >= p) {
+            self.choose_tempo(avail, all_in);
             self.write_fading(p, 0).map(drop)
+        } else if self.settle_stretch() {
+            // What the stretcher held back is playable now: look again.
+            Ok(())
         } else if all_in {
             // The last, partial period: pad with silence, then wait until it has played.
             if avail > 0 {
@@ -493,7 +591,10 @@ impl AudioThread {
 
     fn stalled(&mut self) -> Result<(), SinkError> {
         let (avail, all_in) = self.available();
-        if self.enough_buffered(avail, all_in) {
+        // Resume as soon as (slowed) playback can hold until the next burst.
+        let resume = self.shared.resume_frames.load(Ordering::Acquire);
+        let resume = resume.max((self.period + self.lookahead) as u64);
+        if all_in || avail as u64 >= resume || self.ring_full() {
             self.report.stalls += 1;
             self.report.stall_frames += self.stall_frames_now;
             self.emit(RawEvent::StallEnded {
@@ -532,8 +633,12 @@ impl AudioThread {
             }
             State::Stalled | State::Prebuffering => {}
         }
-        let (rest, _) = self.available();
+        let (rest, _) = self.in_ring();
         self.discard(rest);
+        if let Some(st) = &mut self.stretch {
+            // Cannot fail within its bounds; a failure would only leave < 31 ms behind.
+            let _ = st.clear();
+        }
         if self.state != State::Prebuffering {
             self.device_drain()?;
         }
@@ -550,6 +655,11 @@ impl AudioThread {
 
     fn done(&mut self) {
         self.report.xruns = self.sink.xruns().saturating_sub(self.xruns_at_begin);
+        if let Some(st) = &self.stretch {
+            let stats = st.stats();
+            self.report.stretched_frames = stats.frames_in_stretched;
+            self.report.added_frames = u64::try_from(stats.added_frames()).unwrap_or(0);
+        }
         self.emit(RawEvent::Done {
             gen: self.gen,
             report: self.report,
@@ -593,15 +703,121 @@ impl AudioThread {
         r
     }
 
-    /// Pops `frames` frames into the start of the period buffer.
+    /// Pops `frames` frames into the start of the period buffer (through the stretcher
+    /// when there is one).
     fn pop(&mut self, frames: usize) {
         let want = frames * self.channels;
-        let (popped, _) = self.ring.pop_partial_slice(&mut self.buf[..want]);
-        let got = popped.len();
+        let got = if self.stretch.is_some() {
+            self.pop_stretched(want)
+        } else {
+            let (popped, _) = self.ring.pop_partial_slice(&mut self.buf[..want]);
+            let got = popped.len();
+            self.consumed += (got / self.channels) as u64;
+            got
+        };
         // `available()` said they were there; zero anything missing rather than repeat audio.
         self.buf[got..want].fill(0);
-        self.consumed += (got / self.channels) as u64;
         self.wake_writer();
+    }
+
+    /// Fills `buf[..want]` from the stretcher, feeding it from the ring (this utterance's
+    /// frames only, one period at a time so stretched audio never piles up ahead of the
+    /// tempo); when the ring has no more, what it holds back is released. Returns samples.
+    fn pop_stretched(&mut self, want: usize) -> usize {
+        let ch = self.channels;
+        let (mut left, _) = self.in_ring();
+        let Some(st) = self.stretch.as_mut() else {
+            return 0;
+        };
+        let mut got = st.pull(&mut self.buf[..want]) * ch;
+        let mut released = false;
+        while got < want {
+            let mut taken = 0;
+            if left > 0 {
+                let n = left.min(st.max_push_frames());
+                let Ok(chunk) = self.ring.read_chunk(n * ch) else {
+                    break;
+                };
+                let (a, b) = chunk.as_slices();
+                taken = st.push(a).unwrap_or(0);
+                if taken * ch == a.len() && !b.is_empty() {
+                    taken += st.push(b).unwrap_or(0);
+                }
+                chunk.commit(taken * ch);
+                self.consumed += taken as u64;
+                left -= taken;
+            } else if !released {
+                // Cannot fail within its bounds; if it did, the held < 31 ms stay held.
+                let _ = st.release_held();
+                released = true;
+            } else {
+                break;
+            }
+            let k = st.pull(&mut self.buf[got..want]);
+            got += k * ch;
+            if left > 0 && taken == 0 && k == 0 {
+                // Refused input and gave nothing (cannot happen within its bounds).
+                break;
+            }
+        }
+        got
+    }
+
+    /// Returns the stretcher to normal speed and makes what it holds back playable (for
+    /// a stall, the end, an interrupt: the frame counts are then exact). Returns whether
+    /// that made more audio ready.
+    fn settle_stretch(&mut self) -> bool {
+        let Some(st) = self.stretch.as_mut() else {
+            return false;
+        };
+        let before = st.buffered_frames();
+        st.set_tempo(1.0);
+        // Cannot fail within its bounds; if it did, the held < 31 ms stay held.
+        let _ = st.release_held();
+        st.buffered_frames() > before
+    }
+
+    /// Sets the tempo for the next period: slowed while more is to come and the buffer is
+    /// below what resuming needs, or (warm) while playback is not yet as far behind the
+    /// first audio as the plan's target; pauses get the slowest tempo, speech half the
+    /// slow-down.
+    fn choose_tempo(&mut self, avail: usize, all_in: bool) {
+        // Once everything is in, the buffer draining is the end, not a shortage.
+        let short = !all_in && (avail as u64) < self.shared.resume_frames.load(Ordering::Acquire);
+        let behind = !all_in && self.behind_plan();
+        let quiet = self.quiet;
+        let Some(st) = self.stretch.as_mut() else {
+            return;
+        };
+        let min = st.min_tempo();
+        let tempo = match (short || behind, short || quiet) {
+            (false, _) => 1.0,
+            (true, true) => min,
+            (true, false) => (1.0 + min) / 2.0,
+        };
+        let tempo = st.set_tempo(tempo);
+        let milli = (tempo * 1000.0).round() as u32;
+        self.report.lowest_tempo_milli = self.report.lowest_tempo_milli.min(milli);
+    }
+
+    /// Warm start: playback is less far behind the first audio than the plan's target
+    /// (so slowed playback should gain the rest). Played position = what left the ring,
+    /// less what waits in the stretcher and a full device buffer.
+    fn behind_plan(&self) -> bool {
+        let target = self.shared.delay_target_ns.load(Ordering::Acquire);
+        let first = self.shared.first_at_ns.load(Ordering::Acquire);
+        if target == 0 || first == 0 {
+            return false;
+        }
+        let consumed = self.consumed.saturating_sub(self.utt_start);
+        let queued = self.stretched_ready() as u64 + self.buffer_frames;
+        let played = consumed.saturating_sub(queued);
+        let played_ns = played.saturating_mul(1_000_000_000) / u64::from(self.rate.max(1));
+        let delay = self
+            .now_ns()
+            .saturating_sub(first)
+            .saturating_sub(played_ns);
+        delay < target
     }
 
     fn discard(&mut self, frames: usize) {
@@ -665,6 +881,7 @@ impl AudioThread {
                 }
             }
             self.buf[k * ch..].fill(0);
+            self.quiet = is_quiet(&self.buf[..k * ch]);
             self.write_audio(k)?;
             done += k;
             if done >= frames {
@@ -687,6 +904,12 @@ impl AudioThread {
         // Non-blocking: a full socket already holds a pending wake-up, so WouldBlock is fine.
         let _ = self.wake.write(&[1]);
     }
+}
+
+/// Whether a period is a pause: its mean absolute sample is below `QUIET_LEVEL`.
+fn is_quiet(samples: &[i16]) -> bool {
+    let sum: u64 = samples.iter().map(|s| u64::from(s.unsigned_abs())).sum();
+    sum < QUIET_LEVEL * samples.len().max(1) as u64
 }
 
 fn scale(s: i16, gain: f32) -> i16 {

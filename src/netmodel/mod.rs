@@ -5,8 +5,15 @@
 //! For each utterance the playout records its bursts: when each arrived and how much audio
 //! had arrived before it. A burst's *lateness* is how long after its playback moment it
 //! arrived, had playback started at the first audio: `(arrival − first arrival) − audio
-//! before it`. Starting with `L` of audio buffered plays gaplessly exactly when every burst's
-//! lateness is at most `L`, so what an utterance needed is its worst burst's lateness. As
+//! before it`. Starting `L` after the first audio plays gaplessly exactly when every burst's
+//! lateness is at most `L`, so what an utterance needed is its worst burst's lateness.
+//!
+//! Below real time that need grows with the utterance's length (each second of audio comes
+//! `1/R − 1` s late), so a 5 s utterance says little about a 30 s one. The model therefore
+//! splits the need in two: the generation rate `R`, and the *jitter* — the worst lateness
+//! against the utterance's own schedule at `min(R, 1)` (arrival − audio before / rate). The
+//! start delay for a new utterance of length `E` is `jitter target + E × (1/R − 1)` when
+//! `R < 1` (see [`StartPlan`]). At or above real time the jitter is the plain lateness. As
 //! WebRTC's NetEq does for packets, the model keeps a histogram of that need in 20 ms
 //! buckets whose weights decay with a forget factor per utterance (old networks fade out),
 //! and the start target is a quantile of it (0.95 by default: 19 utterances in 20 start
@@ -28,6 +35,35 @@ pub const BUCKETS: usize = 500;
 pub const FORGET: f64 = 0.95;
 /// The quantile of lateness the start target covers by default.
 pub const DEFAULT_QUANTILE: f64 = 0.95;
+
+/// Utterances learned before the model starts playback (fewer say too little: one unlucky
+/// or lucky utterance would set the target alone).
+pub const MIN_WARM_UTTERANCES: u64 = 3;
+
+/// What the playout needs from the model to start an utterance: the learned jitter target
+/// and generation rate (see the module doc for how they combine).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StartPlan {
+    /// Lateness against the stream's own schedule that the start covers, in ms.
+    pub jitter_ms: u32,
+    /// Learned generation rate (audio s per wall s).
+    pub rate: f64,
+}
+
+impl StartPlan {
+    /// How long after the first audio playback must begin (at normal speed) for an
+    /// utterance of `total` to play gaplessly: the jitter target, plus, below real time,
+    /// what the whole utterance falls behind.
+    pub fn delay(&self, total: std::time::Duration) -> std::time::Duration {
+        let r = self.rate.clamp(0.05, f64::MAX);
+        let deficit = if r < 1.0 {
+            total.as_secs_f64() * (1.0 / r - 1.0)
+        } else {
+            0.0
+        };
+        std::time::Duration::from_secs_f64(f64::from(self.jitter_ms) / 1000.0 + deficit)
+    }
+}
 
 /// One burst of an utterance: when it arrived (ms after the utterance's first audio) and
 /// how much audio (ms) had arrived before it.
@@ -104,16 +140,22 @@ impl DelayModel {
         let (Some(first_size), Some(last)) = (bursts.get(1), bursts.last()) else {
             return false;
         };
-        let need = bursts.iter().map(Burst::lateness_ms).fold(0.0, f64::max);
+        // The audio after the first burst, over the time it took to arrive.
+        let generated = audio_ms - first_size.audio_before_ms;
+        let rate = (last.at_ms > 0.0 && generated > 0.0).then(|| generated / last.at_ms);
+        // Jitter against the utterance's own schedule: below real time, audio `P` is due
+        // at `P / R`; at or above it, at `P` (playback cannot run ahead of real time).
+        let pace = rate.map_or(1.0, |r| r.min(1.0));
+        let need = bursts
+            .iter()
+            .map(|b| b.at_ms - b.audio_before_ms / pace)
+            .fold(0.0, f64::max);
         for w in &mut self.weights {
             *w *= FORGET;
         }
         // Weight 1 per utterance; the total converges to 1 / (1 − FORGET) = 20.
         self.weights[bucket(need)] += 1.0;
-        // The audio after the first burst, over the time it took to arrive.
-        let generated = audio_ms - first_size.audio_before_ms;
-        if last.at_ms > 0.0 && generated > 0.0 {
-            let rate = generated / last.at_ms;
+        if let Some(rate) = rate {
             self.rate = Some(match self.rate {
                 Some(r) => r * FORGET + rate * (1.0 - FORGET),
                 None => rate,
@@ -121,6 +163,18 @@ impl DelayModel {
         }
         self.utterances += 1;
         true
+    }
+
+    /// What the playout starts by, at quantile `q`; `None` until [`MIN_WARM_UTTERANCES`]
+    /// were learned (until then the fixed cold-start rules apply).
+    pub fn plan(&self, q: f64) -> Option<StartPlan> {
+        if self.utterances < MIN_WARM_UTTERANCES {
+            return None;
+        }
+        Some(StartPlan {
+            jitter_ms: self.quantile_ms(q)?,
+            rate: self.rate.unwrap_or(1.0),
+        })
     }
 
     /// The lateness (ms) that a fraction `q` of the learned bursts did not exceed; `None`
@@ -249,6 +303,36 @@ mod tests {
         }
         let good = m.quantile_ms(0.95).unwrap();
         assert!(good <= 40, "still {good} ms after 60 good utterances");
+    }
+
+    #[test]
+    fn below_real_time_the_rate_carries_the_deficit_and_the_jitter_stays_small() {
+        let mut m = DelayModel::default();
+        // 1 s pages at 0.85×: each arrives exactly on the 0.85× schedule.
+        for _ in 0..10 {
+            m.learn(&bursts(8, 1000.0, 0.85, None), 8000.0);
+        }
+        assert!(m.quantile_ms(0.95).unwrap() <= 20);
+        let plan = m.plan(0.95).unwrap();
+        assert!((plan.rate - 0.85).abs() < 0.01, "{}", plan.rate);
+        // A 20 s utterance falls 20 × (1/0.85 − 1) ≈ 3.53 s behind; a 5 s one 0.88 s.
+        let long = plan.delay(std::time::Duration::from_secs(20)).as_secs_f64();
+        let short = plan.delay(std::time::Duration::from_secs(5)).as_secs_f64();
+        assert!((3.5..3.6).contains(&long), "{long}");
+        assert!((0.88..0.92).contains(&short), "{short}");
+    }
+
+    #[test]
+    fn no_plan_until_a_few_utterances_were_learned() {
+        let mut m = DelayModel::default();
+        for k in 0..MIN_WARM_UTTERANCES {
+            assert_eq!(m.plan(0.95), None, "after {k}");
+            m.learn(&bursts(4, 1000.0, 2.0, Some((2, 800.0))), 4000.0);
+        }
+        let plan = m.plan(0.95).unwrap();
+        // Page 2 at 0.5 + 0.8 s with 2 s before it: not late; at 2× the jitter is lateness.
+        assert_eq!(plan.jitter_ms, 0);
+        assert!(plan.delay(std::time::Duration::from_secs(30)).is_zero());
     }
 
     #[test]

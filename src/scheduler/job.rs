@@ -71,6 +71,7 @@ impl Scheduler {
         };
         let write_timeout = Duration::from_millis(self.cfg.audio.write_timeout_ms);
         let mut started = None;
+        playout.plan_next(self.plan_for(job));
         let fut = pipeline::speak(source, playout, &job.text, &job.voice, limits);
         tokio::pin!(fut);
         let outcome = loop {
@@ -209,6 +210,8 @@ impl Scheduler {
             bytes: report.bytes,
             segments: report.segments,
             attempts: report.attempts,
+            stretched_ms: report.stretched_ms,
+            warm: report.warm,
         });
     }
 

@@ -675,6 +675,13 @@ impl Scheduler {
         });
     }
 
+    /// How the job's playout starts: by what was learned on its endpoint and format, once
+    /// enough was (`None`: the fixed rules).
+    fn plan_for(&self, job: &Job) -> Option<crate::netmodel::StartPlan> {
+        let key = store::key(&self.cfg.api.api_base, job.voice.format);
+        self.model.model(&key).plan(self.cfg.audio.start_quantile)
+    }
+
     /// What was learned, for `status`.
     fn learned(&self) -> Vec<crate::protocol::LearnedNetwork> {
         self.model
@@ -682,7 +689,7 @@ impl Scheduler {
             .iter()
             .map(|(key, m)| crate::protocol::LearnedNetwork {
                 key: key.clone(),
-                summary: m.summary(crate::netmodel::DEFAULT_QUANTILE),
+                summary: m.summary(self.cfg.audio.start_quantile),
             })
             .collect()
     }
