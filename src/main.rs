@@ -459,6 +459,7 @@ fn follow(client: &mut Client, no_wait: bool) -> Result<()> {
             Reply::Ok {
                 cmd: OkCommand::Preset,
                 jobs,
+                ..
             } => {
                 println!(
                     "press ignored: the preset is already playing or queued ({})",
@@ -615,8 +616,8 @@ fn simple(config: &Config, socket: &SocketArg, req: Request) -> Result<()> {
     let mut client = Client::connect(&socket_path(config, socket))?;
     client.set_timeout(Some(std::time::Duration::from_secs(10)))?;
     match client.request(&req)? {
-        Reply::Ok { cmd, jobs } if jobs.is_empty() => println!("{cmd}: nothing was playing"),
-        Reply::Ok { cmd, jobs } => println!("{cmd}: {}", jobs.join(", ")),
+        Reply::Ok { cmd, jobs, .. } if jobs.is_empty() => println!("{cmd}: nothing was playing"),
+        Reply::Ok { cmd, jobs, .. } => println!("{cmd}: {}", jobs.join(", ")),
         Reply::Failed { reason, .. } | Reply::Error { reason } => bail!("{reason}"),
         other => bail!("unexpected reply: {}", other.to_line().trim_end()),
     }
