@@ -554,16 +554,12 @@ fn print_status(s: &StatusReport) {
     if let Some(e) = &n.last_error {
         println!("         last error: {e}");
     }
+    if s.network_model.is_empty() {
+        println!("learned: nothing yet (cold start: playout uses the fixed rules)");
+    }
     for (i, m) in s.network_model.iter().enumerate() {
         let head = if i == 0 { "learned:" } else { "" };
-        let rate = m
-            .summary
-            .generation_rate
-            .map_or("-".to_string(), |r| format!("{r:.2}x"));
-        println!(
-            "{head:9}{}: {} utterances, start target {} ms (lateness p50 {} / p95 {} ms), generation {rate}",
-            m.key, m.summary.utterances, m.summary.target_ms, m.summary.p50_ms, m.summary.p95_ms
-        );
+        println!("{head:9}{m}");
     }
     for (i, p) in s.presets.iter().enumerate() {
         let head = if i == 0 { "presets:" } else { "" };

@@ -544,6 +544,26 @@ pub struct LearnedNetwork {
     pub summary: crate::netmodel::Summary,
 }
 
+impl std::fmt::Display for LearnedNetwork {
+    /// One line, as `herald status` and `herald check` print it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let m = &self.summary;
+        let rate = m
+            .generation_rate
+            .map_or("-".to_string(), |r| format!("{r:.2}x real time"));
+        write!(
+            f,
+            "{}: {} utterance{}, start target {} ms (lateness p50 {} / p95 {} ms), generation {rate}",
+            self.key,
+            m.utterances,
+            if m.utterances == 1 { "" } else { "s" },
+            m.target_ms,
+            m.p50_ms,
+            m.p95_ms
+        )
+    }
+}
+
 /// One preset as `presets` and `status` report it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PresetInfo {
