@@ -1,12 +1,15 @@
 //! `herald check`: the config, the API key, the audio device, the socket path and the
 //! network, one line each, before the daemon is trusted with announcements.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::audio::alsa::AlsaSink;
 use crate::audio::Sink;
 use crate::config::Config;
 use crate::control::server::SocketPath;
+use crate::netmodel::store::{self, ModelStore, ReadError};
+use crate::netmodel::DEFAULT_QUANTILE;
+use crate::protocol::LearnedNetwork;
 use crate::tts::openai::redact_userinfo;
 
 /// `herald check`: what was found, one line each; `false` if something would stop the
@@ -89,5 +92,47 @@ pub fn check(config: &Config, path: Option<&Path>, warnings: &[String]) -> bool 
         Ok(None) => println!("network: no WiFi interface with power saving on"),
         Err(e) => println!("network: cannot check WiFi power saving: {e}"),
     }
+    // Learning is an optimisation: whatever the file's state, a line and never a failure.
+    network_model(config);
     ok
+}
+
+/// What the daemon learned about the network for the configured endpoint and format, read
+/// from its state directory: `$STATE_DIRECTORY`, else the systemd unit's (`check` runs as
+/// the admin, outside the unit).
+fn network_model(config: &Config) {
+    let dir = store::daemon_dir().unwrap_or_else(|| PathBuf::from(store::SYSTEM_DIR));
+    // The key never holds credentials: `store::key` cuts userinfo and query off.
+    let key = store::key(&config.api.api_base, config.speech.format);
+    let learned = match ModelStore::read(&dir) {
+        Ok(learned) => learned,
+        Err(e @ ReadError::Unreadable { .. }) => {
+            println!("network model: {e}; run check as root or as the herald user to see what the daemon learned");
+            return;
+        }
+        Err(e @ ReadError::Corrupt { .. }) => {
+            println!("network model: {e}; the daemon starts afresh and replaces it");
+            return;
+        }
+    };
+    let model = learned.model(&key);
+    let from = dir.join(store::FILE_NAME);
+    if model.is_cold() {
+        println!(
+            "network model: {key}: nothing learned yet (cold start: playout uses the fixed rules; {})",
+            from.display()
+        );
+    } else {
+        let line = LearnedNetwork {
+            key: key.clone(),
+            summary: model.summary(DEFAULT_QUANTILE),
+        };
+        println!("network model: {line} ({})", from.display());
+    }
+    let others = learned.models().keys().filter(|k| **k != key).count();
+    if others > 0 {
+        println!(
+            "network model: also learned for {others} other endpoint(s) and format(s) (`herald status` lists them)"
+        );
+    }
 }

@@ -95,6 +95,16 @@ enum Command {
         #[command(flatten)]
         socket: SocketArg,
     },
+    /// Forget the network model the daemon learned (every endpoint and format); it
+    /// learns afresh from the next announcement.
+    ResetNetworkModel {
+        /// Reset this user's model instead, the one `herald speak` learns
+        /// ($XDG_STATE_HOME/herald, else ~/.local/state/herald).
+        #[arg(long, conflicts_with = "socket")]
+        local: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -295,6 +305,8 @@ async fn run(cli: Cli) -> Result<()> {
             socket,
         } => press(&config, &socket, &name, while_playing, no_wait),
         Command::Presets { json, socket } => presets(&config, &socket, json),
+        Command::ResetNetworkModel { local: true, .. } => reset_local_model(),
+        Command::ResetNetworkModel { socket, .. } => reset_model(&config, &socket),
     }
 }
 
@@ -464,6 +476,7 @@ fn follow(client: &mut Client, no_wait: bool) -> Result<()> {
             Reply::Ok {
                 cmd: OkCommand::Preset,
                 jobs,
+                ..
             } => {
                 println!(
                     "press ignored: the preset is already playing or queued ({})",
@@ -546,16 +559,12 @@ fn print_status(s: &StatusReport) {
     if let Some(e) = &n.last_error {
         println!("         last error: {e}");
     }
+    if s.network_model.is_empty() {
+        println!("learned: nothing yet (cold start: playout uses the fixed rules)");
+    }
     for (i, m) in s.network_model.iter().enumerate() {
         let head = if i == 0 { "learned:" } else { "" };
-        let rate = m
-            .summary
-            .generation_rate
-            .map_or("-".to_string(), |r| format!("{r:.2}x"));
-        println!(
-            "{head:9}{}: {} utterances, start target {} ms (lateness p50 {} / p95 {} ms), generation {rate}",
-            m.key, m.summary.utterances, m.summary.target_ms, m.summary.p50_ms, m.summary.p95_ms
-        );
+        println!("{head:9}{m}");
     }
     for (i, p) in s.presets.iter().enumerate() {
         let head = if i == 0 { "presets:" } else { "" };
@@ -620,10 +629,67 @@ fn simple(config: &Config, socket: &SocketArg, req: Request) -> Result<()> {
     let mut client = Client::connect(&socket_path(config, socket))?;
     client.set_timeout(Some(std::time::Duration::from_secs(10)))?;
     match client.request(&req)? {
-        Reply::Ok { cmd, jobs } if jobs.is_empty() => println!("{cmd}: nothing was playing"),
-        Reply::Ok { cmd, jobs } => println!("{cmd}: {}", jobs.join(", ")),
+        Reply::Ok { cmd, jobs, .. } if jobs.is_empty() => println!("{cmd}: nothing was playing"),
+        Reply::Ok { cmd, jobs, .. } => println!("{cmd}: {}", jobs.join(", ")),
         Reply::Failed { reason, .. } | Reply::Error { reason } => bail!("{reason}"),
         other => bail!("unexpected reply: {}", other.to_line().trim_end()),
     }
+    Ok(())
+}
+
+/// "forgot N endpoints and formats", or that nothing had been learned.
+fn forgot(n: usize) -> String {
+    match n {
+        0 => "nothing had been learned".to_string(),
+        1 => "forgot 1 endpoint and format".to_string(),
+        n => format!("forgot {n} endpoints and formats"),
+    }
+}
+
+/// `reset-network-model`: the daemon forgets its network model.
+fn reset_model(config: &Config, socket: &SocketArg) -> Result<()> {
+    let mut client = Client::connect(&socket_path(config, socket))?;
+    client.set_timeout(Some(std::time::Duration::from_secs(10)))?;
+    match client.request(&Request::ResetNetworkModel)? {
+        Reply::Ok {
+            cmd: OkCommand::ResetNetworkModel,
+            forgotten,
+            ..
+        } => println!(
+            "the daemon's network model is reset: {}",
+            forgot(forgotten.unwrap_or(0))
+        ),
+        Reply::Failed { reason, .. } | Reply::Error { reason } => bail!("{reason}"),
+        other => bail!(
+            "unexpected reply to reset_network_model: {}",
+            other.to_line().trim_end()
+        ),
+    }
+    Ok(())
+}
+
+/// `reset-network-model --local`: forgets the model `herald speak` keeps for this user.
+fn reset_local_model() -> Result<()> {
+    let Some(dir) = store::cli_dir() else {
+        println!("nothing to reset: no state directory (XDG_STATE_HOME or HOME), so `herald speak` keeps no network model");
+        return Ok(());
+    };
+    // A corrupt or unreadable file is warned about and replaced by the empty model.
+    let (mut model, warning) = ModelStore::open(Some(&dir));
+    let Some(path) = model.path().map(Path::to_path_buf) else {
+        let why = warning.unwrap_or_else(|| format!("{} is unusable", dir.display()));
+        bail!("cannot reset the network model: {why}");
+    };
+    if let Some(w) = warning {
+        tracing::warn!("{w}");
+    }
+    let forgotten = model.models().len();
+    model.reset();
+    model.save()?;
+    println!(
+        "the network model in {} is reset: {}",
+        path.display(),
+        forgot(forgotten)
+    );
     Ok(())
 }

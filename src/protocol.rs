@@ -27,7 +27,14 @@ pub fn max_line_bytes(max_text_chars: usize) -> usize {
 
 /// Commands a JSON request may name.
 pub const COMMANDS: &[&str] = &[
-    "speak", "stop", "skip", "cancel", "status", "preset", "presets",
+    "speak",
+    "stop",
+    "skip",
+    "cancel",
+    "status",
+    "preset",
+    "presets",
+    "reset_network_model",
 ];
 
 /// Where a job goes in the queue.
@@ -138,6 +145,9 @@ pub enum Request {
     Preset(PresetRequest),
     /// List the presets with their cache state.
     Presets,
+    /// Forget the learned network model (every endpoint and format).
+    #[serde(rename = "reset_network_model")]
+    ResetNetworkModel,
 }
 
 /// Why a line is not a request; the message says what is allowed.
@@ -319,12 +329,13 @@ pub fn parse_line(line: &[u8]) -> Result<Request, ProtocolError> {
             check_id(&cmd, req.id.as_deref())?;
             Ok(Request::Preset(req))
         }
-        "stop" | "skip" | "status" | "presets" => {
+        "stop" | "skip" | "status" | "presets" | "reset_network_model" => {
             let _: NoArgs = serde_json::from_value(rest).map_err(field_err)?;
             Ok(match cmd.as_str() {
                 "stop" => Request::Stop,
                 "skip" => Request::Skip,
                 "presets" => Request::Presets,
+                "reset_network_model" => Request::ResetNetworkModel,
                 _ => Request::Status,
             })
         }
@@ -456,12 +467,16 @@ pub enum Reply {
         /// Every configured preset, by name.
         presets: Vec<PresetInfo>,
     },
-    /// A command (stop, skip, cancel, or a preset press that changed nothing) was carried out.
+    /// A command (stop, skip, cancel, reset_network_model, or a preset press that changed
+    /// nothing) was carried out.
     Ok {
         /// The command.
         cmd: OkCommand,
         /// Ids of the jobs it affected.
         jobs: Vec<String>,
+        /// Endpoints and formats whose learned model was forgotten (`reset_network_model`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        forgotten: Option<usize>,
     },
     /// A connection-level problem (e.g. too many connections); the connection closes.
     Error {
@@ -535,6 +550,26 @@ pub struct LearnedNetwork {
     pub summary: crate::netmodel::Summary,
 }
 
+impl std::fmt::Display for LearnedNetwork {
+    /// One line, as `herald status` and `herald check` print it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let m = &self.summary;
+        let rate = m
+            .generation_rate
+            .map_or("-".to_string(), |r| format!("{r:.2}x real time"));
+        write!(
+            f,
+            "{}: {} utterance{}, start target {} ms (lateness p50 {} / p95 {} ms), generation {rate}",
+            self.key,
+            m.utterances,
+            if m.utterances == 1 { "" } else { "s" },
+            m.target_ms,
+            m.p50_ms,
+            m.p95_ms
+        )
+    }
+}
+
 /// One preset as `presets` and `status` report it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PresetInfo {
@@ -578,6 +613,9 @@ pub enum OkCommand {
     Cancel,
     /// A `preset` press that was ignored (the preset is already playing or queued).
     Preset,
+    /// `reset_network_model`.
+    #[serde(rename = "reset_network_model")]
+    ResetNetworkModel,
 }
 
 /// What the daemon is doing, as `status` reports it.
@@ -781,6 +819,10 @@ mod tests {
             Request::Cancel { id: "a".into() }
         );
         assert_eq!(parse_line(br#"{"cmd":"status"}"#).unwrap(), Request::Status);
+        assert_eq!(
+            parse_line(br#"{"cmd":"reset_network_model"}"#).unwrap(),
+            Request::ResetNetworkModel
+        );
     }
 
     #[test]
@@ -802,6 +844,16 @@ mod tests {
         assert!(err(b"   ").contains("empty"));
         let e = err(br#"{"cmd":"stop","id":"x"}"#);
         assert!(e.contains("unknown field"), "{e}");
+        let e = err(br#"{"cmd":"reset_network_model","key":"x"}"#);
+        assert!(
+            e.contains("unknown field") && e.contains("allowed fields: cmd"),
+            "{e}"
+        );
+        let e = err(br#"{"cmd":"reset"}"#);
+        assert!(
+            e.contains("'reset'") && e.contains("reset_network_model"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -887,7 +939,15 @@ mod tests {
     fn request_object() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
         use proptest::prelude::*;
         let cmd = proptest::option::of(proptest::sample::select(vec![
-            "speak", "cancel", "preset", "presets", "status", "stop", "skip", "dance",
+            "speak",
+            "cancel",
+            "preset",
+            "presets",
+            "status",
+            "stop",
+            "skip",
+            "reset_network_model",
+            "dance",
         ]));
         let field = proptest::sample::select(KEYS).prop_flat_map(|k| {
             let v = prop_oneof![4 => plausible(k), 1 => json_value().boxed()];
@@ -1057,6 +1117,7 @@ mod tests {
                 while_playing: Some(WhilePlaying::Queue),
             }),
             Request::Presets,
+            Request::ResetNetworkModel,
         ];
         for req in all {
             let line = serde_json::to_string(&req).unwrap();
@@ -1154,5 +1215,30 @@ mod tests {
             reason: "x".into()
         }
         .is_terminal());
+        // `forgotten` is on the reset's `ok` only; other `ok` lines are as before.
+        let reset = Reply::Ok {
+            cmd: OkCommand::ResetNetworkModel,
+            jobs: Vec::new(),
+            forgotten: Some(2),
+        };
+        let line = reset.to_line();
+        assert_eq!(
+            line,
+            "{\"event\":\"ok\",\"cmd\":\"reset_network_model\",\"jobs\":[],\"forgotten\":2}\n"
+        );
+        assert_eq!(serde_json::from_str::<Reply>(line.trim()).unwrap(), reset);
+        let stop = Reply::Ok {
+            cmd: OkCommand::Stop,
+            jobs: vec!["a".into()],
+            forgotten: None,
+        };
+        assert_eq!(
+            stop.to_line(),
+            "{\"event\":\"ok\",\"cmd\":\"stop\",\"jobs\":[\"a\"]}\n"
+        );
+        assert_eq!(
+            OkCommand::ResetNetworkModel.to_string(),
+            "reset_network_model"
+        );
     }
 }

@@ -1386,3 +1386,156 @@ fn a_key_file_others_can_read_is_warned_about_at_start_and_by_check() {
     assert!(!stderr.contains(&expect), "said twice: {stderr}");
     assert!(!stdout.contains(KEY) && !stderr.contains(KEY));
 }
+
+/// `herald --config CONFIG check` as an admin would run it, with the daemon's state
+/// directory in `STATE_DIRECTORY`; stdout.
+fn check_with_state(config: &Path, state: &Path) -> String {
+    let (k, v) = support::alsa_env().env_var();
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("--config")
+        .arg(config)
+        .arg("check")
+        .env(k, v)
+        .env("OPENAI_API_KEY", KEY)
+        .env("STATE_DIRECTORY", state)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The models in the daemon's state file, as JSON (an empty object when none).
+fn saved_models(state: &Path) -> Value {
+    let text = std::fs::read_to_string(state.join("network-model.json")).unwrap_or_default();
+    serde_json::from_str::<Value>(&text).map_or(json!({}), |v| v["models"].clone())
+}
+
+#[test]
+fn reset_network_model_forgets_what_the_daemon_learned_and_check_shows_it() {
+    let state = tempfile::tempdir().unwrap();
+    let d = Daemon::start(Setup {
+        scenario: "fast,tone,id=reset-model",
+        device: Device::Null,
+        extra: "",
+        env: vec![("STATE_DIRECTORY", state.path().display().to_string())],
+    });
+    let key = herald::netmodel::store::key(
+        &emu().base_url("fast,tone,id=reset-model"),
+        herald::tts::AudioFormat::Opus,
+    );
+    let mut c = d.conn();
+    c.speak("learn", LONG, "normal");
+    let replies = c.until("finished");
+    assert_eq!(ends(&replies), pairs(&[("learn", "finished")]));
+    c.send(json!({"cmd": "status"}));
+    let s = c.until("status").pop().unwrap();
+    let learned = s["network_model"].as_array().unwrap();
+    assert_eq!(learned.len(), 1, "{s}");
+    assert_eq!(learned[0]["key"], key.as_str(), "{s}");
+    assert!(learned[0]["utterances"].as_u64().unwrap() >= 1, "{s}");
+    // The save runs off the scheduler: it lands shortly after the job.
+    let until = Instant::now() + Duration::from_secs(10);
+    while saved_models(state.path()).get(&key).is_none() {
+        assert!(Instant::now() < until, "the model was never saved");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The admin's check reads it from the state directory.
+    let text = check_with_state(&d.config, state.path());
+    assert!(
+        text.contains(&format!("network model: {key}: 1 utterance, start target")),
+        "{text}"
+    );
+    assert!(
+        text.contains("lateness p50") && text.contains("generation "),
+        "{text}"
+    );
+
+    c.send(json!({"cmd": "reset_network_model"}));
+    assert_eq!(
+        c.reply(),
+        json!({"event": "ok", "cmd": "reset_network_model", "jobs": [], "forgotten": 1})
+    );
+    // The ok comes once the empty model is saved.
+    assert_eq!(saved_models(state.path()), json!({}));
+    c.send(json!({"cmd": "status"}));
+    let s = c.until("status").pop().unwrap();
+    assert_eq!(s["network_model"], json!([]), "{s}");
+    let text = check_with_state(&d.config, state.path());
+    assert!(
+        text.contains(&format!(
+            "network model: {key}: nothing learned yet (cold start"
+        )),
+        "{text}"
+    );
+    // The CLI: nothing is left to forget.
+    let out = d.herald(&["reset-network-model"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("reset: nothing had been learned"),
+        "{stdout}"
+    );
+    let out = d.herald(&["status"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("learned: nothing yet"), "{stdout}");
+}
+
+#[test]
+fn check_shows_the_learned_model_without_credentials_and_a_bad_file_is_one_line() {
+    use herald::netmodel::store::{self, ModelStore};
+    use herald::netmodel::{Burst, DEFAULT_QUANTILE};
+    use herald::protocol::LearnedNetwork;
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("herald.sock");
+    let cfg = dir.path().join("herald.toml");
+    let text = config_text("fast,id=check-model", "herald_null", &sock, "").replace(
+        &emu().base_url("fast,id=check-model"),
+        "http://herald:PROXYPASS@127.0.0.1:9/v1",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let state = dir.path().join("state");
+    // 200 ms chunks generated at 4x; a 900 ms stall before the fourth.
+    let bursts: Vec<Burst> = (0..10)
+        .map(|i| Burst {
+            at_ms: f64::from(i) * 50.0 + if i >= 3 { 900.0 } else { 0.0 },
+            audio_before_ms: f64::from(i) * 200.0,
+        })
+        .collect();
+    let key = store::key(
+        "http://herald:PROXYPASS@127.0.0.1:9/v1",
+        herald::tts::AudioFormat::Opus,
+    );
+    let (mut model, _) = ModelStore::open(Some(&state));
+    for _ in 0..3 {
+        model.learn(&key, &bursts, 2000.0);
+    }
+    model.learn("http://other.example/v1 pcm", &bursts, 2000.0);
+    model.save().unwrap();
+    let learned = LearnedNetwork {
+        key: key.clone(),
+        summary: model.model(&key).summary(DEFAULT_QUANTILE),
+    };
+    assert!(learned.summary.target_ms > 0, "{learned}");
+
+    let out = check_with_state(&cfg, &state);
+    assert!(
+        !out.contains("PROXYPASS"),
+        "the password was printed: {out}"
+    );
+    assert!(
+        out.contains(&format!("network model: {learned} (")),
+        "{out}"
+    );
+    assert!(
+        out.contains("network model: http://127.0.0.1:9/v1 opus: 3 utterances, start target "),
+        "{out}"
+    );
+    assert!(out.contains("also learned for 1 other"), "{out}");
+    // A corrupt file is reported on its line; check's verdict does not change.
+    std::fs::write(state.join(store::FILE_NAME), b"{ not json").unwrap();
+    let out = check_with_state(&cfg, &state);
+    assert!(
+        out.contains("network model: ignoring") && out.contains("not a network model file"),
+        "{out}"
+    );
+    assert!(out.contains("socket: "), "the other checks ran: {out}");
+}

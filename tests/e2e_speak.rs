@@ -316,4 +316,12 @@ fn what_the_network_did_is_remembered_between_runs_without_the_key() {
         assert_eq!(v["models"][&key]["utterances"], run, "{text}");
         assert!(!text.contains(KEY), "the key reached the state file");
     }
+    // `reset-network-model --local` forgets it (no daemon involved).
+    let out = herald(dir.path(), "", &["reset-network-model", "--local"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout.contains("forgot 1 endpoint and format"), "{stdout}");
+    let text = std::fs::read_to_string(dir.path().join("herald/network-model.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["models"], serde_json::json!({}), "{text}");
 }

@@ -13,8 +13,8 @@ use bytes::Bytes;
 use herald::audio::{DeviceFormat, Sink, SinkError, SinkOpener, SinkRequest};
 use herald::config::Config;
 use herald::protocol::{
-    CancelledBy, DeviceState, Envelope, PresetRequest, Priority, Reply, ReplyTo, Request,
-    SpeakRequest, StatusReport, WhilePlaying,
+    CancelledBy, DeviceState, Envelope, OkCommand, PresetRequest, Priority, Reply, ReplyTo,
+    Request, SpeakRequest, StatusReport, WhilePlaying,
 };
 use herald::scheduler::{Parts, Scheduler, SchedulerHandle};
 use herald::systemd::Notifier;
@@ -572,4 +572,22 @@ async fn what_arrived_is_learned_per_endpoint_and_format_and_shown_in_status() {
     assert_eq!(n.summary.target_ms, 0, "{n:?}");
     let rate = n.summary.generation_rate.unwrap();
     assert!(rate > 2.0, "generated at 5x, measured {rate}");
+    // A reset forgets it, says how much it forgot, and the next job learns afresh.
+    rig.send(Request::ResetNetworkModel).await;
+    rig.client
+        .wait("reset", |r| {
+            matches!(
+                r,
+                Reply::Ok {
+                    cmd: OkCommand::ResetNetworkModel,
+                    forgotten: Some(1),
+                    ..
+                }
+            )
+        })
+        .await;
+    assert!(rig.status().await.network_model.is_empty());
+    rig.speak("c", "Learn 500", Priority::Normal).await;
+    rig.client.terminal("c").await;
+    assert_eq!(rig.status().await.network_model[0].summary.utterances, 1);
 }

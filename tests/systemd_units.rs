@@ -224,6 +224,11 @@ fn service_declares_what_the_daemon_relies_on() {
     for key in ["RuntimeDirectory", "CacheDirectory", "StateDirectory"] {
         assert_eq!(value(&unit, s, key), "herald", "{key}");
     }
+    // `herald check`, run outside the unit, reads the daemon's network model there.
+    assert_eq!(
+        herald::netmodel::store::SYSTEM_DIR,
+        format!("/var/lib/{}", value(&unit, s, "StateDirectory"))
+    );
     // Without this, stopping the service would delete herald.socket's socket file.
     assert_eq!(value(&unit, s, "RuntimeDirectoryPreserve"), "yes");
     assert_eq!(value(&unit, "Install", "WantedBy"), "multi-user.target");

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +19,9 @@ use crate::tts::AudioFormat;
 
 /// The file's name in the state directory.
 pub const FILE_NAME: &str = "network-model.json";
+/// The daemon's state directory under the shipped systemd unit (`StateDirectory=herald`),
+/// for `herald check` run by the admin, who has no `$STATE_DIRECTORY`.
+pub const SYSTEM_DIR: &str = "/var/lib/herald";
 /// The file format's version; a file of another version is ignored.
 const VERSION: u32 = 1;
 /// Endpoints and formats remembered at most (a box talks to one or two); the one that
@@ -37,6 +41,27 @@ pub enum StoreError {
     },
 }
 
+/// Why the file in a state directory could not be used as it is.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// It exists but cannot be read (e.g. the state directory is the daemon's alone).
+    #[error("cannot read {path} ({source})")]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// It is not a model file this herald reads (corrupt, foreign or another version).
+    #[error("ignoring {path} ({why})")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct File {
     herald_network_model: u32,
@@ -44,11 +69,17 @@ struct File {
 }
 
 /// The learned models, and where they are saved (`None`: memory only). Cloned to save a
-/// snapshot off the async runtime.
+/// snapshot off the async runtime: clones share the order of saves, so a snapshot older
+/// than one already written is not written (a slow save never brings back what a later
+/// one, e.g. after a reset, removed).
 #[derive(Debug, Default, Clone)]
 pub struct ModelStore {
     path: Option<PathBuf>,
     models: BTreeMap<String, DelayModel>,
+    /// Counts the changes (learn, reset): a snapshot's age.
+    generation: u64,
+    /// The generation last written, shared by clones; held while a save writes.
+    written: Arc<Mutex<u64>>,
 }
 
 /// The key of an endpoint and format: the base URL without userinfo, query or fragment.
@@ -93,31 +124,32 @@ impl ModelStore {
             return (ModelStore::default(), Some(why));
         }
         let path = dir.join(FILE_NAME);
-        let (models, warning) = match std::fs::read(&path) {
-            Ok(bytes) => match parse(&bytes) {
-                Ok(models) => (models, None),
-                Err(why) => (
-                    BTreeMap::new(),
-                    Some(format!(
-                        "ignoring {} ({why}); it is replaced by what is learned next",
-                        path.display()
-                    )),
-                ),
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (BTreeMap::new(), None),
-            Err(e) => (
+        let (models, warning) = match load(&path) {
+            Ok(models) => (models, None),
+            Err(e @ ReadError::Corrupt { .. }) => (
                 BTreeMap::new(),
-                Some(format!(
-                    "cannot read {} ({e}); starting afresh",
-                    path.display()
-                )),
+                Some(format!("{e}; it is replaced by what is learned next")),
             ),
+            Err(e) => (BTreeMap::new(), Some(format!("{e}; starting afresh"))),
         };
         let store = ModelStore {
             path: Some(path),
             models,
+            ..ModelStore::default()
         };
         (store, warning)
+    }
+
+    /// Reads the store in `dir` as it is, creating nothing (for `herald check`, run by an
+    /// admin in a directory the daemon owns); a missing file or directory is an empty store.
+    pub fn read(dir: &Path) -> Result<ModelStore, ReadError> {
+        let path = dir.join(FILE_NAME);
+        let models = load(&path)?;
+        Ok(ModelStore {
+            path: Some(path),
+            models,
+            ..ModelStore::default()
+        })
     }
 
     /// Where the models are saved (`None`: memory only).
@@ -149,6 +181,7 @@ impl ModelStore {
             .unwrap_or(0);
         model.learned_at = newest + 1;
         self.models.insert(key.to_string(), model);
+        self.generation += 1;
         while self.models.len() > MAX_MODELS {
             let oldest = self
                 .models
@@ -165,6 +198,7 @@ impl ModelStore {
     /// Forgets everything learned (the file too, at the next save).
     pub fn reset(&mut self) {
         self.models.clear();
+        self.generation += 1;
     }
 
     /// Opens the store in `dir`, learns one utterance on `key` and saves it: for a process
@@ -179,12 +213,18 @@ impl ModelStore {
         problems
     }
 
-    /// Writes the models (atomically: a reader never sees half a file). On failure the
-    /// store keeps working in memory and the error says why.
+    /// Writes the models (atomically: a reader never sees half a file), one save at a
+    /// time; a snapshot older than the one last written is skipped. On failure the store
+    /// keeps working in memory and the error says why.
     pub fn save(&self) -> Result<(), StoreError> {
         let Some(path) = &self.path else {
             return Ok(());
         };
+        // A poisoned lock only means a save panicked; the generation it guards is intact.
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        if self.generation < *written {
+            return Ok(());
+        }
         let file = File {
             herald_network_model: VERSION,
             models: self.models.clone(),
@@ -199,7 +239,24 @@ impl ModelStore {
         let n = SAVES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tmp = path.with_extension(format!("json.{}.{n}.tmp", std::process::id()));
         std::fs::write(&tmp, json).map_err(write_err)?;
-        std::fs::rename(&tmp, path).map_err(write_err)
+        std::fs::rename(&tmp, path).map_err(write_err)?;
+        *written = self.generation;
+        Ok(())
+    }
+}
+
+/// The models in the file at `path` (none when it does not exist).
+fn load(path: &Path) -> Result<BTreeMap<String, DelayModel>, ReadError> {
+    match std::fs::read(path) {
+        Ok(bytes) => parse(&bytes).map_err(|why| ReadError::Corrupt {
+            path: path.to_path_buf(),
+            why,
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(source) => Err(ReadError::Unreadable {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 
@@ -342,5 +399,48 @@ mod tests {
         s.save().unwrap();
         let (again, _) = ModelStore::open(Some(dir.path()));
         assert!(again.models().is_empty());
+    }
+
+    #[test]
+    fn a_snapshot_older_than_the_last_save_is_not_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = ModelStore::open(Some(dir.path()));
+        s.learn("k opus", &stalled(), 2000.0);
+        // The save of this job is slow; meanwhile the store is reset and saved.
+        let slow = s.clone();
+        s.reset();
+        s.save().unwrap();
+        slow.save().unwrap();
+        let (again, _) = ModelStore::open(Some(dir.path()));
+        assert!(again.models().is_empty(), "the reset was undone");
+        // A newer snapshot is written as usual.
+        s.learn("k opus", &stalled(), 2000.0);
+        s.clone().save().unwrap();
+        let (again, _) = ModelStore::open(Some(dir.path()));
+        assert_eq!(again.model("k opus").utterances(), 1);
+    }
+
+    #[test]
+    fn read_creates_nothing_and_says_what_is_wrong_with_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("state");
+        let s = ModelStore::read(&missing).unwrap();
+        assert!(s.models().is_empty());
+        assert!(!missing.exists(), "read made the directory");
+        std::fs::create_dir(&missing).unwrap();
+        std::fs::write(missing.join(FILE_NAME), b"{ not json").unwrap();
+        let e = ModelStore::read(&missing).unwrap_err();
+        assert!(matches!(e, ReadError::Corrupt { .. }), "{e}");
+        assert!(e.to_string().contains(FILE_NAME), "{e}");
+        // A directory where the file should be cannot be read.
+        std::fs::remove_file(missing.join(FILE_NAME)).unwrap();
+        std::fs::create_dir(missing.join(FILE_NAME)).unwrap();
+        let e = ModelStore::read(&missing).unwrap_err();
+        assert!(matches!(e, ReadError::Unreadable { .. }), "{e}");
+        let (mut w, _) = ModelStore::open(Some(dir.path()));
+        w.learn("k opus", &stalled(), 2000.0);
+        w.save().unwrap();
+        let r = ModelStore::read(dir.path()).unwrap();
+        assert_eq!(r.model("k opus").utterances(), 1);
     }
 }

@@ -389,6 +389,7 @@ impl Scheduler {
                 reply.send(Reply::Ok {
                     cmd: OkCommand::Skip,
                     jobs,
+                    forgotten: None,
                 });
                 playing.map(|_| Preempt::Cancelled(CancelledBy::Skip))
             }
@@ -401,10 +402,15 @@ impl Scheduler {
                 reply.send(Reply::Ok {
                     cmd: OkCommand::Stop,
                     jobs,
+                    forgotten: None,
                 });
                 playing.map(|_| Preempt::Cancelled(CancelledBy::Stop))
             }
             Request::Cancel { id } => self.cancel(id, reply, playing),
+            Request::ResetNetworkModel => {
+                self.reset_model(reply);
+                None
+            }
         }
     }
 
@@ -426,6 +432,7 @@ impl Scheduler {
         reply.send(Reply::Ok {
             cmd: OkCommand::Cancel,
             jobs: vec![id],
+            forgotten: None,
         });
         preempt
     }
@@ -521,6 +528,7 @@ impl Scheduler {
                 reply.send(Reply::Ok {
                     cmd: OkCommand::Preset,
                     jobs: vec![id],
+                    forgotten: None,
                 });
                 return None;
             }
@@ -663,11 +671,9 @@ impl Scheduler {
         let key = store::key(&self.cfg.api.api_base, job.voice.format);
         let audio_ms = report.audio.as_secs_f64() * 1000.0;
         self.model.learn(&key, &report.bursts, audio_ms);
-        // Written off the runtime: an SD card write must not hold the scheduler.
-        let snapshot = self.model.clone();
         let warned = self.model_unsaved.clone();
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = snapshot.save() {
+        self.save_model(move |saved| {
+            if let Err(e) = saved {
                 if !warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
                     tracing::warn!("{e}; the network model is kept in memory");
                 }
@@ -680,6 +686,36 @@ impl Scheduler {
     fn plan_for(&self, job: &Job) -> Option<crate::netmodel::StartPlan> {
         let key = store::key(&self.cfg.api.api_base, job.voice.format);
         self.model.model(&key).plan(self.cfg.audio.start_quantile)
+    }
+
+    /// `reset_network_model`: forgets everything learned and saves the empty model; the
+    /// `ok` (with how many endpoints and formats were forgotten) is sent once it is saved.
+    fn reset_model(&mut self, reply: Arc<dyn ReplyTo>) {
+        let forgotten = self.model.models().len();
+        self.model.reset();
+        tracing::info!(forgotten, "network model reset: learning starts afresh");
+        self.save_model(move |saved| {
+            reply.send(match saved {
+                Ok(()) => Reply::Ok {
+                    cmd: OkCommand::ResetNetworkModel,
+                    jobs: Vec::new(),
+                    forgotten: Some(forgotten),
+                },
+                Err(e) => Reply::Failed {
+                    id: None,
+                    reason: format!(
+                        "reset_network_model: forgotten in memory, but {e}: the old model comes back when herald restarts"
+                    ),
+                },
+            })
+        });
+    }
+
+    /// Saves a snapshot of the model off the runtime (an SD card write must not hold the
+    /// scheduler), then hands `done` the outcome on the blocking thread.
+    fn save_model(&self, done: impl FnOnce(Result<(), store::StoreError>) + Send + 'static) {
+        let snapshot = self.model.clone();
+        tokio::task::spawn_blocking(move || done(snapshot.save()));
     }
 
     /// What was learned, for `status`.
