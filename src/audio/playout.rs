@@ -613,6 +613,15 @@ impl Playout {
         let resume = resume_needed(stats, expected, p, self.min_tempo, now);
         let sh = &self.shared;
         sh.resume_frames.store(resume, Ordering::Release);
+        // Cold, the buffer level is all there is to go by: slow whenever it is below what
+        // resuming would need. Warm, the plan already covers the stalls it learned; slow
+        // only when the buffer gets to half that (a stall beyond what was learned).
+        let slow_below = if utt.plan.is_some() {
+            resume / 2
+        } else {
+            resume
+        };
+        sh.slow_below_frames.store(slow_below, Ordering::Release);
         match &utt.plan {
             None => {
                 sh.target_frames.store(cold, Ordering::Release);

@@ -127,6 +127,13 @@ impl ArrivalStats {
         self.received += frames;
     }
 
+    /// Frames of the first burst (all received so far while it is the only one).
+    pub fn first_burst_frames(&self) -> u64 {
+        self.log.get(1).map_or(self.received, |b| {
+            (b.audio_before_ms * f64::from(self.rate) / 1000.0) as u64
+        })
+    }
+
     /// When the first audio arrived.
     pub fn first_at(&self) -> Option<Instant> {
         self.first_at
@@ -238,8 +245,10 @@ pub fn warm_start(
     p: &PolicyParams,
     tempo: f32,
 ) -> (Duration, Duration) {
+    // The audio that can come late: all but the first burst, which is what started it.
+    let first = Duration::from_secs_f64(stats.first_burst_frames() as f64 / f64::from(p.rate));
     let total = Duration::from_secs_f64(assumed_total(stats, expected, p));
-    let target = plan.delay(total);
+    let target = plan.delay(total.saturating_sub(first));
     let gain = stats
         .typical_wait()
         .mul_f64(f64::from(1.0 - tempo.clamp(0.0, 1.0)));
@@ -441,6 +450,59 @@ mod tests {
             (2.0..2.2).contains(&started),
             "started with {started} s buffered"
         );
+    }
+
+    #[test]
+    fn resuming_slowed_needs_only_the_usual_wait_not_the_reserve() {
+        // Pages every 0.5 s (2×): at 0.9× a resume needs 0.9 × 0.5 s, not 0.45 s + 1 s.
+        let t0 = Instant::now();
+        let mut s = ArrivalStats::new(RATE);
+        page(&mut s, t0);
+        let end = page(&mut s, t0 + ms(500));
+        let slowed = resume_needed(&s, Duration::from_secs(10), &params(), 0.9, end);
+        assert!((0.40..0.46).contains(&secs(slowed)), "{} s", secs(slowed));
+        // No stretcher: the whole start rule, as before.
+        let full = resume_needed(&s, Duration::from_secs(10), &params(), 1.0, end);
+        assert_eq!(
+            full,
+            prebuffer_needed(&s, Duration::from_secs(10), &params(), end)
+        );
+    }
+
+    #[test]
+    fn resuming_a_stream_slower_than_the_slowed_tempo_adds_its_deficit() {
+        // 0.5× PCM, 10 s expected, 3 s in: even at 0.9× it falls 7 × 0.4 / 0.5 = 5.6 s behind.
+        let t0 = Instant::now();
+        let mut s = ArrivalStats::new(RATE);
+        for k in 0..30u64 {
+            s.record(4800, t0 + ms(200 * k));
+        }
+        let now = t0 + ms(200 * 29);
+        let need = resume_needed(&s, Duration::from_secs(10), &params(), 0.9, now);
+        assert!((5.7..5.9).contains(&secs(need)), "{} s", secs(need));
+    }
+
+    #[test]
+    fn a_warm_start_is_the_plan_less_what_slowing_gains_before_the_next_burst() {
+        let t0 = Instant::now();
+        let mut s = ArrivalStats::new(RATE);
+        page(&mut s, t0);
+        page(&mut s, t0 + ms(500));
+        let plan = StartPlan {
+            jitter_ms: 800,
+            rate: 2.0,
+        };
+        let (start, target) = warm_start(&plan, &s, Duration::from_secs(10), &params(), 0.9);
+        assert_eq!(target, ms(800));
+        // Gains 10 % of the 0.5 s between pages.
+        assert!((ms(745)..ms(755)).contains(&start), "{start:?}");
+        // Below real time the part after the first page falls behind: (10 − 1) × (1/0.8 − 1).
+        let slow = StartPlan {
+            jitter_ms: 0,
+            rate: 0.8,
+        };
+        let (_, target) = warm_start(&slow, &s, Duration::from_secs(10), &params(), 1.0);
+        assert!((2.24..2.26).contains(&target.as_secs_f64()), "{target:?}");
     }
 
     #[test]

@@ -36,9 +36,6 @@ const DRY_MARGIN: Duration = Duration::from_millis(5);
 const TERMINAL_RESERVE: usize = 4;
 /// `start_delay_ns` when no learned plan applies (the buffer rule alone decides).
 pub(super) const NO_PLAN: u64 = u64::MAX;
-/// Mean absolute sample value below which a period counts as a pause (about −40 dBFS):
-/// pauses are slowed the most, speech only half as much, so stretching is least audible.
-const QUIET_LEVEL: u64 = 330;
 
 /// Control and status shared between the async side and the audio thread.
 #[derive(Debug)]
@@ -57,6 +54,8 @@ pub(super) struct Shared {
     pub target_frames: AtomicU64,
     /// Frames needed to resume after a stall (at the slowed tempo), recomputed at every push.
     pub resume_frames: AtomicU64,
+    /// Below this many frames buffered playback slows down (while more is to come).
+    pub slow_below_frames: AtomicU64,
     /// Nanoseconds after `base` when the utterance's first audio arrived; 0 = not yet.
     pub first_at_ns: AtomicU64,
     /// Warm start: play once this long (ns) after the first audio; `NO_PLAN`: cold.
@@ -114,6 +113,7 @@ impl Shared {
             interrupt_gen: AtomicU64::new(0),
             target_frames: AtomicU64::new(0),
             resume_frames: AtomicU64::new(0),
+            slow_below_frames: AtomicU64::new(0),
             first_at_ns: AtomicU64::new(0),
             start_delay_ns: AtomicU64::new(NO_PLAN),
             delay_target_ns: AtomicU64::new(0),
@@ -255,8 +255,6 @@ pub(super) struct AudioThread {
     /// Ring position where the current utterance starts (its frames consumed = the
     /// difference).
     utt_start: u64,
-    /// The last period written was a pause (see `QUIET_LEVEL`).
-    quiet: bool,
 }
 
 impl AudioThread {
@@ -309,7 +307,6 @@ impl AudioThread {
             // A file has no clock to fall behind: nothing to stretch for.
             stretch: stretch.filter(|_| clocked),
             utt_start: 0,
-            quiet: false,
         }
     }
 
@@ -435,7 +432,6 @@ impl AudioThread {
             lowest_tempo_milli: 1000,
             ..RawReport::default()
         };
-        self.quiet = false;
         if let Some(st) = &mut self.stretch {
             st.set_tempo(1.0);
             st.reset_stats();
@@ -778,23 +774,19 @@ impl AudioThread {
     }
 
     /// Sets the tempo for the next period: slowed while more is to come and the buffer is
-    /// below what resuming needs, or (warm) while playback is not yet as far behind the
-    /// first audio as the plan's target; pauses get the slowest tempo, speech half the
-    /// slow-down.
+    /// low (`slow_below_frames`), or (warm) while playback is not yet as far behind the
+    /// first audio as the plan's target.
     fn choose_tempo(&mut self, avail: usize, all_in: bool) {
         // Once everything is in, the buffer draining is the end, not a shortage.
-        let short = !all_in && (avail as u64) < self.shared.resume_frames.load(Ordering::Acquire);
+        let short =
+            !all_in && (avail as u64) < self.shared.slow_below_frames.load(Ordering::Acquire);
         let behind = !all_in && self.behind_plan();
-        let quiet = self.quiet;
         let Some(st) = self.stretch.as_mut() else {
             return;
         };
-        let min = st.min_tempo();
-        let tempo = match (short || behind, short || quiet) {
-            (false, _) => 1.0,
-            (true, true) => min,
-            (true, false) => (1.0 + min) / 2.0,
-        };
+        // Always the slowest tempo allowed when slowing: half the slow-down for speech
+        // (pauses first) stretched twice as much audio for the same gain in the bench.
+        let tempo = if short || behind { st.min_tempo() } else { 1.0 };
         let tempo = st.set_tempo(tempo);
         let milli = (tempo * 1000.0).round() as u32;
         self.report.lowest_tempo_milli = self.report.lowest_tempo_milli.min(milli);
@@ -881,7 +873,6 @@ impl AudioThread {
                 }
             }
             self.buf[k * ch..].fill(0);
-            self.quiet = is_quiet(&self.buf[..k * ch]);
             self.write_audio(k)?;
             done += k;
             if done >= frames {
@@ -904,12 +895,6 @@ impl AudioThread {
         // Non-blocking: a full socket already holds a pending wake-up, so WouldBlock is fine.
         let _ = self.wake.write(&[1]);
     }
-}
-
-/// Whether a period is a pause: its mean absolute sample is below `QUIET_LEVEL`.
-fn is_quiet(samples: &[i16]) -> bool {
-    let sum: u64 = samples.iter().map(|s| u64::from(s.unsigned_abs())).sum();
-    sum < QUIET_LEVEL * samples.len().max(1) as u64
 }
 
 fn scale(s: i16, gain: f32) -> i16 {
