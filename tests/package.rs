@@ -128,11 +128,13 @@ fn package_is_named_herald_version_arch_and_depends_on_alsa_opus_and_systemd() {
     assert_eq!(field("Version").as_deref(), Some(version));
     assert_eq!(field("Architecture").as_deref(), Some(arch.as_str()));
     let depends = field("Depends").unwrap();
-    // dpkg-shlibdeps read the binary's NEEDED libraries: ALSA and Opus must be there,
-    // versioned, next to what the maintainer scripts call.
+    // dpkg-shlibdeps read the binary's NEEDED libraries: ALSA, Opus and libsonic (the
+    // playout's time-stretcher) must be there, versioned, next to what the maintainer
+    // scripts call.
     for want in [
         "libasound2 (>=",
         "libopus0 (>=",
+        "libsonic0 (>=",
         "libc6 (>=",
         "systemd",
         "init-system-helpers",

@@ -38,6 +38,12 @@ pub const BURST_GAP: Duration = Duration::from_millis(10);
 /// (small PCM chunks) still yields a rate.
 pub const MAX_BURST: Duration = Duration::from_millis(250);
 
+/// The most of an utterance a warm start may plan to play slowed to earn back its start
+/// credit (the issue bounds the stretched share at 25 %; stalls need the rest).
+pub const START_CREDIT_SHARE: f64 = 0.15;
+/// Tempos below this are not taken into account (a stretcher never goes lower).
+const MIN_TEMPO: f32 = 0.5;
+
 /// The longest burst one Ogg page delivers (OpenAI's pages hold 1 s of audio).
 pub const MAX_PAGE: Duration = Duration::from_secs(1);
 
@@ -249,10 +255,13 @@ pub fn warm_start(
     let first = Duration::from_secs_f64(stats.first_burst_frames() as f64 / f64::from(p.rate));
     let total = Duration::from_secs_f64(assumed_total(stats, expected, p));
     let target = plan.delay(total.saturating_sub(first));
-    let gain = stats
-        .typical_wait()
-        .mul_f64(f64::from(1.0 - tempo.clamp(0.0, 1.0)));
-    (target.saturating_sub(gain), target)
+    let tempo = f64::from(tempo.clamp(MIN_TEMPO, 1.0));
+    // What slowing gains before the next burst, but never more than slowing
+    // `START_CREDIT_SHARE` of the utterance can earn back.
+    let budget =
+        total.saturating_sub(first).as_secs_f64() * START_CREDIT_SHARE * (1.0 / tempo - 1.0);
+    let gain = (stats.typical_wait().as_secs_f64() * (1.0 - tempo)).min(budget);
+    (target.saturating_sub(Duration::from_secs_f64(gain)), target)
 }
 
 /// Frames to hold before playing (or before resuming after a stall) so that playback, once
