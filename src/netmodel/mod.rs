@@ -10,8 +10,9 @@
 //!
 //! Below real time that need grows with the utterance's length (each second of audio comes
 //! `1/R − 1` s late), so a 5 s utterance says little about a 30 s one. The model therefore
-//! splits the need in two: the generation rate `R`, and the *jitter* — the worst lateness
-//! against the utterance's own schedule at `min(R, 1)` (arrival − audio before / rate). The
+//! splits the need in two: the generation rate `R` (a decayed mean), and the *jitter* — the
+//! worst lateness against the schedule at the learned `min(R, 1)` (arrival − audio before /
+//! rate). The
 //! start delay for a new utterance of length `E` is `jitter target + E × (1/R − 1)` when
 //! `R < 1` (see [`StartPlan`]). At or above real time the jitter is the plain lateness. As
 //! WebRTC's NetEq does for packets, the model keeps a histogram of that need in 20 ms
@@ -142,10 +143,18 @@ impl DelayModel {
         };
         // The audio after the first burst, over the time it took to arrive.
         let generated = audio_ms - first_size.audio_before_ms;
-        let rate = (last.at_ms > 0.0 && generated > 0.0).then(|| generated / last.at_ms);
-        // Jitter against the utterance's own schedule: below real time, audio `P` is due
-        // at `P / R`; at or above it, at `P` (playback cannot run ahead of real time).
-        let pace = rate.map_or(1.0, |r| r.min(1.0));
+        if last.at_ms > 0.0 && generated > 0.0 {
+            let rate = generated / last.at_ms;
+            self.rate = Some(match self.rate {
+                Some(r) => r * FORGET + rate * (1.0 - FORGET),
+                None => rate,
+            });
+        }
+        // Jitter against the schedule of the learned rate — the one a start is planned by —
+        // not this utterance's own: one whose rate a long stall pulled below real time must
+        // keep that stall as jitter, or the plan would lose it. Below real time, audio `P`
+        // is due at `P / R`; at or above it, at `P` (playback cannot run ahead of real time).
+        let pace = self.rate.map_or(1.0, |r| r.min(1.0));
         let need = bursts
             .iter()
             .map(|b| b.at_ms - b.audio_before_ms / pace)
@@ -155,12 +164,6 @@ impl DelayModel {
         }
         // Weight 1 per utterance; the total converges to 1 / (1 − FORGET) = 20.
         self.weights[bucket(need)] += 1.0;
-        if let Some(rate) = rate {
-            self.rate = Some(match self.rate {
-                Some(r) => r * FORGET + rate * (1.0 - FORGET),
-                None => rate,
-            });
-        }
         self.utterances += 1;
         true
     }
@@ -320,6 +323,21 @@ mod tests {
         let short = plan.delay(std::time::Duration::from_secs(5)).as_secs_f64();
         assert!((3.5..3.6).contains(&long), "{long}");
         assert!((0.88..0.92).contains(&short), "{short}");
+    }
+
+    #[test]
+    fn a_stall_that_pulls_one_utterance_below_real_time_stays_in_the_jitter() {
+        let mut m = DelayModel::default();
+        for _ in 0..10 {
+            m.learn(&bursts(6, 1000.0, 1.1, None), 6000.0);
+        }
+        // A 2.5 s stall before the last page: that utterance averages 0.71× real time, and
+        // against its own rate its last page was on time. Against the learned 1.08× it
+        // came 2.05 s late, which is what a plan by the learned rate has to cover.
+        m.learn(&bursts(6, 1000.0, 1.1, Some((5, 2500.0))), 6000.0);
+        let plan = m.plan(0.95).unwrap();
+        assert!(plan.rate > 1.0, "{}", plan.rate);
+        assert!(plan.jitter_ms >= 2000, "the stall was lost: {plan:?}");
     }
 
     #[test]
