@@ -26,19 +26,28 @@ fn emu() -> &'static EmulatorHandle {
 /// Speaks `TEXT` from `scenario` on a FIFO-clocked device; returns herald's output and
 /// what the "DAC" received.
 fn speak_clocked(scenario: &str, extra: &[&str]) -> (Output, support::Capture) {
+    // What herald learns about the network stays in a directory of this test's.
+    let state = tempfile::tempdir().unwrap();
+    speak_clocked_in(scenario, extra, state.path())
+}
+
+/// [`speak_clocked`] keeping what herald learns in `state` (its `XDG_STATE_HOME`).
+fn speak_clocked_in(
+    scenario: &str,
+    extra: &[&str],
+    state: &std::path::Path,
+) -> (Output, support::Capture) {
     let env = alsa_env();
     let fifo = claim_fifo();
     let clock = FifoClock::start(&fifo.path, 48_000, 1);
     let (var, value) = env.env_var();
     let base = emu().base_url(scenario);
-    // What herald learns about the network stays in a directory of this test's.
-    let state = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_herald"))
         .args(["speak", "--api-base", &base, "--device", &fifo.pcm])
         .args(extra)
         .arg(TEXT)
         .env("OPENAI_API_KEY", KEY)
-        .env("XDG_STATE_HOME", state.path())
+        .env("XDG_STATE_HOME", state)
         .env(var, value)
         .env_remove("OPENAI_BASE_URL")
         .output()
@@ -90,6 +99,64 @@ fn generation_barely_faster_than_real_time_causes_no_gap() {
     let (out, capture) = speak_clocked(sc, &[]);
     let body = expected_body(sc, TEXT, "alloy", 1.0, AudioFormat::Opus).unwrap();
     assert_gapless(sc, &out, &capture, &decode_ogg_opus(&body, 48_000));
+}
+
+/// Adaptive playout (issue 9): after three announcements on a stream barely faster than
+/// real time, herald starts by what it learned — close to the second Ogg page instead of
+/// after the fixed 1 s reserve — and still plays without a gap.
+#[test]
+fn a_learned_network_starts_far_earlier_and_stays_gapless() {
+    let sc = "slow,id=pace-learn";
+    let state = tempfile::tempdir().unwrap();
+    let ttfa = |out: &Output| {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let line = err.lines().last().unwrap_or_default().to_string();
+        let ms = line
+            .split("time to first audio ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|n| n.parse::<u64>().ok());
+        (
+            ms.unwrap_or_else(|| panic!("no time to first audio in {err}")),
+            line,
+        )
+    };
+    let mut cold = Vec::new();
+    for _ in 0..3 {
+        let (out, capture) = speak_clocked_in(sc, &[], state.path());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            capture.gaps.is_empty(),
+            "cold run gapped: {:?}",
+            capture.gaps
+        );
+        let (ms, line) = ttfa(&out);
+        assert!(line.contains("start cold"), "{line}");
+        cold.push(ms);
+    }
+    let (out, capture) = speak_clocked_in(sc, &[], state.path());
+    let (warm, line) = ttfa(&out);
+    assert!(out.status.success(), "{line}");
+    assert!(line.contains("start learned"), "{line}");
+    assert!(line.contains("stalls 0 (0 ms)"), "{line}");
+    assert!(capture.gaps.is_empty(), "audible gaps: {:?}", capture.gaps);
+    let fastest_cold = cold.iter().min().copied().unwrap_or(0);
+    assert!(
+        warm + 500 <= fastest_cold,
+        "learned start after {warm} ms, cold ones after {cold:?} ms"
+    );
+    // All of it was heard: the decode, plus whatever slowed playback added.
+    let body = expected_body(sc, TEXT, "alloy", 1.0, AudioFormat::Opus).unwrap();
+    let expected = decode_ogg_opus(&body, 48_000).len();
+    assert!(
+        capture.samples.len() >= expected,
+        "{} of {expected}",
+        capture.samples.len()
+    );
 }
 
 #[test]

@@ -532,6 +532,7 @@ impl Playout {
         self.done = None;
         // Order matters: the thread reads the generation first, then these.
         self.shared.first_at_ns.store(0, Ordering::Release);
+        self.shared.last_push_ns.store(0, Ordering::Release);
         self.publish_targets(&utt, Instant::now());
         self.utt = Some(utt);
         self.shared.start_pos.store(self.pushed, Ordering::Release);
@@ -563,6 +564,9 @@ impl Playout {
             let ns = self.shared.ns_of(first);
             self.shared.first_at_ns.store(ns, Ordering::Release);
         }
+        self.shared
+            .last_push_ns
+            .store(self.shared.ns_of(now), Ordering::Release);
         let utt = self.utt.take();
         if let Some(u) = &utt {
             self.publish_targets(u, now);
@@ -613,6 +617,23 @@ impl Playout {
         let resume = resume_needed(stats, expected, p, self.min_tempo, now);
         let sh = &self.shared;
         sh.resume_frames.store(resume, Ordering::Release);
+        // Half as long again as the usual wait between bursts (and never under 100 ms,
+        // the jitter of a steady stream of small chunks) means the stream has stalled.
+        let overdue = stats
+            .typical_wait()
+            .mul_f64(1.5)
+            .max(Duration::from_millis(100));
+        let overdue = u64::try_from(overdue.as_nanos()).unwrap_or(u64::MAX);
+        sh.overdue_after_ns.store(overdue, Ordering::Release);
+        // The longest stall to prepare for: what was learned, or the fixed reserve.
+        let horizon = match &utt.plan {
+            Some(plan) => {
+                let secs = f64::from(plan.jitter_ms) / 1000.0 + stats.typical_wait().as_secs_f64();
+                (secs * f64::from(p.rate)) as u64
+            }
+            None => cold,
+        };
+        sh.stall_horizon_frames.store(horizon, Ordering::Release);
         // Cold, the buffer level is all there is to go by: slow whenever it is below what
         // resuming would need. Warm, the plan already covers the stalls it learned; slow
         // only when the buffer gets to half that (a stall beyond what was learned).

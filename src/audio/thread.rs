@@ -56,6 +56,13 @@ pub(super) struct Shared {
     pub resume_frames: AtomicU64,
     /// Below this many frames buffered playback slows down (while more is to come).
     pub slow_below_frames: AtomicU64,
+    /// Nanoseconds after `base` of the latest push; 0 = none yet.
+    pub last_push_ns: AtomicU64,
+    /// A push this long (ns) after the previous one is overdue: a stall is under way.
+    pub overdue_after_ns: AtomicU64,
+    /// During a stall, slow down only with less than this buffered (more outlasts any
+    /// stall expected).
+    pub stall_horizon_frames: AtomicU64,
     /// Nanoseconds after `base` when the utterance's first audio arrived; 0 = not yet.
     pub first_at_ns: AtomicU64,
     /// Warm start: play once this long (ns) after the first audio; `NO_PLAN`: cold.
@@ -114,6 +121,9 @@ impl Shared {
             target_frames: AtomicU64::new(0),
             resume_frames: AtomicU64::new(0),
             slow_below_frames: AtomicU64::new(0),
+            last_push_ns: AtomicU64::new(0),
+            overdue_after_ns: AtomicU64::new(u64::MAX),
+            stall_horizon_frames: AtomicU64::new(0),
             first_at_ns: AtomicU64::new(0),
             start_delay_ns: AtomicU64::new(NO_PLAN),
             delay_target_ns: AtomicU64::new(0),
@@ -774,13 +784,15 @@ impl AudioThread {
     }
 
     /// Sets the tempo for the next period: slowed while more is to come and the buffer is
-    /// low (`slow_below_frames`), or (warm) while playback is not yet as far behind the
-    /// first audio as the plan's target.
+    /// low (`slow_below_frames`), the next burst is overdue, or (warm) playback is not yet
+    /// as far behind the first audio as the plan's target.
     fn choose_tempo(&mut self, avail: usize, all_in: bool) {
         // Once everything is in, the buffer draining is the end, not a shortage.
         let short =
             !all_in && (avail as u64) < self.shared.slow_below_frames.load(Ordering::Acquire);
-        let behind = !all_in && self.behind_plan();
+        let horizon = self.shared.stall_horizon_frames.load(Ordering::Acquire);
+        let stalling = (avail as u64) < horizon && self.stream_overdue();
+        let behind = !all_in && (self.behind_plan() || stalling);
         let Some(st) = self.stretch.as_mut() else {
             return;
         };
@@ -790,6 +802,14 @@ impl AudioThread {
         let tempo = st.set_tempo(tempo);
         let milli = (tempo * 1000.0).round() as u32;
         self.report.lowest_tempo_milli = self.report.lowest_tempo_milli.min(milli);
+    }
+
+    /// The next burst is overdue (a stall is under way): slowing now gains a tenth of the
+    /// stall before the buffer runs out, rather than once it is nearly gone.
+    fn stream_overdue(&self) -> bool {
+        let last = self.shared.last_push_ns.load(Ordering::Acquire);
+        let after = self.shared.overdue_after_ns.load(Ordering::Acquire);
+        last != 0 && self.now_ns().saturating_sub(last) > after
     }
 
     /// Warm start: playback is less far behind the first audio than the plan's target
