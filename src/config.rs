@@ -860,6 +860,26 @@ mod tests {
     }
 
     #[test]
+    fn adaptive_playout_settings_name_key_line_and_range() {
+        let e = parse("[audio]\nmax_slowdown = 0.3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 2: audio.max_slowdown") && e.contains("0.5 to 1.0"),
+            "{e}"
+        );
+        let e = parse("[audio]\n\nstart_quantile = 1.5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 3: audio.start_quantile") && e.contains("0.5 to 0.999"),
+            "{e}"
+        );
+        let (c, _) = parse("[audio]\nmax_slowdown = 1.0\n").unwrap();
+        assert_eq!(c.playout().max_slowdown, 1.0);
+    }
+
+    #[test]
     fn dated_model_snapshots_are_accepted() {
         assert!(parse("[speech]\nmodel = \"gpt-4o-mini-tts-2025-03-20\"\n").is_ok());
         assert!(parse("[speech]\nmodel = \"gpt-5\"\n").is_err());
