@@ -29,7 +29,9 @@ use rtrb::{Consumer, Producer, RingBuffer};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
-use super::policy::{prebuffer_needed, resume_needed, warm_start, ArrivalStats, PolicyParams};
+use super::policy::{
+    prebuffer_needed, resume_needed, warm_floor, warm_start, ArrivalStats, PolicyParams,
+};
 use super::stretch::{StretchConfig, Stretcher, MIN_TEMPO_FLOOR};
 use super::thread::{
     AudioThread, RawEvent, RawReport, Shared, ThreadParams, NO_PLAN, RT_GRANTED, RT_NOT_REQUESTED,
@@ -283,6 +285,59 @@ struct Utterance {
     ended: bool,
 }
 
+impl Utterance {
+    /// Tells the audio thread when it may start, resume and stop slowing down, from what
+    /// has arrived so far (see `policy.rs`).
+    fn publish_targets(&self, sh: &Shared, p: &PolicyParams, min_tempo: f32, now: Instant) {
+        let (stats, expected) = (&self.stats, self.expected);
+        let cold = prebuffer_needed(stats, expected, p, now);
+        let resume = resume_needed(stats, expected, p, min_tempo, now);
+        sh.resume_frames.store(resume, Ordering::Release);
+        // Half as long again as the usual wait between bursts (and never under 100 ms,
+        // the jitter of a steady stream of small chunks) means the stream has stalled.
+        let overdue = stats
+            .typical_wait()
+            .mul_f64(1.5)
+            .max(Duration::from_millis(100));
+        let overdue = u64::try_from(overdue.as_nanos()).unwrap_or(u64::MAX);
+        sh.overdue_after_ns.store(overdue, Ordering::Release);
+        // The longest stall to prepare for: what was learned, or the fixed reserve.
+        let horizon = match &self.plan {
+            Some(plan) => {
+                let secs = f64::from(plan.jitter_ms) / 1000.0 + stats.typical_wait().as_secs_f64();
+                (secs * f64::from(p.rate)) as u64
+            }
+            None => cold,
+        };
+        sh.stall_horizon_frames.store(horizon, Ordering::Release);
+        // Cold, the buffer level is all there is to go by: slow whenever it is below what
+        // resuming would need. Warm, the plan already covers the stalls it learned; slow
+        // only when the buffer gets to half that (a stall beyond what was learned).
+        let slow_below = if self.plan.is_some() {
+            resume / 2
+        } else {
+            resume
+        };
+        sh.slow_below_frames.store(slow_below, Ordering::Release);
+        match &self.plan {
+            None => {
+                sh.target_frames.store(cold, Ordering::Release);
+                sh.delay_target_ns.store(0, Ordering::Release);
+                sh.start_delay_ns.store(NO_PLAN, Ordering::Release);
+            }
+            Some(plan) => {
+                let (start, target) = warm_start(plan, stats, expected, p, min_tempo);
+                let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX - 1);
+                // The floor still applies (the learned moment only replaces the reserve).
+                let floor = warm_floor(stats, expected, p);
+                sh.target_frames.store(floor, Ordering::Release);
+                sh.delay_target_ns.store(ns(target), Ordering::Release);
+                sh.start_delay_ns.store(ns(start), Ordering::Release);
+            }
+        }
+    }
+}
+
 enum Wake {
     Std(StdUnixStream),
     Tokio(UnixStream),
@@ -364,16 +419,6 @@ fn stretcher_for(format: &DeviceFormat, max_slowdown: f32) -> Option<Stretcher> 
             None
         }
     }
-}
-
-/// A warm start's floor: `min_prebuffer_ms`, or the whole utterance if shorter.
-fn warm_floor(stats: &ArrivalStats, expected: Duration, p: &PolicyParams) -> u64 {
-    let rate = u64::from(p.rate);
-    let floor = u64::from(p.min_prebuffer_ms) * rate / 1000;
-    let received = stats.received();
-    let total = (expected.as_millis() as u64 * rate / 1000)
-        .max(received + u64::from(p.min_remaining_ms) * rate / 1000);
-    floor.min(total).min(p.capacity_frames)
 }
 
 fn ms_to_frames(ms: u32, rate: u32) -> usize {
@@ -533,7 +578,7 @@ impl Playout {
         // Order matters: the thread reads the generation first, then these.
         self.shared.first_at_ns.store(0, Ordering::Release);
         self.shared.last_push_ns.store(0, Ordering::Release);
-        self.publish_targets(&utt, Instant::now());
+        utt.publish_targets(&self.shared, &self.policy, self.min_tempo, Instant::now());
         self.utt = Some(utt);
         self.shared.start_pos.store(self.pushed, Ordering::Release);
         self.shared.generation.store(self.gen, Ordering::Release);
@@ -567,11 +612,7 @@ impl Playout {
         self.shared
             .last_push_ns
             .store(self.shared.ns_of(now), Ordering::Release);
-        let utt = self.utt.take();
-        if let Some(u) = &utt {
-            self.publish_targets(u, now);
-        }
-        self.utt = utt;
+        utt.publish_targets(&self.shared, &self.policy, self.min_tempo, now);
 
         let mut rest = samples;
         while !rest.is_empty() {
@@ -606,58 +647,6 @@ impl Playout {
             self.shared.end_pos.store(self.pushed, Ordering::Release);
             self.shared.ended_gen.store(self.gen, Ordering::Release);
             self.audio_thread.unpark();
-        }
-    }
-
-    /// Tells the audio thread when it may start, resume and stop slowing down, from what
-    /// has arrived so far (see `policy.rs`).
-    fn publish_targets(&self, utt: &Utterance, now: Instant) {
-        let (stats, expected, p) = (&utt.stats, utt.expected, &self.policy);
-        let cold = prebuffer_needed(stats, expected, p, now);
-        let resume = resume_needed(stats, expected, p, self.min_tempo, now);
-        let sh = &self.shared;
-        sh.resume_frames.store(resume, Ordering::Release);
-        // Half as long again as the usual wait between bursts (and never under 100 ms,
-        // the jitter of a steady stream of small chunks) means the stream has stalled.
-        let overdue = stats
-            .typical_wait()
-            .mul_f64(1.5)
-            .max(Duration::from_millis(100));
-        let overdue = u64::try_from(overdue.as_nanos()).unwrap_or(u64::MAX);
-        sh.overdue_after_ns.store(overdue, Ordering::Release);
-        // The longest stall to prepare for: what was learned, or the fixed reserve.
-        let horizon = match &utt.plan {
-            Some(plan) => {
-                let secs = f64::from(plan.jitter_ms) / 1000.0 + stats.typical_wait().as_secs_f64();
-                (secs * f64::from(p.rate)) as u64
-            }
-            None => cold,
-        };
-        sh.stall_horizon_frames.store(horizon, Ordering::Release);
-        // Cold, the buffer level is all there is to go by: slow whenever it is below what
-        // resuming would need. Warm, the plan already covers the stalls it learned; slow
-        // only when the buffer gets to half that (a stall beyond what was learned).
-        let slow_below = if utt.plan.is_some() {
-            resume / 2
-        } else {
-            resume
-        };
-        sh.slow_below_frames.store(slow_below, Ordering::Release);
-        match &utt.plan {
-            None => {
-                sh.target_frames.store(cold, Ordering::Release);
-                sh.delay_target_ns.store(0, Ordering::Release);
-                sh.start_delay_ns.store(NO_PLAN, Ordering::Release);
-            }
-            Some(plan) => {
-                let (start, target) = warm_start(plan, stats, expected, p, self.min_tempo);
-                let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX - 1);
-                // The floor still applies (the learned moment only replaces the reserve).
-                let floor = warm_floor(stats, expected, p);
-                sh.target_frames.store(floor, Ordering::Release);
-                sh.delay_target_ns.store(ns(target), Ordering::Release);
-                sh.start_delay_ns.store(ns(start), Ordering::Release);
-            }
         }
     }
 

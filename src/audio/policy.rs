@@ -133,6 +133,24 @@ impl ArrivalStats {
         self.received += frames;
     }
 
+    /// The usual wait from one burst to the next: the mean interval between burst starts
+    /// so far (stalls included). Prior before a second burst: as [`Self::burst_wait`].
+    pub fn typical_wait(&self) -> Duration {
+        match (self.first_at, self.burst_start_at) {
+            (Some(first), Some(last)) if self.bursts >= 2 => {
+                last.saturating_duration_since(first) / (self.bursts - 1)
+            }
+            _ => self.prior_wait(),
+        }
+    }
+
+    /// The wait assumed before a second burst: the first burst's length at real time, at
+    /// most `MAX_PAGE` (see [`Self::burst_wait`]).
+    fn prior_wait(&self) -> Duration {
+        let first = Duration::from_secs_f64(self.received as f64 / f64::from(self.rate));
+        first.min(MAX_PAGE)
+    }
+
     /// Frames of the first burst (all received so far while it is the only one).
     pub fn first_burst_frames(&self) -> u64 {
         self.log.get(1).map_or(self.received, |b| {
@@ -171,29 +189,12 @@ impl ArrivalStats {
     /// faster than real time, not one page, and must not hold its own start back forever.
     pub fn burst_wait(&self, now: Instant) -> Duration {
         if self.bursts < 2 {
-            let first = Duration::from_secs_f64(self.received as f64 / f64::from(self.rate));
-            return first.min(MAX_PAGE);
+            return self.prior_wait();
         }
         let current = self
             .last_push_at
             .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
         self.max_gap.max(current)
-    }
-}
-
-impl ArrivalStats {
-    /// The usual wait from one burst to the next: the mean interval between burst starts
-    /// so far (stalls included). Prior before a second burst: as [`Self::burst_wait`].
-    pub fn typical_wait(&self) -> Duration {
-        match (self.first_at, self.burst_start_at) {
-            (Some(first), Some(last)) if self.bursts >= 2 => {
-                last.saturating_duration_since(first) / (self.bursts - 1)
-            }
-            _ => {
-                let first = Duration::from_secs_f64(self.received as f64 / f64::from(self.rate));
-                first.min(MAX_PAGE)
-            }
-        }
     }
 }
 
@@ -206,7 +207,14 @@ fn assumed_total(stats: &ArrivalStats, expected: Duration, p: &PolicyParams) -> 
         .max(received + f64::from(p.min_remaining_ms) / 1000.0)
 }
 
-/// Seconds to frames, rounding up but forgiving float noise, capped at the ring.
+/// A warm start's floor: `min_prebuffer_ms`, or the whole utterance if shorter.
+pub fn warm_floor(stats: &ArrivalStats, expected: Duration, p: &PolicyParams) -> u64 {
+    let floor = f64::from(p.min_prebuffer_ms) / 1000.0;
+    to_frames(floor.min(assumed_total(stats, expected, p)), p)
+}
+
+/// Seconds to frames, rounding up (the epsilon keeps float noise, e.g. 1.3 × 48000, from
+/// rounding up a whole frame), capped at the ring.
 fn to_frames(secs: f64, p: &PolicyParams) -> u64 {
     let frames = (secs * f64::from(p.rate.max(1)) - 1e-6).ceil().max(0.0) as u64;
     frames.min(p.capacity_frames)
@@ -272,11 +280,10 @@ pub fn prebuffer_needed(
     p: &PolicyParams,
     now: Instant,
 ) -> u64 {
-    let rate = f64::from(p.rate.max(1));
-    let received = stats.received() as f64 / rate;
-    let min_remaining = f64::from(p.min_remaining_ms) / 1000.0;
-    let expected = expected_total.as_secs_f64();
-    let remaining = (expected - received).max(min_remaining);
+    let received = stats.received() as f64 / f64::from(p.rate.max(1));
+    let total = assumed_total(stats, expected_total, p);
+    // At least `min_remaining_ms`: the total assumed never ends before that.
+    let remaining = total - received;
     // A rate far below real time would ask for the whole utterance; the total cap handles that.
     let r = stats.rate().unwrap_or(1.0).max(0.01);
     let deficit = if r >= 1.0 {
@@ -286,11 +293,8 @@ pub fn prebuffer_needed(
     };
     let wait = stats.burst_wait(now).as_secs_f64();
     let reserve = f64::from(p.jitter_reserve_ms) / 1000.0;
-    let total = expected.max(received + min_remaining);
     let floor = (f64::from(p.min_prebuffer_ms) / 1000.0).min(total);
-    let need = (deficit + wait + reserve).min(total).max(floor);
-    // The epsilon keeps float noise (e.g. 1.3 × 48000) from rounding up a whole frame.
-    ((need * rate - 1e-6).ceil().max(0.0) as u64).min(p.capacity_frames)
+    to_frames((deficit + wait + reserve).min(total).max(floor), p)
 }
 
 #[cfg(test)]

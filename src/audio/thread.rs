@@ -102,8 +102,8 @@ impl Shared {
     }
 
     fn stamp_device_call(&self) {
-        let ns = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.device_call_ns.store(ns.max(1), Ordering::Release);
+        self.device_call_ns
+            .store(self.ns_of(Instant::now()), Ordering::Release);
     }
 
     fn clear_device_call(&self) {
@@ -529,13 +529,13 @@ impl AudioThread {
     /// after the first audio has come and the floor (`target_frames`) is buffered. Either
     /// way, everything is in or the ring is full.
     fn may_start(&self, avail: usize, all_in: bool) -> bool {
+        if self.shared.start_delay_ns.load(Ordering::Acquire) == NO_PLAN {
+            return self.enough_buffered(avail, all_in);
+        }
         match self.until_planned_start() {
-            None if self.shared.start_delay_ns.load(Ordering::Acquire) == NO_PLAN => {
-                self.enough_buffered(avail, all_in)
-            }
+            Some(wait) => wait.is_zero() && self.enough_buffered(avail, all_in),
             // Warm but no audio yet.
             None => all_in && avail > 0,
-            Some(wait) => wait.is_zero() && self.enough_buffered(avail, all_in),
         }
     }
 
@@ -787,18 +787,18 @@ impl AudioThread {
     /// low (`slow_below_frames`), the next burst is overdue, or (warm) playback is not yet
     /// as far behind the first audio as the plan's target.
     fn choose_tempo(&mut self, avail: usize, all_in: bool) {
-        // Once everything is in, the buffer draining is the end, not a shortage.
-        let short =
-            !all_in && (avail as u64) < self.shared.slow_below_frames.load(Ordering::Acquire);
+        let level = avail as u64;
+        let short = level < self.shared.slow_below_frames.load(Ordering::Acquire);
         let horizon = self.shared.stall_horizon_frames.load(Ordering::Acquire);
-        let stalling = (avail as u64) < horizon && self.stream_overdue();
-        let behind = !all_in && (self.behind_plan() || stalling);
+        let stalling = level < horizon && self.stream_overdue();
+        // Once everything is in, the buffer draining is the end, not a shortage.
+        let slow = !all_in && (short || stalling || self.behind_plan());
         let Some(st) = self.stretch.as_mut() else {
             return;
         };
         // Always the slowest tempo allowed when slowing: half the slow-down for speech
         // (pauses first) stretched twice as much audio for the same gain in the bench.
-        let tempo = if short || behind { st.min_tempo() } else { 1.0 };
+        let tempo = if slow { st.min_tempo() } else { 1.0 };
         let tempo = st.set_tempo(tempo);
         let milli = (tempo * 1000.0).round() as u32;
         self.report.lowest_tempo_milli = self.report.lowest_tempo_milli.min(milli);
