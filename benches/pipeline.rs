@@ -478,17 +478,22 @@ fn limit_run(
         fifo,
         &[("XDG_STATE_HOME", state)],
     );
-    // One response per utterance, so the schedule below is the one that was played.
-    assert_eq!(
-        emu.stats().requests_for(key),
-        before + 1,
-        "{key}: herald made more than one request"
+    // One response per segment (auto: the pcm lead and the opus tail), no retries, so the
+    // last schedules are the ones that were played, in the order they were asked for.
+    let made = (emu.stats().requests_for(key) - before) as usize;
+    let segments = if format == "auto" { 2 } else { 1 };
+    assert_eq!(made, segments, "{key}: herald made {made} requests");
+    let mut parts = emu.schedules(key);
+    let mut parts = parts.split_off(parts.len() - made);
+    // Played in segment order: auto's pcm lead first.
+    parts.sort_by_key(|s| (s.format != herald::tts::AudioFormat::Pcm, s.arrived));
+    assert!(
+        parts.iter().all(|s| s.complete()),
+        "{key}: body not sent to the end"
     );
-    let s = emu.schedules(key).pop().expect("a send schedule");
-    assert!(s.complete(), "{key}: body not sent to the end");
-    let limit = s.gapless_start().expect("audio went out");
+    let limit = herald_emulator::gapless_start_of(&parts).expect("audio went out");
     let dac_ms = run.dac_started_at.map_or(f64::NAN, |t| {
-        t.saturating_duration_since(s.arrived).as_secs_f64() * 1000.0
+        t.saturating_duration_since(parts[0].arrived).as_secs_f64() * 1000.0
     });
     let silences = silent_runs(&run.samples, 48_000);
     LimitRun {

@@ -14,7 +14,7 @@ use crate::control::server::Limits;
 use crate::pipeline::Voice;
 use crate::presets::PresetConfig;
 use crate::tts::openai::{redact_userinfo, OpenAiConfig};
-use crate::tts::{ApiKey, AudioFormat, RequestField};
+use crate::tts::{ApiKey, FormatChoice, RequestField};
 
 /// Where the daemon and the CLI look for the config when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/herald/herald.toml";
@@ -172,8 +172,8 @@ pub struct SpeechSection {
     pub model: String,
     /// Voice name.
     pub voice: String,
-    /// `opus` or `pcm`.
-    pub format: AudioFormat,
+    /// `opus`, `pcm` or `auto` (the first sentence as pcm, the rest as opus).
+    pub format: FormatChoice,
     /// 0.25–4.0.
     pub speed: f32,
     /// Voice instructions (empty = none; not for tts-1/tts-1-hd).
@@ -233,7 +233,7 @@ impl Default for SpeechSection {
         SpeechSection {
             model: "gpt-4o-mini-tts".into(),
             voice: "alloy".into(),
-            format: AudioFormat::Opus,
+            format: FormatChoice::Opus,
             speed: 1.0,
             instructions: String::new(),
             max_text_chars: 20_000,

@@ -20,7 +20,7 @@ use herald::protocol::{
     OkCommand, PresetRequest, Priority, Reply, Request, SpeakRequest, StatusReport, WhilePlaying,
 };
 use herald::tts::openai::OpenAiClient;
-use herald::tts::AudioFormat;
+use herald::tts::FormatChoice;
 
 /// herald: speaks text through OpenAI text-to-speech, streamed and decoded on the device.
 #[derive(Parser, Debug)]
@@ -160,9 +160,10 @@ struct VoiceArgs {
     /// How to speak (gpt-4o-mini-tts only), e.g. "cheerful".
     #[arg(long)]
     instructions: Option<String>,
-    /// Stream format: opus (small, decoded on the device) or pcm (lowest latency, more bytes).
+    /// Stream format: opus (small, decoded on the device), pcm (lowest latency, more bytes)
+    /// or auto (the first sentence as pcm, the rest as opus).
     #[arg(long)]
-    format: Option<AudioFormat>,
+    format: Option<FormatChoice>,
     /// Speed 0.25–4.0.
     #[arg(long)]
     speed: Option<f32>,

@@ -20,12 +20,16 @@ use crate::codec::pcm::RawPcmDecoder;
 use crate::codec::resample::ResampledDecoder;
 use crate::codec::{CodecError, StreamDecoder};
 use crate::text::{self, TextError};
-use crate::tts::{AudioFormat, SpeechRequest, SpeechSource, TtsError};
+use crate::tts::{AudioFormat, FormatChoice, SpeechRequest, SpeechSource, TtsError};
 
 /// The rate and channel count of OpenAI's `pcm` format.
 pub const PCM_RATE: u32 = 24_000;
 /// Encoded chunks buffered per fetched segment before its HTTP stream is back-pressured.
 const FETCH_QUEUE: usize = 64;
+/// With `auto`, the shortest pcm lead in characters (about 2 s of speech): long enough to
+/// play while the opus stream's first 1 s page is generated and sent, even at 1.15× real
+/// time, short enough that pcm's extra bytes stay a few hundred kilobytes.
+pub const AUTO_LEAD_CHARS: usize = 28;
 
 /// Per-request voice settings (text aside).
 #[derive(Debug, Clone, PartialEq)]
@@ -34,8 +38,8 @@ pub struct Voice {
     pub model: String,
     /// Voice name.
     pub voice: String,
-    /// Response encoding.
-    pub format: AudioFormat,
+    /// The format asked for (`auto`: first sentence pcm, the rest opus).
+    pub format: FormatChoice,
     /// Speed 0.25–4.0 (`None` = API default).
     pub speed: Option<f32>,
     /// Voice instructions.
@@ -50,7 +54,7 @@ impl Voice {
         self,
         model: Option<String>,
         voice: Option<String>,
-        format: Option<AudioFormat>,
+        format: Option<FormatChoice>,
         speed: Option<f32>,
         instructions: Option<String>,
     ) -> Voice {
@@ -65,13 +69,51 @@ impl Voice {
         }
     }
 
-    /// The request that speaks `input` with these settings.
+    /// The one request that speaks `input` with these settings (`auto` is opus here).
     pub fn request(&self, input: String) -> SpeechRequest {
+        self.request_as(input, self.format.whole())
+    }
+
+    /// The requests that speak `text`: segments at the API's input limit; with `auto`
+    /// the opening sentences (at least [`AUTO_LEAD_CHARS`]) are split off and asked for
+    /// as pcm, the rest as opus, so the first word comes as early as pcm allows and the
+    /// long tail costs opus's bytes.
+    pub fn requests(&self, text: &str) -> Vec<SpeechRequest> {
+        let mut segments = text::segment(text, crate::tts::MAX_INPUT_CHARS);
+        if self.format != FormatChoice::Auto {
+            let format = self.format.whole();
+            return segments
+                .into_iter()
+                .map(|s| self.request_as(s, format))
+                .collect();
+        }
+        if let Some((lead, rest)) = segments
+            .first()
+            .and_then(|s| text::split_lead(s, AUTO_LEAD_CHARS))
+        {
+            segments[0] = rest;
+            segments.insert(0, lead);
+        }
+        segments
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let format = if i == 0 {
+                    AudioFormat::Pcm
+                } else {
+                    AudioFormat::Opus
+                };
+                self.request_as(s, format)
+            })
+            .collect()
+    }
+
+    fn request_as(&self, input: String, format: AudioFormat) -> SpeechRequest {
         SpeechRequest {
             model: self.model.clone(),
             voice: self.voice.clone(),
             input,
-            format: self.format,
+            format,
             speed: self.speed,
             instructions: self.instructions.clone(),
         }
@@ -83,7 +125,7 @@ impl From<&SpeechRequest> for Voice {
         Voice {
             model: r.model.clone(),
             voice: r.voice.clone(),
-            format: r.format,
+            format: r.format.into(),
             speed: r.speed,
             instructions: r.instructions.clone(),
         }
@@ -397,12 +439,8 @@ pub async fn speak(
     limits: Limits,
 ) -> Result<SpeakReport, PipelineError> {
     text::validate(text, limits.max_text_chars)?;
-    let segments = text::segment(text, crate::tts::MAX_INPUT_CHARS);
-    let of = segments.len();
-    let requests: Vec<SpeechRequest> = segments
-        .into_iter()
-        .map(|input| voice.request(input))
-        .collect();
+    let requests = voice.requests(text);
+    let of = requests.len();
     for (i, r) in requests.iter().enumerate() {
         r.validate().map_err(|source| PipelineError::Tts {
             segment: i + 1,
@@ -420,10 +458,15 @@ pub async fn speak(
     let mut feeder = Feeder::new(playout);
     let mut pending = std::collections::VecDeque::new();
     let mut next = 0;
+    // `auto`'s opus tail is useful only if it is fetched while the pcm lead plays.
+    let lookahead = match voice.format {
+        FormatChoice::Auto => limits.lookahead.max(1),
+        _ => limits.lookahead,
+    };
     let result: Result<(), PipelineError> = async {
         for seg in 0..of {
             // Keep the segment being decoded plus `lookahead` more in flight.
-            while next < of && next <= seg + limits.lookahead {
+            while next < of && next <= seg + lookahead {
                 pending.push_back(spawn_fetch(source.clone(), requests[next].clone()));
                 next += 1;
             }
@@ -440,7 +483,7 @@ pub async fn speak(
                 of,
                 source,
             };
-            let mut dec = feeder.decoder(voice.format).map_err(codec_err)?;
+            let mut dec = feeder.decoder(requests[seg].format).map_err(codec_err)?;
             while let Some(msg) = next_fetched(&mut rx, playout).await? {
                 match msg {
                     Fetched::Opened { attempts } => {
@@ -561,4 +604,47 @@ async fn conclude(
     report.warm = done.warm;
     report.bursts = playout.take_bursts();
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn voice(format: FormatChoice) -> Voice {
+        Voice {
+            model: "gpt-4o-mini-tts".into(),
+            voice: "alloy".into(),
+            format,
+            speed: None,
+            instructions: None,
+        }
+    }
+
+    #[test]
+    fn auto_asks_for_the_opening_as_pcm_and_the_rest_as_opus() {
+        let text = "Dinner is ready in the kitchen. Please come down now, all of you.";
+        let got: Vec<(String, AudioFormat)> = voice(FormatChoice::Auto)
+            .requests(text)
+            .into_iter()
+            .map(|r| (r.input, r.format))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("Dinner is ready in the kitchen.".into(), AudioFormat::Pcm),
+                ("Please come down now, all of you.".into(), AudioFormat::Opus),
+            ]
+        );
+        // One short sentence is all pcm; a fixed format is one request.
+        let short = voice(FormatChoice::Auto).requests("Dinner is ready.");
+        assert_eq!(short.len(), 1);
+        assert_eq!(short[0].format, AudioFormat::Pcm);
+        let opus = voice(FormatChoice::Opus).requests(text);
+        assert_eq!((opus.len(), opus[0].format), (1, AudioFormat::Opus));
+        // A preset (one request, played from the cache) renders auto as opus.
+        assert_eq!(
+            voice(FormatChoice::Auto).request(text.into()).format,
+            AudioFormat::Opus
+        );
+    }
 }

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use crate::pipeline::Voice;
 use crate::protocol::Priority;
 use crate::tts::cache::{CacheKey, CachingSource};
-use crate::tts::{AudioFormat, SpeechRequest, MAX_INPUT_CHARS};
+use crate::tts::{FormatChoice, SpeechRequest, MAX_INPUT_CHARS};
 
 /// One named announcement: its text and any speak option (unset ones use `[speech]`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -31,9 +31,9 @@ pub struct PresetConfig {
     /// Speed 0.25–4.0.
     #[serde(default)]
     pub speed: Option<f32>,
-    /// `opus` (default) or `pcm`.
+    /// `opus` (default), `pcm`, or `auto` (played from the cache, so rendered as opus).
     #[serde(default)]
-    pub format: Option<AudioFormat>,
+    pub format: Option<FormatChoice>,
     /// Queue priority: normal, high or interrupt.
     #[serde(default)]
     pub priority: Option<Priority>,
@@ -422,7 +422,7 @@ mod tests {
         Voice {
             model: "tts-1".into(),
             voice: "alloy".into(),
-            format: AudioFormat::Opus,
+            format: FormatChoice::Opus,
             speed: Some(1.1),
             instructions: None,
         }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::tts::AudioFormat;
+use crate::tts::FormatChoice;
 
 /// Bytes one character of text may take in a JSON request: an astral-plane character
 /// escaped as a surrogate pair (`\ud83d\ude00`), as `json.dumps` does by default.
@@ -76,9 +76,9 @@ pub struct SpeakRequest {
     /// Model name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
-    /// `opus` or `pcm`.
+    /// `opus`, `pcm` or `auto`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub format: Option<AudioFormat>,
+    pub format: Option<FormatChoice>,
     /// 0.25–4.0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub speed: Option<f32>,
@@ -199,7 +199,7 @@ fn allowed_fields(cmd: &str) -> String {
         "speak" => (
             serde_names::<SpeakRequest>(),
             vec![
-                ("format", serde_names::<AudioFormat>()),
+                ("format", serde_names::<FormatChoice>()),
                 ("priority", serde_names::<Priority>()),
             ],
         ),
@@ -1100,7 +1100,7 @@ mod tests {
                 text: "Door.".into(),
                 voice: Some("nova".into()),
                 model: Some("tts-1".into()),
-                format: Some(AudioFormat::Pcm),
+                format: Some(FormatChoice::Pcm),
                 speed: Some(1.5),
                 instructions: Some("Calm.".into()),
                 priority: Priority::Interrupt,
@@ -1151,7 +1151,7 @@ mod tests {
             text: "x".into(),
             voice: Some("nova".into()),
             model: Some("tts-1".into()),
-            format: Some(AudioFormat::Opus),
+            format: Some(FormatChoice::Opus),
             speed: Some(1.0),
             instructions: Some("i".into()),
             priority: Priority::High,
@@ -1182,7 +1182,7 @@ mod tests {
         );
         assert_eq!(
             allowed_fields("speak"),
-            "cmd, text, voice, model, format (opus, pcm), speed, instructions, \
+            "cmd, text, voice, model, format (opus, pcm, auto), speed, instructions, \
              priority (normal, high, interrupt), id, cache"
         );
         assert_eq!(

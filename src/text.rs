@@ -86,23 +86,55 @@ pub fn segment(text: &str, max_chars: usize) -> Vec<String> {
     out
 }
 
+/// Splits the opening of `text` off at the first sentence end (or, in a long first
+/// sentence, clause break) after at least `min_chars` characters that leaves text after
+/// it; `None` when there is no such break (one short sentence, or one long run-on).
+pub fn split_lead(text: &str, min_chars: usize) -> Option<(String, String)> {
+    let start = text
+        .char_indices()
+        .nth(min_chars)
+        .map_or(text.len(), |(i, _)| i);
+    // A sentence end reads best; a clause break keeps a long first sentence from making
+    // the pcm lead (and its bytes) long.
+    let sentence = first_break(text, start, is_sentence_end);
+    let clause = || first_break(text, start, is_clause_end);
+    let cut = match sentence {
+        Some(s) if s <= start * 4 => s,
+        s => s.into_iter().chain(clause()).min()?,
+    };
+    let (lead, rest) = text.split_at(cut);
+    let (lead, rest) = (lead.trim(), rest.trim());
+    (!lead.is_empty() && !rest.is_empty()).then(|| (lead.to_string(), rest.to_string()))
+}
+
+/// Byte index just after the first `punct` at or after byte `from` that ends a sentence or
+/// clause (followed by whitespace, as in [`last_break`]), or `None`.
+fn first_break(text: &str, from: usize, punct: fn(char) -> bool) -> Option<usize> {
+    text.char_indices()
+        .filter(|&(i, c)| i >= from && punct(c))
+        .find_map(|(i, c)| break_end(text, i, c))
+}
+
 /// Byte index just after the last `punct` in `window` that is followed by whitespace
 /// (so "3.14" or "e.g.x" do not count), or `None`.
 fn last_break(window: &str, punct: fn(char) -> bool) -> Option<usize> {
-    let mut best = None;
-    for (i, c) in window.char_indices().filter(|&(_, c)| punct(c)) {
-        // Closing quotes/brackets belong to the sentence they end.
-        let after = &window[i + c.len_utf8()..];
-        let closers = after.len()
-            - after
-                .trim_start_matches(['"', '\'', '”', '’', ')', ']', '»'])
-                .len();
-        let end = i + c.len_utf8() + closers;
-        if window[end..].starts_with(char::is_whitespace) {
-            best = Some(end);
-        }
-    }
-    best
+    window
+        .char_indices()
+        .rev()
+        .filter(|&(_, c)| punct(c))
+        .find_map(|(i, c)| break_end(window, i, c))
+}
+
+/// Where a break at `c` (byte `i`) ends, closing quotes included, when whitespace follows.
+fn break_end(text: &str, i: usize, c: char) -> Option<usize> {
+    // Closing quotes/brackets belong to the sentence they end.
+    let after = &text[i + c.len_utf8()..];
+    let closers = after.len()
+        - after
+            .trim_start_matches(['"', '\'', '”', '’', ')', ']', '»'])
+            .len();
+    let end = i + c.len_utf8() + closers;
+    text[end..].starts_with(char::is_whitespace).then_some(end)
 }
 
 fn is_sentence_end(c: char) -> bool {
@@ -116,6 +148,45 @@ fn is_clause_end(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_lead_is_the_first_sentence_long_enough() {
+        let lead = |t| split_lead(t, 28);
+        assert_eq!(
+            lead("Hi. Dinner is ready in the kitchen. Please come down now."),
+            Some((
+                "Hi. Dinner is ready in the kitchen.".to_string(),
+                "Please come down now.".to_string()
+            ))
+        );
+        // One sentence with no break after the lead's length: no split.
+        assert_eq!(lead("Dinner is ready, in the kitchen downstairs."), None);
+        // A clause break will do when no sentence ends.
+        assert_eq!(
+            lead("Dinner is ready in the kitchen, come down now."),
+            Some((
+                "Dinner is ready in the kitchen,".to_string(),
+                "come down now.".to_string()
+            ))
+        );
+        assert_eq!(lead("Dinner is ready."), None);
+        // A long first sentence is cut at a clause instead.
+        let long = format!(
+            "The bus is at the front door, {} and leaves. Bye.",
+            "wait ".repeat(40)
+        );
+        let (head, rest) = lead(&long).unwrap();
+        assert_eq!(head, "The bus is at the front door,");
+        assert!(rest.ends_with("leaves. Bye."), "{rest}");
+        // A decimal point is no sentence end.
+        assert_eq!(
+            lead("The temperature outside is 3.5 degrees. Wear a coat."),
+            Some((
+                "The temperature outside is 3.5 degrees.".to_string(),
+                "Wear a coat.".to_string()
+            ))
+        );
+    }
 
     #[test]
     fn short_text_is_one_segment() {

@@ -1420,7 +1420,7 @@ fn reset_network_model_forgets_what_the_daemon_learned_and_check_shows_it() {
     });
     let key = herald::netmodel::store::key(
         &emu().base_url("fast,tone,id=reset-model"),
-        herald::tts::AudioFormat::Opus,
+        herald::tts::FormatChoice::Opus,
     );
     let mut c = d.conn();
     c.speak("learn", LONG, "normal");
@@ -1502,7 +1502,7 @@ fn check_shows_the_learned_model_without_credentials_and_a_bad_file_is_one_line(
         .collect();
     let key = store::key(
         "http://herald:PROXYPASS@127.0.0.1:9/v1",
-        herald::tts::AudioFormat::Opus,
+        herald::tts::FormatChoice::Opus,
     );
     let (mut model, _) = ModelStore::open(Some(&state));
     for _ in 0..3 {

@@ -142,6 +142,43 @@ fn pcm_format_plays_every_sample_resampled_to_the_device_rate() {
 }
 
 #[test]
+fn auto_format_fetches_a_pcm_lead_and_an_opus_tail_at_once_and_joins_them_gaplessly() {
+    let sc = "fast,id=auto";
+    let lead = "Dinner is ready in the kitchen.";
+    let tail = "Please come to the table now, everybody.";
+    let text = format!("{lead} {tail}");
+    let (out, wav, _d) = speak(sc, "", &["--format", "auto"], &text);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Exactly two requests: the opening sentence as pcm, the rest as opus.
+    let sent = emu().schedules(sc);
+    let formats: Vec<AudioFormat> = sent.iter().map(|s| s.format).collect();
+    assert_eq!(formats.len(), 2, "{formats:?}");
+    assert!(formats.contains(&AudioFormat::Pcm) && formats.contains(&AudioFormat::Opus));
+    // Both were asked for before either had finished: the tail is fetched during the lead.
+    let (first, second) = (&sent[0], &sent[1]);
+    let first_end = first.arrived + first.writes.last().map_or(Default::default(), |w| w.at);
+    assert!(
+        second.arrived < first_end,
+        "the second request went out only after the first had been sent"
+    );
+    // The file is the lead (24 kHz pcm doubled to 48 kHz) then the tail decoded sample-exact:
+    // nothing lost, nothing inserted at the join.
+    let (spec, samples) = read_wav(&wav);
+    assert_eq!((spec.sample_rate, spec.channels), (48_000, 1));
+    let pcm_lead = synthesize(lead, "alloy", 1.0).unwrap();
+    let opus_tail = reference(sc, tail);
+    assert_eq!(samples.len(), pcm_lead.len() * 2 + opus_tail.len());
+    assert!(
+        samples[pcm_lead.len() * 2..] == opus_tail[..],
+        "the opus tail after the join differs from its reference decode"
+    );
+    let energy = |s: &[i16]| s.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / s.len() as f64;
+    let ratio = energy(&samples[..pcm_lead.len() * 2]) / energy(&pcm_lead);
+    assert!((0.8..1.25).contains(&ratio), "the lead's level: {ratio}");
+    assert!(stderr(&out).contains("stalls 0"), "{}", stderr(&out));
+}
+
+#[test]
 fn retryable_faults_are_retried_and_the_audio_is_complete() {
     for (sc, requests) in [
         ("fast,fail=429x2,retry-after-ms=50,id=r429", 3),

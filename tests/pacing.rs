@@ -101,6 +101,44 @@ fn generation_barely_faster_than_real_time_causes_no_gap() {
     assert_gapless(sc, &out, &capture, &decode_ogg_opus(&body, 48_000));
 }
 
+/// `format = "auto"` (issue 9, part 4): the opening sentence streams as pcm while the rest is
+/// fetched as opus at the same time; on a WiFi-like network the join must not be heard — no
+/// gap at the device, the opus tail sample-exact right after the lead.
+#[test]
+fn auto_format_joins_the_pcm_lead_and_the_opus_tail_without_a_gap() {
+    let sc = "wifi,seed=7,id=pace-auto";
+    let (out, capture) = speak_clocked(sc, &["--format", "auto"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "herald failed: {err}");
+    assert!(err.contains("in 2 segments"), "not split: {err}");
+    assert!(
+        err.contains("stalls 0 (0 ms)"),
+        "herald reports stalls: {err}"
+    );
+    assert!(
+        capture.gaps.is_empty(),
+        "audible gaps at the DAC: {:?}",
+        capture.gaps
+    );
+    let (lead, tail) = herald::text::split_lead(TEXT, herald::pipeline::AUTO_LEAD_CHARS).unwrap();
+    let lead_frames = herald_emulator::synthesize(&lead, "alloy", 1.0)
+        .unwrap()
+        .len()
+        * 2;
+    let body = expected_body(sc, &tail, "alloy", 1.0, AudioFormat::Opus).unwrap();
+    let tail = decode_ogg_opus(&body, 48_000);
+    let got = &capture.samples;
+    assert!(got.len() >= lead_frames + tail.len(), "audio is missing");
+    assert!(
+        got[lead_frames..lead_frames + tail.len()] == tail[..],
+        "the opus tail is not played right after the pcm lead"
+    );
+    assert!(
+        got[..lead_frames].iter().any(|&s| s != 0),
+        "the lead is silent"
+    );
+}
+
 /// Adaptive playout (issue 9): after three announcements on a stream barely faster than
 /// real time, herald starts by what it learned — close to the second Ogg page instead of
 /// after the fixed 1 s reserve — and still plays without a gap.

@@ -31,7 +31,7 @@ pub use request::{mask_key, validate, ApiError, SpeechBody};
 pub use scenario::{Fail, Fault, Scenario, OPTIONS as SCENARIO_OPTIONS};
 pub use schedule::{Piece, Plan, Stalls, Tail};
 pub use sent::{
-    SendSchedule, SentWrite, KEEP_PER_KEY as SCHEDULES_KEPT_PER_KEY,
+    gapless_start_of, SendSchedule, SentWrite, KEEP_PER_KEY as SCHEDULES_KEPT_PER_KEY,
     MAX_WRITES as SCHEDULE_MAX_WRITES,
 };
 pub use synth::{synthesize, synthesize_tone, RATE, TONE_MS_PER_CHAR};

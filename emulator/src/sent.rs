@@ -66,19 +66,33 @@ impl SendSchedule {
     /// the first). Playback starting at S reaches P_i at S + P_i, when write i must be in.
     /// Over the writes that went out; `None` without any audio, or if `truncated`.
     pub fn gapless_start(&self) -> Option<Duration> {
-        if self.truncated || self.writes.last().is_none_or(|w| w.media == 0) {
+        gapless_start_of(std::slice::from_ref(self))
+    }
+}
+
+/// [`SendSchedule::gapless_start`] of responses played one after another (the segments of
+/// one utterance, e.g. `auto`'s pcm lead and opus tail fetched at once): each response's
+/// audio follows the whole audio of the ones before it, and times count from the first
+/// response's arrival. `None` if any response is empty or truncated.
+pub fn gapless_start_of(parts: &[SendSchedule]) -> Option<Duration> {
+    let origin = parts.first()?.arrived;
+    let mut played_before_ns = 0i128;
+    let mut limit = 0i128;
+    for s in parts {
+        if s.truncated || s.writes.last().is_none_or(|w| w.media == 0) {
             return None;
         }
-        let rate = i128::from(self.rate.max(1));
+        let rate = i128::from(s.rate.max(1));
+        let offset = s.arrived.saturating_duration_since(origin).as_nanos() as i128;
         let mut before = 0u64;
-        let mut limit = 0i128;
-        for w in &self.writes {
-            let lateness = w.at.as_nanos() as i128 - i128::from(before) * 1_000_000_000 / rate;
-            limit = limit.max(lateness);
+        for w in &s.writes {
+            let due = played_before_ns + i128::from(before) * 1_000_000_000 / rate;
+            limit = limit.max(offset + w.at.as_nanos() as i128 - due);
             before = before.max(w.media);
         }
-        Some(Duration::from_nanos(limit as u64))
+        played_before_ns += i128::from(s.media_total) * 1_000_000_000 / rate;
     }
+    Some(Duration::from_nanos(limit as u64))
 }
 
 /// The log, per scenario key.
@@ -188,6 +202,29 @@ mod tests {
         // Write 10 at 6.0 s with 4.5 s before it.
         assert_eq!(s.gapless_start(), Some(Duration::from_millis(1500)));
         assert!(!gapless(&s, Duration::from_millis(1499)));
+    }
+
+    #[test]
+    fn parts_played_back_to_back_are_due_after_the_audio_before_them() {
+        // A 1 s lead whose second half comes at 0.2 s, and a tail asked for 50 ms later:
+        // its first write (at 0.95 s) is due when the lead has played (1 s after the start).
+        let lead = schedule(1000, &[(100, 500), (200, 1000)]);
+        let mut tail = schedule(1000, &[(900, 1000), (1400, 2000)]);
+        tail.arrived = lead.arrived + Duration::from_millis(50);
+        assert_eq!(
+            gapless_start_of(&[lead.clone(), tail.clone()]),
+            Some(Duration::from_millis(100))
+        );
+        // A tail that is late by 250 ms against that moves the limit to 0.25 s.
+        tail.writes[0].at = Duration::from_millis(1200);
+        assert_eq!(
+            gapless_start_of(&[lead.clone(), tail.clone()]),
+            Some(Duration::from_millis(250))
+        );
+        // One part is the plain limit; an empty part has none.
+        assert_eq!(gapless_start_of(std::slice::from_ref(&lead)), lead.gapless_start());
+        assert_eq!(gapless_start_of(&[lead, schedule(1000, &[])]), None);
+        assert_eq!(gapless_start_of(&[]), None);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use super::{Burst, DelayModel};
-use crate::tts::AudioFormat;
+use crate::tts::FormatChoice;
 
 /// The file's name in the state directory.
 pub const FILE_NAME: &str = "network-model.json";
@@ -83,7 +83,7 @@ pub struct ModelStore {
 }
 
 /// The key of an endpoint and format: the base URL without userinfo, query or fragment.
-pub fn key(api_base: &str, format: AudioFormat) -> String {
+pub fn key(api_base: &str, format: FormatChoice) -> String {
     let base = crate::tts::openai::redact_userinfo(api_base);
     let base = base.split(['?', '#']).next().unwrap_or_default();
     format!("{} {}", base.trim_end_matches('/'), format.as_str())
@@ -292,7 +292,7 @@ mod tests {
     #[test]
     fn what_is_learned_survives_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let k = key("https://api.openai.com/v1/", AudioFormat::Opus);
+        let k = key("https://api.openai.com/v1/", FormatChoice::Opus);
         let (mut s, w) = ModelStore::open(Some(dir.path()));
         assert_eq!(w, None);
         for _ in 0..5 {
@@ -305,10 +305,10 @@ mod tests {
         assert_eq!(again.model(&k).utterances(), 5);
         // Other formats and endpoints are separate.
         assert!(again
-            .model(&key("https://api.openai.com/v1", AudioFormat::Pcm))
+            .model(&key("https://api.openai.com/v1", FormatChoice::Pcm))
             .is_cold());
         assert!(again
-            .model(&key("http://127.0.0.1:8000/v1", AudioFormat::Opus))
+            .model(&key("http://127.0.0.1:8000/v1", FormatChoice::Opus))
             .is_cold());
     }
 
@@ -357,7 +357,7 @@ mod tests {
     fn the_key_never_holds_credentials() {
         let k = key(
             "https://user:sk-secret-123@proxy.example/v1?key=sk-other#x",
-            AudioFormat::Opus,
+            FormatChoice::Opus,
         );
         assert_eq!(k, "https://proxy.example/v1 opus");
         let dir = tempfile::tempdir().unwrap();

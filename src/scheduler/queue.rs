@@ -212,7 +212,7 @@ pub fn press(
 mod tests {
     use super::*;
     use crate::protocol::Reply;
-    use crate::tts::AudioFormat;
+    use crate::tts::FormatChoice;
 
     #[derive(Debug)]
     struct Nowhere;
@@ -224,7 +224,7 @@ mod tests {
         Voice {
             model: "gpt-4o-mini-tts".into(),
             voice: "alloy".into(),
-            format: AudioFormat::Opus,
+            format: FormatChoice::Opus,
             speed: None,
             instructions: None,
         }

@@ -80,6 +80,61 @@ impl std::str::FromStr for AudioFormat {
     }
 }
 
+/// The format a caller asks for: one wire format for the whole utterance, or `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FormatChoice {
+    /// Everything as Ogg Opus.
+    Opus,
+    /// Everything as raw PCM.
+    Pcm,
+    /// The opening sentence as `pcm` (its first bytes come soonest), the rest as `opus`
+    /// fetched at the same time (docs/ADAPTIVE.md).
+    Auto,
+}
+
+impl FormatChoice {
+    /// The name used in config, requests and the network model's keys.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FormatChoice::Opus => "opus",
+            FormatChoice::Pcm => "pcm",
+            FormatChoice::Auto => "auto",
+        }
+    }
+
+    /// The wire format when the text is one request (presets, played from the cache):
+    /// `auto` is `opus` there, as a cached file starts at once whatever its format.
+    pub fn whole(self) -> AudioFormat {
+        match self {
+            FormatChoice::Pcm => AudioFormat::Pcm,
+            FormatChoice::Opus | FormatChoice::Auto => AudioFormat::Opus,
+        }
+    }
+}
+
+impl From<AudioFormat> for FormatChoice {
+    fn from(f: AudioFormat) -> Self {
+        match f {
+            AudioFormat::Opus => FormatChoice::Opus,
+            AudioFormat::Pcm => FormatChoice::Pcm,
+        }
+    }
+}
+
+impl std::str::FromStr for FormatChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(FormatChoice::Auto),
+            other => other
+                .parse::<AudioFormat>()
+                .map(FormatChoice::from)
+                .map_err(|_| format!("unknown format '{other}' (allowed: opus, pcm, auto)")),
+        }
+    }
+}
+
 /// One request to the speech endpoint (one segment of an utterance).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SpeechRequest {
