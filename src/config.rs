@@ -13,8 +13,10 @@ use crate::buttons::config::ButtonConfig;
 use crate::control::server::Limits;
 use crate::pipeline::Voice;
 use crate::presets::PresetConfig;
+use crate::protocol::ExpiresIn;
 use crate::tts::openai::{redact_userinfo, OpenAiConfig};
 use crate::tts::{ApiKey, FormatChoice, RequestField};
+use crate::volume::{QuietHours, Volume, VolumePolicy};
 
 /// Where the daemon and the CLI look for the config when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/herald/herald.toml";
@@ -94,6 +96,9 @@ pub struct DaemonSection {
     /// Seconds a client connection with no job in flight may stay without sending a
     /// complete request before it is closed (0 = never).
     pub idle_timeout_s: u64,
+    /// Seconds a job may wait in the queue before it expires unplayed, for requests that
+    /// give no `expires_in_s` (none = wait as long as it takes).
+    pub default_expiry_s: Option<ExpiresIn>,
 }
 
 impl Default for DaemonSection {
@@ -111,6 +116,7 @@ impl Default for DaemonSection {
             hook_timeout_ms: 5000,
             keepalive_s: 50,
             idle_timeout_s: 30,
+            default_expiry_s: None,
         }
     }
 }
@@ -211,6 +217,14 @@ pub struct AudioSection {
     pub max_slowdown: f32,
     /// The share of past utterances whose lateness a learned start covers (0.5–0.999).
     pub start_quantile: f64,
+    /// Volume (0–100, cubic) of jobs that ask for none.
+    pub volume: Volume,
+    /// No job plays quieter than this, whatever it asks.
+    pub min_volume: Volume,
+    /// No job plays louder than this, whatever it asks.
+    pub max_volume: Volume,
+    /// `[[audio.quiet_hours]]`: local-time windows with a lower `max_volume`.
+    pub quiet_hours: Vec<QuietHours>,
 }
 
 impl Default for ApiSection {
@@ -258,6 +272,10 @@ impl Default for AudioSection {
             write_timeout_ms: 5000,
             max_slowdown: crate::audio::stretch::DEFAULT_MIN_TEMPO,
             start_quantile: crate::netmodel::DEFAULT_QUANTILE,
+            volume: Volume::FULL,
+            min_volume: Volume::SILENT,
+            max_volume: Volume::FULL,
+            quiet_hours: Vec::new(),
         }
     }
 }
@@ -464,6 +482,32 @@ impl Config {
         // A drain legitimately blocks for a whole device buffer: the timeout must outlast it.
         let buffer_ms = u64::from(a.period_ms) * u64::from(a.buffer_periods);
         c.in_range("audio.write_timeout_ms", a.write_timeout_ms, buffer_ms + 1000..=120_000, &format!("the device buffer, period_ms × buffer_periods = {buffer_ms} ms, plus 1000, up to 120000 ms"))?;
+        self.check_volume(c)
+    }
+
+    /// `audio.min_volume` ≤ `audio.max_volume`, and each quiet-hours window's own rule
+    /// (the values themselves are checked by their types as they are read).
+    fn check_volume(&self, c: &Checker) -> Result<(), ConfigError> {
+        let a = &self.audio;
+        if a.min_volume > a.max_volume {
+            return Err(c.bad(
+                "audio.min_volume",
+                format!(
+                    "{} is above audio.max_volume = {} (allowed: min_volume ≤ max_volume)",
+                    a.min_volume, a.max_volume
+                ),
+            ));
+        }
+        for (i, q) in a.quiet_hours.iter().enumerate() {
+            if let Err(e) = q.validate() {
+                return Err(ConfigError::Invalid {
+                    path: c.path.to_path_buf(),
+                    key: format!("audio.quiet_hours[{i}]"),
+                    line: nth_header_line(c.src, "audio.quiet_hours", i),
+                    message: e,
+                });
+            }
+        }
         Ok(())
     }
 
@@ -689,6 +733,17 @@ impl Config {
         }
     }
 
+    /// How a job's volume is decided (`[audio]` volume, limits and quiet hours).
+    pub fn volume_policy(&self) -> VolumePolicy {
+        let a = &self.audio;
+        VolumePolicy {
+            default: a.volume,
+            min: a.min_volume,
+            max: a.max_volume,
+            quiet_hours: a.quiet_hours.clone(),
+        }
+    }
+
     /// The `[speech]` defaults as a voice (speed 1.0 and empty instructions left unset, as
     /// for `speak` requests, so presets and requests share cache keys).
     pub fn default_voice(&self) -> Voice {
@@ -771,6 +826,18 @@ fn header_line(src: &str, key: &str) -> Option<usize> {
     src.lines()
         .position(|l| l.trim().trim_matches(|c| c == '[' || c == ']').trim() == key)
         .map(|i| i + 1)
+}
+
+/// The line of the `n`th (0-based) `[[key]]` header, if present.
+fn nth_header_line(src: &str, key: &str, n: usize) -> Option<usize> {
+    src.lines()
+        .enumerate()
+        .filter(|(_, l)| {
+            let t = l.trim();
+            t.starts_with("[[") && t.trim_matches(|c| c == '[' || c == ']').trim() == key
+        })
+        .nth(n)
+        .map(|(i, _)| i + 1)
 }
 
 /// 1-based line and column of byte offset `at` in `src`.
@@ -1020,6 +1087,67 @@ mod tests {
             c.key_file_warning(),
             None,
             "a missing file is api_key()'s error"
+        );
+    }
+
+    #[test]
+    fn volume_limits_quiet_hours_and_expiry_load_and_bad_values_name_key_and_line() {
+        let (c, w) = parse("").unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(c.volume_policy(), crate::volume::VolumePolicy::default());
+        assert_eq!(c.daemon.default_expiry_s, None);
+        let (c, _) = parse(
+            "[audio]\nvolume = 70\nmax_volume = 90\n\n[[audio.quiet_hours]]\nfrom = \"22:00\"\nto = \"07:00\"\nmax_volume = 30\n\n[daemon]\ndefault_expiry_s = 120\n",
+        )
+        .unwrap();
+        let p = c.volume_policy();
+        assert_eq!((p.default.get(), p.max.get()), (70, 90));
+        assert_eq!(p.quiet_hours.len(), 1);
+        assert_eq!(c.daemon.default_expiry_s.map(ExpiresIn::secs), Some(120.0));
+        for (src, needles) in [
+            ("[audio]\nvolume = 150\n", &["line 2", "volume 150", "0 = silent to 100"][..]),
+            ("[audio]\nmax_volume = \"loud\"\n", &["line 2", "expected a volume"]),
+            (
+                "[audio]\nmin_volume = 60\nmax_volume = 40\n",
+                &["line 2", "audio.min_volume", "above audio.max_volume = 40"],
+            ),
+            (
+                "[audio]\n\n[[audio.quiet_hours]]\nfrom = \"25:00\"\nto = \"07:00\"\nmax_volume = 30\n",
+                &["line 4", "'25:00' is not a time of day", "00:00 to 23:59"],
+            ),
+            (
+                "[[audio.quiet_hours]]\nfrom = \"22:00\"\nto = \"07:00\"\n",
+                &["line 1", "missing field `max_volume`"],
+            ),
+            (
+                "[[audio.quiet_hours]]\nfrom = \"22:00\"\nto = \"07:00\"\nmax_volume = 1\n\n[[audio.quiet_hours]]\nfrom = \"08:00\"\nto = \"08:00\"\nmax_volume = 1\n",
+                &["line 6", "audio.quiet_hours[1]", "both 08:00"],
+            ),
+            ("[daemon]\ndefault_expiry_s = 0\n", &["line 2", "expires_in_s 0 is not allowed", "seconds above 0"]),
+            ("[daemon]\ndefault_expiry_s = -3\n", &["line 2", "expires_in_s -3"]),
+            (
+                "[presets.bus]\ntext = \"Bus.\"\n\n[[buttons]]\npin = 4\npreset = \"bus\"\nexpires_in_s = 0\n",
+                &["line 7", "expires_in_s 0"],
+            ),
+            (
+                "[presets.bus]\ntext = \"Bus.\"\n\n[[buttons]]\npin = 4\npreset = \"bus\"\nvolume = 101\n",
+                &["line 7", "volume 101"],
+            ),
+        ] {
+            let e = parse(src).unwrap_err().to_string();
+            for n in needles {
+                assert!(e.contains(n), "{src:?}: {e}");
+            }
+        }
+        // Buttons' presses expire after 30 s unless the button says otherwise.
+        let (c, _) = parse("[presets.bus]\ntext = \"Bus.\"\n\n[[buttons]]\npin = 4\npreset = \"bus\"\n\n[[buttons]]\npin = 5\npreset = \"bus\"\nexpires_in_s = 5\nvolume = 40\n").unwrap();
+        assert_eq!(c.buttons[0].expires_in_s.secs(), 30.0);
+        assert_eq!(
+            (
+                c.buttons[1].expires_in_s.secs(),
+                c.buttons[1].volume.map(Volume::get)
+            ),
+            (5.0, Some(40))
         );
     }
 

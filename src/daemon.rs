@@ -14,7 +14,7 @@ use crate::buttons::{pin_setups, ButtonAction, ButtonService};
 use crate::config::{Config, ConfigError};
 use crate::control::server::{self, ServerError};
 use crate::netmodel::store::{self, ModelStore};
-use crate::protocol::{Envelope, PresetRequest, Reply, ReplyTo, Request};
+use crate::protocol::{Envelope, Reply, ReplyTo};
 use crate::scheduler::{Command, Parts, Presets, Scheduler, SchedulerHandle};
 use crate::systemd::{self, Notifier, SystemdError};
 use crate::tts::cache::AudioCache;
@@ -236,19 +236,7 @@ fn start_buttons(config: &Config, sched: &SchedulerHandle) {
     let reply: Arc<dyn ReplyTo> = Arc::new(ButtonLog);
     tokio::spawn(async move {
         while let Some(action) = rx.recv().await {
-            let req = match action {
-                ButtonAction::Preset {
-                    name,
-                    while_playing,
-                    ..
-                } => Request::Preset(PresetRequest {
-                    name,
-                    id: None,
-                    while_playing: Some(while_playing),
-                }),
-                ButtonAction::Stop { .. } => Request::Stop,
-                ButtonAction::Skip { .. } => Request::Skip,
-            };
+            let req = action.request();
             let envelope = Envelope {
                 req: Ok(req),
                 reply: reply.clone(),

@@ -18,4 +18,5 @@ pub mod scheduler;
 pub mod systemd;
 pub mod text;
 pub mod tts;
+pub mod volume;
 pub mod wifi;

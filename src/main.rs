@@ -17,7 +17,8 @@ use herald::daemon;
 use herald::netmodel::store::{self, ModelStore};
 use herald::pipeline::{self, Limits, SpeakReport};
 use herald::protocol::{
-    OkCommand, PresetRequest, Priority, Reply, Request, SpeakRequest, StatusReport, WhilePlaying,
+    ExpiresIn, OkCommand, PresetRequest, Priority, Reply, Request, SpeakRequest, StatusReport,
+    WhilePlaying,
 };
 use herald::tts::openai::OpenAiClient;
 use herald::tts::FormatChoice;
@@ -124,6 +125,9 @@ struct SayArgs {
     /// An id for the job (echoed in replies; usable with cancel).
     #[arg(long)]
     id: Option<String>,
+    /// Drop the job unplayed if it has not started within SECONDS (exit status 1).
+    #[arg(long, value_name = "SECONDS")]
+    expires_in: Option<ExpiresIn>,
     /// Return once the job is queued instead of when it has been spoken.
     #[arg(long)]
     no_wait: bool,
@@ -167,6 +171,10 @@ struct VoiceArgs {
     /// Speed 0.25–4.0.
     #[arg(long)]
     speed: Option<f32>,
+    /// Volume 0–100 (cubic: 50 ≈ −18 dB); clamped by audio.min_volume, max_volume and
+    /// quiet hours. Default audio.volume.
+    #[arg(long, value_name = "N")]
+    volume: Option<herald::volume::Volume>,
 }
 
 /// The text from the command line, or from stdin when it is the single word "-".
@@ -333,6 +341,11 @@ async fn speak(config: &mut Config, args: SpeakArgs) -> Result<()> {
     }
     let client = OpenAiClient::new(config.openai(key))?;
     let mut playout = open_playout(config, &args.out)?;
+    // The daemon's rule: asked (or audio.volume), clamped, capped by quiet hours.
+    let volume = config
+        .volume_policy()
+        .applied(v.volume, herald::volume::local_time_of_day());
+    playout.set_gain(volume.gain());
     // Start by what earlier runs learned about this endpoint (its problems are reported
     // when this run's learning is saved).
     let model_key = store::key(&config.api.api_base, voice.format);
@@ -433,6 +446,8 @@ fn say(config: &Config, args: SayArgs) -> Result<()> {
         priority: args.priority,
         id: args.id,
         cache: false,
+        volume: v.volume,
+        expires_in_s: args.expires_in,
     });
     let mut client = Client::connect(&socket_path(config, &args.socket))?;
     client.send(&req)?;
@@ -460,11 +475,12 @@ fn follow(client: &mut Client, no_wait: bool) -> Result<()> {
                 stall_ms,
                 bytes,
                 segments,
+                volume,
                 ..
             } => {
                 let ttfa = request_to_audio_ms.map_or("-".to_string(), |t| format!("{t} ms"));
                 println!(
-                    "{id} finished: time to first audio {ttfa}, audio {:.2} s, stalls {stalls} ({stall_ms} ms), received {bytes} bytes in {segments} segment{}",
+                    "{id} finished: time to first audio {ttfa}, audio {:.2} s, stalls {stalls} ({stall_ms} ms), received {bytes} bytes in {segments} segment{}, volume {volume}",
                     duration_ms as f64 / 1000.0,
                     if segments == 1 { "" } else { "s" }
                 );
@@ -473,6 +489,7 @@ fn follow(client: &mut Client, no_wait: bool) -> Result<()> {
             Reply::Failed { reason, .. } => bail!("{reason}"),
             Reply::Cancelled { id, by } => bail!("{id} was cancelled ({by})"),
             Reply::Interrupted { id, by } => bail!("{id} was interrupted by {by}"),
+            Reply::Expired { id, reason, .. } => bail!("{id} expired: {reason}"),
             Reply::Error { reason } => bail!("{reason}"),
             Reply::Ok {
                 cmd: OkCommand::Preset,
@@ -540,9 +557,10 @@ fn print_status(s: &StatusReport) {
     let c = &s.counters;
     let p = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{v}"));
     println!(
-        "jobs:    {} requests, {} accepted, {} finished, {} failed, {} cancelled, {} stalls",
-        c.requests, c.accepted, c.finished, c.failed, c.cancelled, c.stalls
+        "jobs:    {} requests, {} accepted, {} finished, {} failed, {} cancelled, {} expired, {} stalls",
+        c.requests, c.accepted, c.finished, c.failed, c.cancelled, c.expired, c.stalls
     );
+    println!("volume:  at most {} now", s.max_volume);
     println!(
         "         time to first audio p50 {} / p90 {} / p99 {} ms",
         p(c.ttfa_ms_p50),
@@ -588,6 +606,8 @@ fn press(
         name: name.to_string(),
         id: None,
         while_playing,
+        volume: None,
+        expires_in_s: None,
     });
     let mut client = Client::connect(&socket_path(config, socket))?;
     client.send(&req)?;

@@ -37,6 +37,9 @@ pub struct PresetConfig {
     /// Queue priority: normal, high or interrupt.
     #[serde(default)]
     pub priority: Option<Priority>,
+    /// Volume 0–100 (default `audio.volume`); a press or button that gives one wins.
+    #[serde(default)]
+    pub volume: Option<crate::volume::Volume>,
 }
 
 impl PresetConfig {
@@ -461,7 +464,17 @@ mod tests {
 
     #[test]
     fn unknown_fields_and_priorities_are_refused() {
-        assert!(toml::from_str::<PresetConfig>("text = \"Hi.\"\nvolume = 3").is_err());
+        assert!(toml::from_str::<PresetConfig>("text = \"Hi.\"\nloudness = 3").is_err());
+        // volume is a preset option, with the one volume rule.
+        let p: PresetConfig = toml::from_str("text = \"Hi.\"\nvolume = 30").unwrap();
+        assert_eq!(p.volume.map(crate::volume::Volume::get), Some(30));
+        let msg = toml::from_str::<PresetConfig>("text = \"Hi.\"\nvolume = 130")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("volume 130") && msg.contains("0 = silent"),
+            "{msg}"
+        );
         let msg = toml::from_str::<PresetConfig>("text = \"Hi.\"\npriority = \"urgent\"")
             .unwrap_err()
             .to_string();

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::tts::FormatChoice;
+use crate::volume::Volume;
 
 /// Bytes one character of text may take in a JSON request: an astral-plane character
 /// escaped as a surrogate pair (`\ud83d\ude00`), as `json.dumps` does by default.
@@ -64,6 +65,103 @@ pub enum WhilePlaying {
     Queue,
 }
 
+/// The longest expiry a job may be given: a day (an announcement that may wait longer
+/// needs none).
+pub const MAX_EXPIRY_S: f64 = 86_400.0;
+
+/// How long a job may wait in the queue before it is dropped unplayed (`expires_in_s`):
+/// seconds above 0, at most [`MAX_EXPIRY_S`]. Built only through [`ExpiresIn::new`] or its
+/// `Deserialize`, so requests, presses, buttons and the config share the rule.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize)]
+#[serde(into = "f64")]
+pub struct ExpiresIn(f64);
+
+/// An expiry that is not a number of seconds above 0.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("expires_in_s {value} is not allowed (allowed: seconds above 0, at most {MAX_EXPIRY_S}; leave it out to wait as long as it takes)")]
+pub struct ExpiryError {
+    /// What was given, as written.
+    pub value: String,
+}
+
+impl ExpiresIn {
+    /// `secs` seconds, if above 0 and at most [`MAX_EXPIRY_S`].
+    pub fn new(secs: f64) -> Result<ExpiresIn, ExpiryError> {
+        if secs > 0.0 && secs <= MAX_EXPIRY_S {
+            Ok(ExpiresIn(secs))
+        } else {
+            Err(ExpiryError {
+                value: secs.to_string(),
+            })
+        }
+    }
+
+    /// [`ExpiresIn::new`] for constants: out of range fails the build, as it is evaluated
+    /// at compile time in a `const` item.
+    pub const fn constant(secs: f64) -> ExpiresIn {
+        assert!(secs > 0.0 && secs <= MAX_EXPIRY_S, "expiry out of range");
+        ExpiresIn(secs)
+    }
+
+    /// The seconds.
+    pub fn secs(self) -> f64 {
+        self.0
+    }
+
+    /// As a duration.
+    pub fn duration(self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.0)
+    }
+}
+
+impl From<ExpiresIn> for f64 {
+    fn from(e: ExpiresIn) -> f64 {
+        e.0
+    }
+}
+
+impl std::fmt::Display for ExpiresIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl std::str::FromStr for ExpiresIn {
+    type Err = ExpiryError;
+    /// For the command line (`--expires-in 30`).
+    fn from_str(s: &str) -> Result<ExpiresIn, ExpiryError> {
+        let secs: f64 = s.trim().parse().map_err(|_| ExpiryError {
+            value: format!("'{s}'"),
+        })?;
+        ExpiresIn::new(secs)
+    }
+}
+
+impl<'de> Deserialize<'de> for ExpiresIn {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ExpiresIn, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = ExpiresIn;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                write!(
+                    f,
+                    "expires_in_s: a number of seconds above 0, at most {MAX_EXPIRY_S}"
+                )
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ExpiresIn, E> {
+                ExpiresIn::new(v as f64).map_err(E::custom)
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ExpiresIn, E> {
+                ExpiresIn::new(v as f64).map_err(E::custom)
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<ExpiresIn, E> {
+                ExpiresIn::new(v).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// A `speak` request; every field but `text` falls back to the configured default.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -94,10 +192,18 @@ pub struct SpeakRequest {
     /// Store the audio in the cache and reuse it for the same request (repeated phrases).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cache: bool,
+    /// 0–100 on the cubic scale (`crate::volume`); default `audio.volume`, clamped by the
+    /// config's limits and quiet hours.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<Volume>,
+    /// Drop the job unplayed (`expired`) if it is still queued this many seconds after it
+    /// was accepted; default `daemon.default_expiry_s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_s: Option<ExpiresIn>,
 }
 
 /// A `preset` request: play a configured preset, exactly like its button.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PresetRequest {
     /// The preset's name.
@@ -109,6 +215,14 @@ pub struct PresetRequest {
     /// button, or `ignore` when no button plays it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub while_playing: Option<WhilePlaying>,
+    /// 0–100; default the preset's own `volume`, else `audio.volume` (a button sends its
+    /// own when it has one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<Volume>,
+    /// Like `speak`'s; default `daemon.default_expiry_s` (a button sends its own, 30 s by
+    /// default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_s: Option<ExpiresIn>,
 }
 
 /// `cancel` names a job.
@@ -192,6 +306,11 @@ pub enum ProtocolError {
     Empty,
 }
 
+/// What `volume` takes, for the list of allowed fields.
+const VOLUME_RANGE: &[&str] = &["0 to 100"];
+/// What `expires_in_s` takes, for the list of allowed fields.
+const EXPIRY_RANGE: &[&str] = &["seconds above 0"];
+
 /// Fields each command accepts, for messages: serde's own lists (so they cannot drift
 /// from the types), with the values of the fields that take a fixed set.
 fn allowed_fields(cmd: &str) -> String {
@@ -201,11 +320,17 @@ fn allowed_fields(cmd: &str) -> String {
             vec![
                 ("format", serde_names::<FormatChoice>()),
                 ("priority", serde_names::<Priority>()),
+                ("volume", VOLUME_RANGE),
+                ("expires_in_s", EXPIRY_RANGE),
             ],
         ),
         "preset" => (
             serde_names::<PresetRequest>(),
-            vec![("while_playing", serde_names::<WhilePlaying>())],
+            vec![
+                ("while_playing", serde_names::<WhilePlaying>()),
+                ("volume", VOLUME_RANGE),
+                ("expires_in_s", EXPIRY_RANGE),
+            ],
         ),
         "cancel" => (serde_names::<CancelRequest>(), Vec::new()),
         _ => (serde_names::<NoArgs>(), Vec::new()),
@@ -437,6 +562,9 @@ pub enum Reply {
         /// The start followed what was learned about the network (not the fixed rules).
         #[serde(default)]
         warm: bool,
+        /// The volume it played at, after `audio.min_volume`/`max_volume` and quiet hours.
+        #[serde(default)]
+        volume: u8,
     },
     /// Terminal (for a job) or a refused request (`id` absent when there was no job).
     Failed {
@@ -452,6 +580,15 @@ pub enum Reply {
         id: String,
         /// What cancelled it.
         by: CancelledBy,
+    },
+    /// Terminal: still queued when its `expires_in_s` ran out; never played.
+    Expired {
+        /// The job's id.
+        id: String,
+        /// Why, with the expiry it had.
+        reason: String,
+        /// How long it waited in the queue, in milliseconds.
+        waited_ms: u64,
     },
     /// Terminal: faded out for an `interrupt` job.
     Interrupted {
@@ -493,6 +630,7 @@ impl Reply {
             Reply::Finished { .. }
                 | Reply::Failed { .. }
                 | Reply::Cancelled { .. }
+                | Reply::Expired { .. }
                 | Reply::Interrupted { .. }
         )
     }
@@ -504,6 +642,7 @@ impl Reply {
             | Reply::Started { id, .. }
             | Reply::Finished { id, .. }
             | Reply::Cancelled { id, .. }
+            | Reply::Expired { id, .. }
             | Reply::Interrupted { id, .. } => Some(id),
             Reply::Failed { id, .. } => id.as_deref(),
             _ => None,
@@ -538,6 +677,9 @@ pub struct StatusReport {
     /// What was learned about the network, per endpoint and format.
     #[serde(default)]
     pub network_model: Vec<LearnedNetwork>,
+    /// The loudest a job starting now may play (`audio.max_volume`, lower in quiet hours).
+    #[serde(default)]
+    pub max_volume: u8,
 }
 
 /// The network model learned for one endpoint and format.
@@ -745,6 +887,9 @@ pub struct Counters {
     pub failed: u64,
     /// Jobs cancelled or interrupted.
     pub cancelled: u64,
+    /// Jobs that expired in the queue.
+    #[serde(default)]
+    pub expired: u64,
     /// Stalls over all jobs.
     pub stalls: u64,
     /// Time to first audio, median over the last jobs.
@@ -857,6 +1002,53 @@ mod tests {
     }
 
     #[test]
+    fn bad_volumes_and_expiries_name_the_field_and_what_is_allowed() {
+        let Request::Speak(s) =
+            parse_line(br#"{"text":"x","volume":40,"expires_in_s":2.5}"#).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(s.volume.map(Volume::get), Some(40));
+        assert_eq!(s.expires_in_s.map(ExpiresIn::secs), Some(2.5));
+        for (line, needle) in [
+            (r#"{"text":"x","volume":101}"#, "volume 101 is not allowed"),
+            (r#"{"text":"x","volume":-5}"#, "volume -5 is not allowed"),
+            (
+                r#"{"text":"x","volume":50.5}"#,
+                "volume 50.5 is not allowed",
+            ),
+            (r#"{"text":"x","volume":"loud"}"#, "expected a volume"),
+            (
+                r#"{"text":"x","expires_in_s":0}"#,
+                "expires_in_s 0 is not allowed",
+            ),
+            (
+                r#"{"text":"x","expires_in_s":-1}"#,
+                "expires_in_s -1 is not allowed",
+            ),
+            (
+                r#"{"text":"x","expires_in_s":"soon"}"#,
+                "expected expires_in_s",
+            ),
+            (r#"{"text":"x","expires_in_s":100000}"#, "at most 86400"),
+            (r#"{"cmd":"preset","name":"d","volume":200}"#, "volume 200"),
+            (
+                r#"{"cmd":"preset","name":"d","expires_in_s":0}"#,
+                "expires_in_s 0",
+            ),
+        ] {
+            let e = err(line.as_bytes());
+            assert!(e.contains(needle), "{line}: {e}");
+            let allowed = if e.contains("volume") {
+                "0 = silent to 100"
+            } else {
+                "seconds above 0"
+            };
+            assert!(e.contains(allowed), "{line}: {e}");
+        }
+    }
+
+    #[test]
     fn preset_presets_and_cache_parse_and_bad_fields_list_the_allowed_ones() {
         assert_eq!(
             parse_line(br#"{"cmd":"preset","name":"dinner","while_playing":"restart"}"#).unwrap(),
@@ -864,6 +1056,8 @@ mod tests {
                 name: "dinner".into(),
                 id: None,
                 while_playing: Some(WhilePlaying::Restart),
+                volume: None,
+                expires_in_s: None,
             })
         );
         assert_eq!(
@@ -1106,6 +1300,8 @@ mod tests {
                 priority: Priority::Interrupt,
                 id: Some("door".into()),
                 cache: true,
+                volume: Some(Volume::new(40.0).unwrap()),
+                expires_in_s: Some(ExpiresIn::new(2.5).unwrap()),
             }),
             Request::Stop,
             Request::Skip,
@@ -1115,6 +1311,8 @@ mod tests {
                 name: "dinner".into(),
                 id: Some("p".into()),
                 while_playing: Some(WhilePlaying::Queue),
+                volume: Some(Volume::new(0.0).unwrap()),
+                expires_in_s: Some(ExpiresIn::new(30.0).unwrap()),
             }),
             Request::Presets,
             Request::ResetNetworkModel,
@@ -1157,6 +1355,8 @@ mod tests {
             priority: Priority::High,
             id: Some("i".into()),
             cache: true,
+            volume: Some(Volume::FULL),
+            expires_in_s: Some(ExpiresIn::new(1.0).unwrap()),
         });
         assert_eq!(
             keys(serde_json::to_value(full_speak).unwrap()),
@@ -1166,6 +1366,8 @@ mod tests {
             name: "n".into(),
             id: Some("i".into()),
             while_playing: Some(WhilePlaying::Restart),
+            volume: Some(Volume::FULL),
+            expires_in_s: Some(ExpiresIn::new(1.0).unwrap()),
         });
         assert_eq!(
             keys(serde_json::to_value(full_preset).unwrap()),
@@ -1183,11 +1385,13 @@ mod tests {
         assert_eq!(
             allowed_fields("speak"),
             "cmd, text, voice, model, format (opus, pcm, auto), speed, instructions, \
-             priority (normal, high, interrupt), id, cache"
+             priority (normal, high, interrupt), id, cache, volume (0 to 100), \
+             expires_in_s (seconds above 0)"
         );
         assert_eq!(
             allowed_fields("preset"),
-            "cmd, name, id, while_playing (ignore, restart, queue)"
+            "cmd, name, id, while_playing (ignore, restart, queue), volume (0 to 100), \
+             expires_in_s (seconds above 0)"
         );
     }
 

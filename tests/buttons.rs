@@ -8,12 +8,13 @@ use std::time::{Duration, Instant};
 
 use herald::buttons::config::{
     validate, wiring_warnings, ButtonConfig, ButtonConfigError, LongAction, Pull, WhilePlaying,
+    DEFAULT_PRESS_EXPIRY,
 };
 use herald::buttons::rppal::RppalSource;
 use herald::buttons::sim::SimSource;
 use herald::buttons::{
-    ButtonAction, ButtonError, ButtonEvent, ButtonService, DetectorConfig, Level, PinSetup,
-    PressDetector,
+    action_for, ButtonAction, ButtonError, ButtonEvent, ButtonService, DetectorConfig, Level,
+    PinSetup, PressDetector,
 };
 use herald::presets::{PresetConfig, PresetError};
 use proptest::prelude::*;
@@ -332,7 +333,7 @@ fn the_service_turns_presses_into_actions() {
     let mut dinner = button(17, "dinner");
     dinner.while_playing = WhilePlaying::Restart;
     let leaving: ButtonConfig = toml::from_str(
-        "pin = 27\npreset = \"leaving\"\nlong_press = { ms = 1000, action = \"stop\" }",
+        "pin = 27\npreset = \"leaving\"\nlong_press = { ms = 1000, action = \"stop\" }\nvolume = 35\nexpires_in_s = 5",
     )
     .unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::channel(8);
@@ -350,7 +351,9 @@ fn the_service_turns_presses_into_actions() {
         Some(ButtonAction::Preset {
             name: "dinner".into(),
             pin: 17,
-            while_playing: WhilePlaying::Restart
+            while_playing: WhilePlaying::Restart,
+            volume: None,
+            expires_in_s: DEFAULT_PRESS_EXPIRY,
         })
     );
     sim.edge(17, H, at(400));
@@ -368,7 +371,9 @@ fn the_service_turns_presses_into_actions() {
         Some(ButtonAction::Preset {
             name: "leaving".into(),
             pin: 27,
-            while_playing: WhilePlaying::Ignore
+            while_playing: WhilePlaying::Ignore,
+            volume: Some("35".parse().unwrap()),
+            expires_in_s: "5".parse().unwrap(),
         })
     );
     // Closing the source ends the service cleanly, with nothing else sent.
@@ -409,4 +414,38 @@ fn the_permission_error_says_which_group_to_join() {
         msg.contains("/dev/gpiochip0") && msg.contains("gpio group"),
         "{msg}"
     );
+}
+
+#[test]
+fn a_press_asks_for_the_buttons_volume_and_expires_after_30_s_unless_the_button_says() {
+    use herald::protocol::{PresetRequest, Request};
+    let plain = button(17, "dinner");
+    let Request::Preset(PresetRequest {
+        volume,
+        expires_in_s,
+        while_playing,
+        ..
+    }) = action_for(&plain, ButtonEvent::Short(17)).request()
+    else {
+        panic!("a short press plays its preset")
+    };
+    // Someone at the button wants it now: a press that cannot start within 30 s is dropped.
+    assert_eq!(expires_in_s.map(|e| e.secs()), Some(30.0));
+    assert_eq!(volume, None, "the preset's (or audio.volume) decides");
+    assert_eq!(while_playing, Some(WhilePlaying::Ignore));
+    let own: ButtonConfig = toml::from_str(
+        "pin = 5\npreset = \"bus\"\nvolume = 20\nexpires_in_s = 4.5\nlong_press = { ms = 900, preset = \"dinner\" }",
+    )
+    .unwrap();
+    for ev in [ButtonEvent::Short(5), ButtonEvent::Long(5)] {
+        let Request::Preset(p) = action_for(&own, ev).request() else {
+            panic!("{ev:?} plays a preset")
+        };
+        assert_eq!(p.volume.map(|v| v.get()), Some(20), "{ev:?}");
+        assert_eq!(p.expires_in_s.map(|e| e.secs()), Some(4.5), "{ev:?}");
+    }
+    let e = toml::from_str::<ButtonConfig>("pin = 5\npreset = \"bus\"\nexpires_in_s = 0")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("expires_in_s 0 is not allowed"), "{e}");
 }

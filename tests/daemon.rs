@@ -438,8 +438,12 @@ fn every_bad_input_gets_a_failed_reply_and_the_daemon_serves_on() {
         (b"caf\xe9 au lait\n".to_vec(), "not valid UTF-8"),
         (b"{\"cmd\":\"speak\",\"text\":\n".to_vec(), "invalid JSON"),
         (
-            b"{\"cmd\":\"speak\",\"text\":\"x\",\"volume\":11}\n".to_vec(),
-            "unknown field `volume`",
+            b"{\"cmd\":\"speak\",\"text\":\"x\",\"colour\":11}\n".to_vec(),
+            "unknown field `colour`",
+        ),
+        (
+            b"{\"text\":\"x\",\"volume\":150}\n".to_vec(),
+            "volume 150 is not allowed (allowed: a whole number from 0",
         ),
         (b"{\"cmd\":\"shout\"}\n".to_vec(), "unknown command 'shout'"),
         (

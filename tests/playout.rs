@@ -870,3 +870,65 @@ async fn a_learned_plan_starts_at_its_moment_after_the_first_audio() {
     })
     .await
 }
+
+/// `s` at `gain`, as the audio thread scales it.
+fn at_gain(s: i16, gain: f32) -> i16 {
+    (f32::from(s) * gain).round() as i16
+}
+
+#[tokio::test]
+async fn an_utterance_starts_at_its_gain_and_a_change_while_playing_ramps_without_a_click() {
+    guarded(async {
+        let (sink, rec) = ClockedSink::new(1);
+        let mut p = Playout::spawn(Box::new(sink), config()).unwrap();
+        let a = tone(frames_of(300));
+        let b = tone(frames_of(1500));
+        // A loud utterance, then a quiet one: the quiet one's very first sample is already
+        // quiet (no fade down from the last one's gain).
+        p.begin(ms(300));
+        feed(&mut p, &a, frames_of(40), ms(12)).await;
+        p.end();
+        p.finished().await.unwrap();
+        p.set_gain(0.125);
+        let mut events = p.subscribe();
+        p.begin(ms(1500));
+        feed(&mut p, &b, frames_of(40), ms(12)).await;
+        wait_started(&mut p, &mut events).await;
+        // Mid-utterance, back to full scale: a ramp, not a step.
+        tokio::time::sleep(ms(300)).await;
+        p.set_gain(1.0);
+        p.end();
+        p.finished().await.unwrap();
+
+        let rec = rec.lock().unwrap();
+        assert_whole_periods(&rec, 1);
+        let split = rec.drained_at[0];
+        assert_played_exactly(&rec.samples[..split], &a);
+        let out = &rec.samples[split..split + b.len()];
+        let quiet = out
+            .iter()
+            .zip(&b)
+            .take_while(|(o, i)| **o == at_gain(**i, 0.125))
+            .count();
+        assert!(quiet >= frames_of(250), "only {quiet} frames at gain 0.125");
+        let loud = out
+            .iter()
+            .zip(&b)
+            .position(|(o, i)| o == i)
+            .expect("never reached full scale");
+        // 0.125 → 1.0 moves 0.875 of the full 15 ms ramp (105 frames at 8 kHz).
+        let ramp = loud - quiet;
+        assert!(
+            (frames_of(10)..=frames_of(15)).contains(&ramp),
+            "ramp of {ramp} frames"
+        );
+        assert_eq!(&out[loud..], &b[loud..], "full scale after the ramp");
+        // (The tone's DC offset makes its own start and end steps: only the change counts.)
+        assert!(
+            max_step(out) <= MAX_STEP,
+            "click: step of {}",
+            max_step(out)
+        );
+    })
+    .await
+}

@@ -352,6 +352,8 @@ async fn a_preset_press_follows_its_while_playing_rule() {
             name: "bell".into(),
             id: Some(id.into()),
             while_playing: rule,
+            volume: None,
+            expires_in_s: None,
         })
     };
     rig.send(press("p1", None)).await;
@@ -391,6 +393,8 @@ async fn a_preset_press_follows_its_while_playing_rule() {
         name: "nope".into(),
         id: None,
         while_playing: None,
+        volume: None,
+        expires_in_s: None,
     }))
     .await;
     let r = rig

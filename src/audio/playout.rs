@@ -44,6 +44,9 @@ use crate::netmodel::StartPlan;
 const MIN_REMAINING_MS: u32 = 500;
 /// Events buffered between the audio thread and the async side.
 const EVENT_SLOTS: usize = 64;
+/// A gain change from silence to full scale is ramped over this long (smaller changes take
+/// proportionally less): no zipper noise, and still within a period or so.
+pub const GAIN_RAMP_MS: u32 = 15;
 
 /// Playout tuning; the defaults suit OpenAI's streams over home WiFi.
 #[derive(Debug, Clone, PartialEq)]
@@ -470,6 +473,7 @@ impl Playout {
         let params = ThreadParams {
             stall_fade,
             interrupt_fade,
+            gain_ramp: ms_to_frames(GAIN_RAMP_MS, format.rate),
             capacity_frames,
             realtime_priority: cfg.realtime_priority,
         };
@@ -561,6 +565,20 @@ impl Playout {
     /// as with nothing learned). Takes effect at the next `begin`.
     pub fn plan_next(&mut self, plan: Option<StartPlan>) {
         self.next_plan = plan;
+    }
+
+    /// Sets the gain (linear amplitude, clamped to 0.0–1.0) the audio is played at: the next
+    /// utterance starts at it; one playing ramps to it over at most [`GAIN_RAMP_MS`].
+    /// Applied by the audio thread to what it writes, so it works on every device.
+    pub fn set_gain(&mut self, gain: f32) {
+        let gain = if gain.is_nan() {
+            1.0
+        } else {
+            gain.clamp(0.0, 1.0)
+        };
+        self.shared
+            .gain_bits
+            .store(gain.to_bits(), Ordering::Release);
     }
 
     /// Starts a new utterance lasting about `expected` (estimated from its text). One still

@@ -7,7 +7,7 @@
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{fence, AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -69,6 +69,9 @@ pub(super) struct Shared {
     pub start_delay_ns: AtomicU64,
     /// Warm start: play slowed until playback runs this far (ns) behind the first audio.
     pub delay_target_ns: AtomicU64,
+    /// The gain (linear amplitude, `f32` bits) to play at: a new utterance starts at it,
+    /// one playing ramps to it.
+    pub gain_bits: AtomicU32,
     /// Feed the device silence while idle or prebuffering (wakes amplifiers).
     pub lead_in: AtomicBool,
     /// Stop the thread.
@@ -127,6 +130,7 @@ impl Shared {
             first_at_ns: AtomicU64::new(0),
             start_delay_ns: AtomicU64::new(NO_PLAN),
             delay_target_ns: AtomicU64::new(0),
+            gain_bits: AtomicU32::new(1.0f32.to_bits()),
             lead_in: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
             space_wanted: AtomicBool::new(false),
@@ -171,6 +175,8 @@ pub(super) enum RawEvent {
 pub(super) struct ThreadParams {
     pub stall_fade: usize,
     pub interrupt_fade: usize,
+    /// Frames a gain change from silence to full scale is ramped over.
+    pub gain_ramp: usize,
     pub capacity_frames: usize,
     pub realtime_priority: Option<i32>,
 }
@@ -265,6 +271,10 @@ pub(super) struct AudioThread {
     /// Ring position where the current utterance starts (its frames consumed = the
     /// difference).
     utt_start: u64,
+    /// The gain applied to the last frame written (ramps towards `Shared::gain_bits`).
+    gain: f32,
+    /// The most the gain moves from one frame to the next (no zipper noise).
+    gain_step: f32,
 }
 
 impl AudioThread {
@@ -317,6 +327,8 @@ impl AudioThread {
             // A file has no clock to fall behind: nothing to stretch for.
             stretch: stretch.filter(|_| clocked),
             utt_start: 0,
+            gain: 1.0,
+            gain_step: 1.0 / params.gain_ramp.max(1) as f32,
         }
     }
 
@@ -447,6 +459,8 @@ impl AudioThread {
             st.reset_stats();
         }
         self.xruns_at_begin = self.sink.xruns();
+        // The utterance's first sample is already at its gain: no ramp from the last one's.
+        self.gain = self.target_gain();
         self.fade_in = None;
         self.stall_frames_now = 0;
         self.state = State::Prebuffering;
@@ -871,6 +885,31 @@ impl AudioThread {
         self.fade_in = if pos >= len { None } else { Some(pos) };
     }
 
+    fn target_gain(&self) -> f32 {
+        f32::from_bits(self.shared.gain_bits.load(Ordering::Acquire))
+    }
+
+    /// Applies the gain to the first `frames` frames of the period buffer, moving it at
+    /// most `gain_step` a frame towards the target (a change ramps over ≤ `gain_ramp`).
+    fn apply_gain(&mut self, frames: usize) {
+        let target = self.target_gain();
+        if self.gain == target && target == 1.0 {
+            return;
+        }
+        let (ch, step) = (self.channels, self.gain_step);
+        for frame in self.buf[..frames * ch].chunks_exact_mut(ch) {
+            let d = target - self.gain;
+            self.gain = if d.abs() <= step {
+                target
+            } else {
+                self.gain + step.copysign(d)
+            };
+            for s in frame {
+                *s = scale(*s, self.gain);
+            }
+        }
+    }
+
     /// Writes the next `frames` (> 0) frames of the utterance in whole periods, the last
     /// `fade` of them fading to exactly zero (none for 0); returns the silent frames padding
     /// the last period.
@@ -882,6 +921,7 @@ impl AudioThread {
             let k = (frames - done).min(p);
             self.pop(k);
             self.apply_fade_in(k);
+            self.apply_gain(k);
             let ch = self.channels;
             for (j, frame) in self.buf[..k * ch].chunks_exact_mut(ch).enumerate() {
                 let pos = done + j;

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use crate::protocol::ExpiresIn;
 pub use crate::protocol::WhilePlaying;
+use crate::volume::Volume;
 
 /// Highest BCM GPIO number on the 40-pin header.
 pub const MAX_PIN: u8 = 27;
@@ -97,8 +99,16 @@ fn default_debounce_ms() -> u64 {
     30
 }
 
+/// A press waits in the queue at most this long by default: someone at the button
+/// expects to hear it now, not minutes later.
+pub const DEFAULT_PRESS_EXPIRY: ExpiresIn = ExpiresIn::constant(30.0);
+
+fn default_expires_in_s() -> ExpiresIn {
+    DEFAULT_PRESS_EXPIRY
+}
+
 /// One GPIO button (`[[buttons]]`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ButtonConfig {
     /// BCM GPIO number, 0–27.
@@ -120,6 +130,12 @@ pub struct ButtonConfig {
     /// What a press does while this preset is playing (default ignore).
     #[serde(default)]
     pub while_playing: WhilePlaying,
+    /// Volume 0–100 of its presses (default: the preset's, else `audio.volume`).
+    #[serde(default)]
+    pub volume: Option<Volume>,
+    /// A press still queued after this many seconds expires unplayed (default 30).
+    #[serde(default = "default_expires_in_s")]
+    pub expires_in_s: ExpiresIn,
 }
 
 /// A button configuration error; the message names the pin and what is allowed.

@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use crate::protocol::{ExpiresIn, PresetRequest, Request};
+use crate::volume::Volume;
 use config::{ActiveLevel, ButtonConfig, LongAction, Pull, WhilePlaying};
 
 /// A logic level on a pin.
@@ -253,9 +255,10 @@ impl PressDetector {
 }
 
 /// What the daemon should do because of a button.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ButtonAction {
-    /// Play a preset (the press carries the button's `while_playing` rule).
+    /// Play a preset (the press carries the button's `while_playing` rule, volume and
+    /// expiry).
     Preset {
         /// Preset name.
         name: String,
@@ -263,6 +266,10 @@ pub enum ButtonAction {
         pin: u8,
         /// What to do if this preset is already playing.
         while_playing: WhilePlaying,
+        /// The button's volume, if it has one.
+        volume: Option<Volume>,
+        /// How long the press may wait in the queue.
+        expires_in_s: ExpiresIn,
     },
     /// Stop everything (a long press configured as `stop`).
     Stop {
@@ -295,6 +302,8 @@ pub fn action_for(b: &ButtonConfig, ev: ButtonEvent) -> ButtonAction {
         name: name.to_string(),
         pin: b.pin,
         while_playing: b.while_playing,
+        volume: b.volume,
+        expires_in_s: b.expires_in_s,
     };
     match ev {
         ButtonEvent::Short(_) => preset(&b.preset),
@@ -304,6 +313,29 @@ pub fn action_for(b: &ButtonConfig, ev: ButtonEvent) -> ButtonAction {
             Some(LongAction::Preset(name)) => preset(name),
             None => preset(&b.preset),
         },
+    }
+}
+
+impl ButtonAction {
+    /// The request a press makes of the scheduler (the same as a socket client's).
+    pub fn request(self) -> Request {
+        match self {
+            ButtonAction::Preset {
+                name,
+                while_playing,
+                volume,
+                expires_in_s,
+                ..
+            } => Request::Preset(PresetRequest {
+                name,
+                id: None,
+                while_playing: Some(while_playing),
+                volume,
+                expires_in_s: Some(expires_in_s),
+            }),
+            ButtonAction::Stop { .. } => Request::Stop,
+            ButtonAction::Skip { .. } => Request::Skip,
+        }
     }
 }
 

@@ -15,6 +15,7 @@ use crate::audio::playout::{Playout, PlayoutError, PlayoutEvent};
 use crate::pipeline::{self, Limits, PipelineError, SpeakReport};
 use crate::protocol::{CancelledBy, Reply};
 use crate::tts::SpeechSource;
+use crate::volume::Volume;
 
 impl Scheduler {
     /// Plays one job: takes the device, plays while serving commands, then settles the job
@@ -37,11 +38,18 @@ impl Scheduler {
                 return;
             }
         };
+        // Decided as it starts, so a job queued before quiet hours that plays in them is
+        // quiet too. Set before the pipeline's `begin`: its first sample is at this gain.
+        let volume = self
+            .cfg
+            .volume_policy()
+            .applied(job.volume, crate::volume::local_time_of_day());
+        lease.playout.set_gain(volume.gain());
         let source = self.device.lead_in(&mut lease, self.source_for(&job));
         self.net.used();
         let (outcome, started) = self.play(&job, &mut lease.playout, source, t0).await;
         self.stats.current = None;
-        self.settle(&job, lease, outcome, started, t0).await;
+        self.settle(&job, lease, outcome, started, t0, volume).await;
     }
 
     /// Where `job`'s audio comes from.
@@ -81,6 +89,7 @@ impl Scheduler {
                 .device
                 .hung_at()
                 .unwrap_or_else(|| Instant::now() + write_timeout);
+            let expiry_at = self.queue.next_expiry();
             tokio::select! {
                 r = &mut fut => break Outcome::Done(r),
                 Some(ev) = events.recv() => self.on_event(job, ev, t0, &mut started),
@@ -97,6 +106,10 @@ impl Scheduler {
                 _ = sleep_until(hung_at.into()) => if let Some(blocked) = self.device.hung_for() {
                     break Outcome::Hung(self.device.stuck_reason(blocked));
                 },
+                // Jobs waiting behind this one expire on time, not when it ends.
+                _ = sleep_until(expiry_at.unwrap_or(t0).into()), if expiry_at.is_some() => {
+                    self.expire_due();
+                }
             }
         };
         // A short job can end before its `started` was read: it still comes first.
@@ -136,11 +149,12 @@ impl Scheduler {
         outcome: Outcome,
         started: Option<u64>,
         t0: Instant,
+        volume: Volume,
     ) {
         match outcome {
             Outcome::Done(Ok(report)) => {
                 self.device.give_back(lease);
-                self.end_finished(job, &report, started, t0);
+                self.end_finished(job, &report, started, t0, volume);
             }
             Outcome::Done(Err(e)) => {
                 if let PipelineError::Tts { source, .. } = &e {
@@ -168,7 +182,14 @@ impl Scheduler {
         }
     }
 
-    fn end_finished(&mut self, job: &Job, report: &SpeakReport, started: Option<u64>, t0: Instant) {
+    fn end_finished(
+        &mut self,
+        job: &Job,
+        report: &SpeakReport,
+        started: Option<u64>,
+        t0: Instant,
+        volume: Volume,
+    ) {
         let start_to_audio = started.or_else(|| {
             report
                 .started_at
@@ -197,6 +218,7 @@ impl Scheduler {
             bytes = report.bytes,
             segments = report.segments,
             attempts = report.attempts,
+            volume = volume.get(),
             "job finished: {report}"
         );
         job.reply.send(Reply::Finished {
@@ -212,6 +234,7 @@ impl Scheduler {
             attempts: report.attempts,
             stretched_ms: report.stretched_ms,
             warm: report.warm,
+            volume: volume.get(),
         });
     }
 

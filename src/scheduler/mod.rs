@@ -237,6 +237,8 @@ impl Scheduler {
                 let _ = done.send(());
                 return;
             }
+            // At dequeue too: a timer that is due may not have been looked at yet.
+            self.expire_due();
             if let Some(job) = self.queue.pop() {
                 self.run_job(job).await;
                 if self.queue.is_empty() && self.stopping.is_none() {
@@ -254,6 +256,7 @@ impl Scheduler {
     async fn idle(&mut self) -> bool {
         let warm_at = self.warm_at();
         let device_at = self.device.next_timer();
+        let expiry_at = self.queue.next_expiry();
         tokio::select! {
             cmd = self.rx.recv() => match cmd {
                 Some(cmd) => {
@@ -274,8 +277,18 @@ impl Scheduler {
             _ = sleep_until(warm_at.unwrap_or(self.started).into()), if warm_at.is_some() => {
                 self.keepalive();
             }
+            _ = sleep_until(expiry_at.unwrap_or(self.started).into()), if expiry_at.is_some() => {
+                self.expire_due();
+            }
         }
         true
+    }
+
+    /// Ends every queued job whose expiry has passed with `expired` (never played).
+    fn expire_due(&mut self) {
+        for job in self.queue.take_expired(Instant::now()) {
+            self.end_expired(&job);
+        }
     }
 
     /// When the API connection is next refreshed (`None`: keep-alive is off).
@@ -460,6 +473,9 @@ impl Scheduler {
             reply,
             source,
             preset: None,
+            volume: s.volume,
+            queued_at: Instant::now(),
+            expires_in: s.expires_in_s.or(self.cfg.daemon.default_expiry_s),
         };
         self.admit(new, playing)
     }
@@ -516,12 +532,9 @@ impl Scheduler {
             return self.refuse(&reply, p.id.clone(), reason);
         };
         let rule = p.while_playing.unwrap_or_else(|| self.button_rule(&p.name));
-        let priority = self
-            .cfg
-            .presets
-            .get(&p.name)
-            .and_then(|c| c.priority)
-            .unwrap_or_default();
+        let preset_cfg = self.cfg.presets.get(&p.name);
+        let priority = preset_cfg.and_then(|c| c.priority).unwrap_or_default();
+        let volume = p.volume.or(preset_cfg.and_then(|c| c.volume));
         let priority = match queue::press(rule, &p.name, priority, playing, &self.queue) {
             Press::AlreadyThere(id) => {
                 tracing::info!(preset = %p.name, %id, "press ignored: the preset is playing or queued");
@@ -547,6 +560,9 @@ impl Scheduler {
             reply,
             source,
             preset: Some(p.name),
+            volume,
+            queued_at: Instant::now(),
+            expires_in: p.expires_in_s.or(self.cfg.daemon.default_expiry_s),
         };
         self.admit(new, playing)
     }
@@ -620,6 +636,22 @@ impl Scheduler {
         });
     }
 
+    fn end_expired(&mut self, job: &Job) {
+        self.stats.expired();
+        let waited = job.queued_at.elapsed();
+        let reason = format!(
+            "still queued {:.1} s after it was accepted (expires_in_s = {}): dropped without playing",
+            waited.as_secs_f64(),
+            job.expires_in.map_or("none".to_string(), |e| e.to_string()),
+        );
+        tracing::info!(id = %job.id, %reason, "job expired");
+        job.reply.send(Reply::Expired {
+            id: job.id.clone(),
+            reason,
+            waited_ms: stats::ms(waited),
+        });
+    }
+
     fn end_failed(&mut self, job: &Job, reason: String) {
         self.stats.failed();
         tracing::warn!(id = %job.id, %reason, "job failed");
@@ -657,6 +689,11 @@ impl Scheduler {
             network: self.net.status(api_base),
             network_model: self.learned(),
             presets: self.preset_infos(),
+            max_volume: self
+                .cfg
+                .volume_policy()
+                .max_at(crate::volume::local_time_of_day())
+                .get(),
         }
     }
 }

@@ -4,9 +4,11 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::pipeline::Voice;
-use crate::protocol::{Priority, ReplyTo, WhilePlaying};
+use crate::protocol::{ExpiresIn, Priority, ReplyTo, WhilePlaying};
+use crate::volume::Volume;
 
 /// Where a job's audio comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +40,19 @@ pub struct Job<Id = String> {
     pub source: JobSource,
     /// The preset it plays, if any.
     pub preset: Option<String>,
+    /// The volume it asked for (`None`: the default); clamped when it starts.
+    pub volume: Option<Volume>,
+    /// When it was accepted.
+    pub queued_at: Instant,
+    /// How long it may wait in the queue (`None`: as long as it takes).
+    pub expires_in: Option<ExpiresIn>,
+}
+
+impl<Id> Job<Id> {
+    /// When it expires if still queued.
+    pub fn expires_at(&self) -> Option<Instant> {
+        self.expires_in.map(|e| self.queued_at + e.duration())
+    }
 }
 
 /// A validated request, not yet admitted.
@@ -54,6 +69,9 @@ impl NewJob {
             reply: self.reply,
             source: self.source,
             preset: self.preset,
+            volume: self.volume,
+            queued_at: self.queued_at,
+            expires_in: self.expires_in,
         }
     }
 }
@@ -177,6 +195,21 @@ impl Queue {
         self.jobs.drain(..).collect()
     }
 
+    /// The earliest moment a queued job expires, if any has an expiry.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.jobs.iter().filter_map(Job::expires_at).min()
+    }
+
+    /// Removes every queued job that has expired by `now` (the rest keep their order).
+    pub fn take_expired(&mut self, now: Instant) -> Vec<Job> {
+        let (expired, kept) = self
+            .jobs
+            .drain(..)
+            .partition(|j| j.expires_at().is_some_and(|at| at <= now));
+        self.jobs = kept;
+        expired.into()
+    }
+
     /// The queued job playing preset `name`, if any.
     pub fn preset_queued(&self, name: &str) -> Option<&Job> {
         self.jobs.iter().find(|j| j.preset.as_deref() == Some(name))
@@ -239,6 +272,9 @@ mod tests {
             reply: Arc::new(Nowhere),
             source: JobSource::Live,
             preset: preset.map(str::to_string),
+            volume: None,
+            queued_at: Instant::now(),
+            expires_in: None,
         }
     }
 
@@ -340,6 +376,42 @@ mod tests {
         let gone: Vec<String> = q.clear().into_iter().map(|j| j.id).collect();
         assert_eq!(gone, ["a", "c"]);
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn expired_jobs_leave_the_queue_and_the_others_keep_their_order() {
+        let mut q = Queue::default();
+        let t0 = Instant::now();
+        let secs = |s: f64| Some(ExpiresIn::new(s).unwrap());
+        for (id, expiry) in [
+            ("a", None),
+            ("b", secs(2.0)),
+            ("c", secs(1.0)),
+            ("d", secs(5.0)),
+        ] {
+            let mut job = new(Some(id), Priority::Normal, None);
+            job.queued_at = t0;
+            job.expires_in = expiry;
+            q.admit(job, None, 10).unwrap();
+        }
+        assert_eq!(
+            q.next_expiry(),
+            Some(t0 + std::time::Duration::from_secs(1))
+        );
+        assert!(q.take_expired(t0).is_empty());
+        let gone: Vec<String> = q
+            .take_expired(t0 + std::time::Duration::from_secs(2))
+            .into_iter()
+            .map(|j| j.id)
+            .collect();
+        assert_eq!(gone, ["b", "c"]);
+        assert_eq!(ids(&q), ["a", "d"]);
+        assert_eq!(
+            q.next_expiry(),
+            Some(t0 + std::time::Duration::from_secs(5))
+        );
+        q.remove("d");
+        assert_eq!(q.next_expiry(), None, "a waits as long as it takes");
     }
 
     #[test]

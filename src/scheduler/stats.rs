@@ -117,6 +117,11 @@ impl Stats {
         self.counters.cancelled += 1;
     }
 
+    /// A job expired in the queue.
+    pub fn expired(&mut self) {
+        self.counters.expired += 1;
+    }
+
     /// A job played completely.
     pub fn finished(&mut self, report: &SpeakReport) {
         self.counters.finished += 1;
