@@ -11,6 +11,7 @@ use crate::audio::playout::PlayoutConfig;
 use crate::audio::SinkRequest;
 use crate::buttons::config::ButtonConfig;
 use crate::control::server::Limits;
+use crate::outputs::OutputConfig;
 use crate::pipeline::Voice;
 use crate::presets::PresetConfig;
 use crate::protocol::ExpiresIn;
@@ -46,6 +47,9 @@ pub struct Config {
     /// GPIO buttons (`[[buttons]]`); none by default.
     #[serde(skip_serializing)]
     pub buttons: Vec<ButtonConfig>,
+    /// Named outputs a job can be sent to with `to` (`[outputs.NAME]`); none by default.
+    #[serde(skip_serializing)]
+    pub outputs: BTreeMap<String, OutputConfig>,
 }
 
 /// `[cache]`: where rendered audio is kept and how much.
@@ -412,6 +416,10 @@ impl Config {
         self.check_api(&c)?;
         self.check_daemon(&c)?;
         self.check_cache(&c)?;
+        if let Err(e) = crate::outputs::validate(&self.outputs) {
+            return Err(c.bad(&e.key, e.message));
+        }
+        self.check_routes(&c)?;
         self.check_presets_and_buttons(&c)
     }
 
@@ -606,6 +614,22 @@ impl Config {
         c.in_range("cache.max_mb", self.cache.max_mb, 1..=4096, "1 to 4096")?;
         if self.cache.dir.as_os_str().is_empty() {
             return Err(c.bad("cache.dir", "must name a directory".into()));
+        }
+        Ok(())
+    }
+
+    /// Every preset's and button's `to` names a configured output.
+    fn check_routes(&self, c: &Checker) -> Result<(), ConfigError> {
+        for (name, p) in &self.presets {
+            if let Err(e) = crate::outputs::check_to(p.to.as_deref(), &self.outputs) {
+                return Err(c.bad(&format!("presets.{name}.to"), e));
+            }
+        }
+        for (i, b) in self.buttons.iter().enumerate() {
+            if let Err(e) = crate::outputs::check_to(b.to.as_deref(), &self.outputs) {
+                let key = format!("buttons (button {} on pin {})", i + 1, b.pin);
+                return Err(c.table("buttons".into(), format!("{key}: {e}")));
+            }
         }
         Ok(())
     }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod netmodel;
+pub mod outputs;
 pub mod pipeline;
 pub mod presets;
 pub mod protocol;

@@ -128,6 +128,10 @@ struct SayArgs {
     /// Drop the job unplayed if it has not started within SECONDS (exit status 1).
     #[arg(long, value_name = "SECONDS")]
     expires_in: Option<ExpiresIn>,
+    /// Play on the configured output NAME (`[outputs.NAME]`, e.g. every room through
+    /// Snapcast) instead of this box's device.
+    #[arg(long, value_name = "NAME")]
+    to: Option<String>,
     /// Return once the job is queued instead of when it has been spoken.
     #[arg(long)]
     no_wait: bool,
@@ -448,6 +452,7 @@ fn say(config: &Config, args: SayArgs) -> Result<()> {
         cache: false,
         volume: v.volume,
         expires_in_s: args.expires_in,
+        to: args.to,
     });
     let mut client = Client::connect(&socket_path(config, &args.socket))?;
     client.send(&req)?;
@@ -476,11 +481,19 @@ fn follow(client: &mut Client, no_wait: bool) -> Result<()> {
                 bytes,
                 segments,
                 volume,
+                output,
+                fallback,
                 ..
             } => {
                 let ttfa = request_to_audio_ms.map_or("-".to_string(), |t| format!("{t} ms"));
+                if let Some(why) = fallback {
+                    eprintln!("{why}");
+                }
+                let on = output
+                    .map(|o| format!(" on output {o},"))
+                    .unwrap_or_default();
                 println!(
-                    "{id} finished: time to first audio {ttfa}, audio {:.2} s, stalls {stalls} ({stall_ms} ms), received {bytes} bytes in {segments} segment{}, volume {volume}",
+                    "{id} finished:{on} time to first audio {ttfa}, audio {:.2} s, stalls {stalls} ({stall_ms} ms), received {bytes} bytes in {segments} segment{}, volume {volume}",
                     duration_ms as f64 / 1000.0,
                     if segments == 1 { "" } else { "s" }
                 );
@@ -608,6 +621,7 @@ fn press(
         while_playing,
         volume: None,
         expires_in_s: None,
+        to: None,
     });
     let mut client = Client::connect(&socket_path(config, socket))?;
     client.send(&req)?;

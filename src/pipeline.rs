@@ -632,7 +632,10 @@ mod tests {
             got,
             vec![
                 ("Dinner is ready in the kitchen.".into(), AudioFormat::Pcm),
-                ("Please come down now, all of you.".into(), AudioFormat::Opus),
+                (
+                    "Please come down now, all of you.".into(),
+                    AudioFormat::Opus
+                ),
             ]
         );
         // One short sentence is all pcm; a fixed format is one request.

@@ -40,6 +40,9 @@ pub struct PresetConfig {
     /// Volume 0–100 (default `audio.volume`); a press or button that gives one wins.
     #[serde(default)]
     pub volume: Option<crate::volume::Volume>,
+    /// The output it plays on (`[outputs.NAME]`; default this box's device).
+    #[serde(default)]
+    pub to: Option<String>,
 }
 
 impl PresetConfig {

@@ -200,6 +200,10 @@ pub struct SpeakRequest {
     /// was accepted; default `daemon.default_expiry_s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_in_s: Option<ExpiresIn>,
+    /// The output to play on (`[outputs.NAME]`, e.g. a Snapcast stream to every room);
+    /// default (or `local`) this box's own device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
 }
 
 /// A `preset` request: play a configured preset, exactly like its button.
@@ -223,6 +227,9 @@ pub struct PresetRequest {
     /// default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_in_s: Option<ExpiresIn>,
+    /// Like `speak`'s; default the preset's own `to`, else this box's device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
 }
 
 /// `cancel` names a job.
@@ -565,6 +572,12 @@ pub enum Reply {
         /// The volume it played at, after `audio.min_volume`/`max_volume` and quiet hours.
         #[serde(default)]
         volume: u8,
+        /// The output it played on, when not this box's own device (or when it fell back).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        output: Option<String>,
+        /// Why it played on this box instead of its output (`fallback_to = "local"`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fallback: Option<String>,
     },
     /// Terminal (for a job) or a refused request (`id` absent when there was no job).
     Failed {
@@ -1058,6 +1071,7 @@ mod tests {
                 while_playing: Some(WhilePlaying::Restart),
                 volume: None,
                 expires_in_s: None,
+                to: None,
             })
         );
         assert_eq!(
@@ -1302,6 +1316,7 @@ mod tests {
                 cache: true,
                 volume: Some(Volume::new(40.0).unwrap()),
                 expires_in_s: Some(ExpiresIn::new(2.5).unwrap()),
+                to: Some("house".into()),
             }),
             Request::Stop,
             Request::Skip,
@@ -1313,6 +1328,7 @@ mod tests {
                 while_playing: Some(WhilePlaying::Queue),
                 volume: Some(Volume::new(0.0).unwrap()),
                 expires_in_s: Some(ExpiresIn::new(30.0).unwrap()),
+                to: None,
             }),
             Request::Presets,
             Request::ResetNetworkModel,
@@ -1357,6 +1373,7 @@ mod tests {
             cache: true,
             volume: Some(Volume::FULL),
             expires_in_s: Some(ExpiresIn::new(1.0).unwrap()),
+            to: Some("house".into()),
         });
         assert_eq!(
             keys(serde_json::to_value(full_speak).unwrap()),
@@ -1368,6 +1385,7 @@ mod tests {
             while_playing: Some(WhilePlaying::Restart),
             volume: Some(Volume::FULL),
             expires_in_s: Some(ExpiresIn::new(1.0).unwrap()),
+            to: Some("house".into()),
         });
         assert_eq!(
             keys(serde_json::to_value(full_preset).unwrap()),
@@ -1386,12 +1404,12 @@ mod tests {
             allowed_fields("speak"),
             "cmd, text, voice, model, format (opus, pcm, auto), speed, instructions, \
              priority (normal, high, interrupt), id, cache, volume (0 to 100), \
-             expires_in_s (seconds above 0)"
+             expires_in_s (seconds above 0), to"
         );
         assert_eq!(
             allowed_fields("preset"),
             "cmd, name, id, while_playing (ignore, restart, queue), volume (0 to 100), \
-             expires_in_s (seconds above 0)"
+             expires_in_s (seconds above 0), to"
         );
     }
 

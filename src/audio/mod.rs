@@ -1,10 +1,11 @@
-//! PCM → speaker: the `Sink` trait and its backends (ALSA, WAV), the playout buffer
+//! PCM → speaker: the `Sink` trait and its backends (ALSA, WAV, Snapcast), the playout buffer
 //! and the audio thread that owns the sink.
 
 pub mod alsa;
 pub mod channels;
 pub mod playout;
 pub mod policy;
+pub mod snapcast;
 pub mod stretch;
 mod thread;
 pub mod wav;
@@ -89,6 +90,14 @@ pub enum SinkError {
         /// The ALSA device name.
         device: String,
         /// alsa-lib's or the OS's description.
+        detail: String,
+    },
+    /// A snapserver stream could not be reached or fed (names the output and server).
+    #[error("{device}: {detail}")]
+    Snapcast {
+        /// The output and its server, e.g. "snapcast output 'house' (snapserver h:4953)".
+        device: String,
+        /// What failed and what to check.
         detail: String,
     },
     /// A WAV file could not be written.

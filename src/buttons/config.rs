@@ -136,6 +136,10 @@ pub struct ButtonConfig {
     /// A press still queued after this many seconds expires unplayed (default 30).
     #[serde(default = "default_expires_in_s")]
     pub expires_in_s: ExpiresIn,
+    /// The output its presses play on (`[outputs.NAME]`; default: the preset's, else
+    /// this box's device).
+    #[serde(default)]
+    pub to: Option<String>,
 }
 
 /// A button configuration error; the message names the pin and what is allowed.

@@ -30,7 +30,7 @@ impl Scheduler {
             preview: preview(&job.text),
             since: t0,
         });
-        let mut lease = match self.device.acquire().await {
+        let mut lease = match self.acquire_for(&job).await {
             Ok(l) => l,
             Err(reason) => {
                 self.stats.current = None;
@@ -50,6 +50,7 @@ impl Scheduler {
         let (outcome, started) = self.play(&job, &mut lease.playout, source, t0).await;
         self.stats.current = None;
         self.settle(&job, lease, outcome, started, t0, volume).await;
+        self.release_route().await;
     }
 
     /// Where `job`'s audio comes from.
@@ -221,6 +222,7 @@ impl Scheduler {
             volume = volume.get(),
             "job finished: {report}"
         );
+        let (output, fallback) = self.outputs.reply_fields();
         job.reply.send(Reply::Finished {
             id: job.id.clone(),
             start_to_audio_ms: start_to_audio,
@@ -235,6 +237,8 @@ impl Scheduler {
             stretched_ms: report.stretched_ms,
             warm: report.warm,
             volume: volume.get(),
+            output,
+            fallback,
         });
     }
 

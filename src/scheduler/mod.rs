@@ -15,6 +15,7 @@
 
 pub mod device;
 mod job;
+mod outputs;
 pub mod queue;
 pub mod stats;
 
@@ -38,6 +39,7 @@ use crate::systemd::Notifier;
 use crate::tts::cache::{AudioCache, CachingSource};
 use crate::tts::{OpenFuture, SpeechRequest, SpeechSource};
 use device::{Device, DeviceSettings};
+use outputs::Outputs;
 use queue::{Job, JobSource, NewJob, Press, Queue, Refusal};
 use stats::{Net, Stats};
 
@@ -168,6 +170,8 @@ pub struct Scheduler {
     requests: mpsc::Receiver<Envelope>,
     queue: Queue,
     device: Device,
+    /// The `[outputs.NAME]` devices (`to`); the playing job's stands in `device`.
+    outputs: Outputs,
     stats: Stats,
     net: Net,
     started: Instant,
@@ -204,6 +208,7 @@ impl Scheduler {
         };
         let s = Scheduler {
             device: Device::new(parts.opener, DeviceSettings::from_config(&cfg)),
+            outputs: Outputs::from_config(&cfg),
             source: parts.source,
             notifier: parts.notifier,
             model: parts.model,
@@ -234,6 +239,7 @@ impl Scheduler {
         loop {
             if let Some(done) = self.stopping.take() {
                 self.device.close().await;
+                self.outputs.close_all().await;
                 let _ = done.send(());
                 return;
             }
@@ -256,6 +262,7 @@ impl Scheduler {
     async fn idle(&mut self) -> bool {
         let warm_at = self.warm_at();
         let device_at = self.device.next_timer();
+        let outputs_at = self.outputs.next_timer();
         let expiry_at = self.queue.next_expiry();
         tokio::select! {
             cmd = self.rx.recv() => match cmd {
@@ -264,6 +271,7 @@ impl Scheduler {
                 }
                 None => {
                     self.device.close().await;
+                    self.outputs.close_all().await;
                     return false;
                 }
             },
@@ -273,6 +281,9 @@ impl Scheduler {
             _ = sleep_until(device_at.unwrap_or(self.started).into()), if device_at.is_some() => {
                 self.device.on_timer().await;
                 self.set_status();
+            }
+            _ = sleep_until(outputs_at.unwrap_or(self.started).into()), if outputs_at.is_some() => {
+                self.outputs.on_timer().await;
             }
             _ = sleep_until(warm_at.unwrap_or(self.started).into()), if warm_at.is_some() => {
                 self.keepalive();
@@ -340,8 +351,7 @@ impl Scheduler {
     }
 
     fn reload(&mut self, config: Config, source: Option<Arc<dyn SpeechSource>>) {
-        self.device
-            .reconfigure(DeviceSettings::from_config(&config));
+        self.reconfigure_devices(&config);
         if config.cache != self.cfg.cache {
             tracing::warn!("[cache] changes take effect at the next restart");
         }
@@ -460,6 +470,9 @@ impl Scheduler {
             Ok(v) => v,
             Err(reason) => return self.refuse(&reply, s.id.clone(), reason),
         };
+        if let Err(e) = crate::outputs::check_to(s.to.as_deref(), &self.cfg.outputs) {
+            return self.refuse(&reply, s.id.clone(), format!("speak: {e}"));
+        }
         let source = if s.cache && self.presets.is_some() {
             JobSource::Cached { pinned: false }
         } else {
@@ -476,6 +489,7 @@ impl Scheduler {
             volume: s.volume,
             queued_at: Instant::now(),
             expires_in: s.expires_in_s.or(self.cfg.daemon.default_expiry_s),
+            to: s.to,
         };
         self.admit(new, playing)
     }
@@ -535,6 +549,10 @@ impl Scheduler {
         let preset_cfg = self.cfg.presets.get(&p.name);
         let priority = preset_cfg.and_then(|c| c.priority).unwrap_or_default();
         let volume = p.volume.or(preset_cfg.and_then(|c| c.volume));
+        let to = p.to.clone().or(preset_cfg.and_then(|c| c.to.clone()));
+        if let Err(e) = crate::outputs::check_to(to.as_deref(), &self.cfg.outputs) {
+            return self.refuse(&reply, p.id.clone(), format!("preset: {e}"));
+        }
         let priority = match queue::press(rule, &p.name, priority, playing, &self.queue) {
             Press::AlreadyThere(id) => {
                 tracing::info!(preset = %p.name, %id, "press ignored: the preset is playing or queued");
@@ -563,6 +581,7 @@ impl Scheduler {
             volume,
             queued_at: Instant::now(),
             expires_in: p.expires_in_s.or(self.cfg.daemon.default_expiry_s),
+            to,
         };
         self.admit(new, playing)
     }

@@ -46,6 +46,8 @@ pub struct Job<Id = String> {
     pub queued_at: Instant,
     /// How long it may wait in the queue (`None`: as long as it takes).
     pub expires_in: Option<ExpiresIn>,
+    /// The output it plays on (`None`: this box's device); checked against the config.
+    pub to: Option<String>,
 }
 
 impl<Id> Job<Id> {
@@ -72,6 +74,7 @@ impl NewJob {
             volume: self.volume,
             queued_at: self.queued_at,
             expires_in: self.expires_in,
+            to: self.to,
         }
     }
 }
@@ -275,6 +278,7 @@ mod tests {
             volume: None,
             queued_at: Instant::now(),
             expires_in: None,
+            to: None,
         }
     }
 

@@ -1,0 +1,284 @@
+//! The Snapcast sink: raw PCM into a snapserver `tcp://HOST:PORT?mode=server` stream source,
+//! paced to real time by a monotonic clock, so every room's snapclient plays it in sync.
+//!
+//! snapserver reads its tcp source at real time but does not push back at real time (the
+//! kernel's socket buffers hold seconds), so this sink keeps time like a sound card: a write
+//! returns once the audio it holds is at most `ahead` in front of the clock that started
+//! with the first write. Draining waits until the last sample has been played in the rooms:
+//! the end of the audio on that clock plus snapserver's end-to-end `buffer` (`latency`).
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::{DeviceFormat, Sink, SinkError, SinkOpener, SinkRequest};
+
+/// How long opening waits for snapserver to accept the connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// A write blocked this long means snapserver stopped reading (it reads at real time, and
+/// this sink is never more than `ahead` in front).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Silence sent after each utterance before waiting for it to play: snapserver only reads
+/// whole `chunk_ms` chunks (default 20 ms) and its flac encoder holds a block (~24 ms), so
+/// without a tail the last few milliseconds of speech would wait for the next announcement.
+pub const TAIL: Duration = Duration::from_millis(100);
+
+/// Where and how a snapcast output streams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapcastTarget {
+    /// The output's name in the config (`[outputs.NAME]`), for messages.
+    pub output: String,
+    /// snapserver's tcp source, `HOST:PORT`.
+    pub server: String,
+    /// The stream's sample rate (snapserver's `sampleformat`).
+    pub rate: u32,
+    /// The stream's channel count.
+    pub channels: u16,
+    /// snapserver's end-to-end buffer: how long after it is sent a sample plays in the rooms.
+    pub latency: Duration,
+}
+
+impl SnapcastTarget {
+    /// How the sink names itself in errors and `status`.
+    fn shown(&self) -> String {
+        format!(
+            "snapcast output '{}' (snapserver {})",
+            self.output, self.server
+        )
+    }
+}
+
+/// Opens snapcast sinks for one configured output (the device name is the output's).
+#[derive(Debug, Clone)]
+pub struct SnapcastOpener {
+    /// The output it opens.
+    pub target: SnapcastTarget,
+}
+
+impl SinkOpener for SnapcastOpener {
+    fn open(&self, _device: &str, req: &SinkRequest) -> Result<Box<dyn Sink>, SinkError> {
+        Ok(Box::new(SnapcastSink::connect(&self.target, req)?))
+    }
+}
+
+/// The real-time clock of what has been sent: started by the first write after a drain
+/// (or after running dry), like a DAC starting on its first period.
+#[derive(Debug, Default)]
+struct Clock {
+    since: Option<Instant>,
+    written: u64,
+}
+
+impl Clock {
+    /// Frames the rooms' clock has reached since `since`.
+    fn played(&self, now: Instant, rate: u32) -> u64 {
+        self.since.map_or(0, |s| {
+            (now.saturating_duration_since(s).as_secs_f64() * f64::from(rate)) as u64
+        })
+    }
+
+    /// When the frame at `frames` from the start is due.
+    fn at(&self, frames: u64, rate: u32) -> Option<Instant> {
+        self.since
+            .map(|s| s + Duration::from_secs_f64(frames as f64 / f64::from(rate)))
+    }
+}
+
+/// A connection to a snapserver tcp source, writing 16-bit little-endian interleaved PCM.
+pub struct SnapcastSink {
+    stream: TcpStream,
+    target: SnapcastTarget,
+    shown: String,
+    format: DeviceFormat,
+    /// Frames the sink may be ahead of its clock (the "device buffer" on this side).
+    ahead: u64,
+    clock: Clock,
+    /// One period as bytes; allocated once, so a write never allocates.
+    bytes: Vec<u8>,
+    /// Frames of silence sent after each utterance.
+    tail_frames: u64,
+    xruns: u64,
+    connected_at: Instant,
+}
+
+impl std::fmt::Debug for SnapcastSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapcastSink")
+            .field("target", &self.target)
+            .field("format", &self.format)
+            .finish()
+    }
+}
+
+impl SnapcastSink {
+    /// Connects to `target.server`; the granted format is the stream's, with `req`'s period
+    /// and buffer length (the buffer bounds how far ahead of real time the sink may send).
+    pub fn connect(target: &SnapcastTarget, req: &SinkRequest) -> Result<SnapcastSink, SinkError> {
+        let shown = target.shown();
+        let fail = |detail: String| SinkError::Snapcast {
+            device: shown.clone(),
+            detail,
+        };
+        if target.rate == 0 || target.channels == 0 || req.period_ms == 0 {
+            return Err(fail(
+                "rate, channels and period must all be above zero".into(),
+            ));
+        }
+        let stream = open_stream(&target.server).map_err(fail)?;
+        let period_frames = (u64::from(target.rate) * u64::from(req.period_ms) / 1000).max(1);
+        let ahead = period_frames * u64::from(req.buffer_periods.max(2));
+        let latency_frames = (target.latency.as_secs_f64() * f64::from(target.rate)) as u64;
+        let period = usize::try_from(period_frames).unwrap_or(usize::MAX);
+        Ok(SnapcastSink {
+            stream,
+            shown: shown.clone(),
+            target: target.clone(),
+            format: DeviceFormat {
+                rate: target.rate,
+                channels: target.channels,
+                period_frames: period,
+                // What is sent but not yet heard: our lead plus snapserver's buffer. The
+                // daemon's hung-device timer and the interrupt's reach both go by this.
+                buffer_frames: usize::try_from(ahead + latency_frames).unwrap_or(usize::MAX),
+            },
+            ahead,
+            clock: Clock::default(),
+            bytes: vec![0; period * usize::from(target.channels) * 2],
+            tail_frames: (TAIL.as_secs_f64() * f64::from(target.rate)) as u64,
+            xruns: 0,
+            connected_at: Instant::now(),
+        })
+    }
+
+    fn error(&self, op: &str, e: &std::io::Error) -> SinkError {
+        SinkError::Snapcast {
+            device: self.shown.clone(),
+            detail: format!(
+                "{op} failed {:.1} s after connecting: {e} (the connection to snapserver was lost; the rooms heard the announcement cut off)",
+                self.connected_at.elapsed().as_secs_f64()
+            ),
+        }
+    }
+
+    /// Waits until `frames` more may be sent without getting more than `ahead` in front
+    /// of the clock; a clock that ran past everything sent restarts (an underrun).
+    fn pace(&mut self, frames: u64) {
+        let rate = self.format.rate;
+        let now = Instant::now();
+        if self.clock.since.is_none() || self.clock.played(now, rate) > self.clock.written {
+            if self.clock.since.is_some() {
+                self.xruns += 1;
+            }
+            self.clock = Clock {
+                since: Some(now),
+                written: 0,
+            };
+        }
+        let limit = (self.clock.written + frames).saturating_sub(self.ahead);
+        if let Some(due) = self.clock.at(limit, rate) {
+            let wait = due.saturating_duration_since(Instant::now());
+            if !wait.is_zero() {
+                thread::sleep(wait);
+            }
+        }
+        self.clock.written += frames;
+    }
+
+    /// Sends the first `frames` frames of the byte buffer, paced.
+    fn send(&mut self, frames: u64) -> Result<(), SinkError> {
+        self.pace(frames);
+        let len =
+            usize::try_from(frames).unwrap_or(usize::MAX) * usize::from(self.format.channels) * 2;
+        let len = len.min(self.bytes.len());
+        let r = self.stream.write_all(&self.bytes[..len]);
+        r.map_err(|e| self.error("sending audio", &e))
+    }
+}
+
+impl Sink for SnapcastSink {
+    fn format(&self) -> DeviceFormat {
+        self.format
+    }
+
+    fn name(&self) -> &str {
+        &self.shown
+    }
+
+    fn write(&mut self, period: &[i16]) -> Result<(), SinkError> {
+        let channels = usize::from(self.format.channels);
+        if period.len() % channels != 0 || period.len() * 2 > self.bytes.len() {
+            return Err(SinkError::Snapcast {
+                device: self.shown.clone(),
+                detail: format!(
+                    "{} samples is not a whole number of {channels}-channel frames of at most one period",
+                    period.len()
+                ),
+            });
+        }
+        for (out, s) in self.bytes.chunks_exact_mut(2).zip(period) {
+            out.copy_from_slice(&s.to_le_bytes());
+        }
+        self.send((period.len() / channels) as u64)
+    }
+
+    /// Sends the tail of silence, then waits until the last audio sample has played in
+    /// the rooms (its time on the clock plus snapserver's buffer).
+    fn drain(&mut self) -> Result<(), SinkError> {
+        let Some(end) = self.clock.at(self.clock.written, self.format.rate) else {
+            return Ok(());
+        };
+        let end = end + self.target.latency;
+        self.bytes.fill(0);
+        let period = self.format.period_frames as u64;
+        let mut left = self.tail_frames;
+        while left > 0 {
+            let n = left.min(period);
+            self.send(n)?;
+            left -= n;
+        }
+        let wait = end.saturating_duration_since(Instant::now());
+        if !wait.is_zero() {
+            thread::sleep(wait);
+        }
+        self.clock = Clock::default();
+        Ok(())
+    }
+
+    fn xruns(&self) -> u64 {
+        self.xruns
+    }
+
+    /// What is sent but not yet due on the clock: when this runs short, snapserver's next
+    /// read comes up empty.
+    fn queued_frames(&mut self) -> Option<u64> {
+        let played = self.clock.played(Instant::now(), self.format.rate);
+        Some(self.clock.written.saturating_sub(played))
+    }
+}
+
+/// Resolves `server` and connects, with a reason that says what to check.
+fn open_stream(server: &str) -> Result<TcpStream, String> {
+    let addrs: Vec<SocketAddr> = server
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve '{server}': {e}"))?
+        .collect();
+    let mut last = format!("'{server}' resolves to no address");
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
+            Ok(s) => {
+                // Small writes go out at once: the clock, not Nagle, decides when.
+                s.set_nodelay(true).map_err(|e| e.to_string())?;
+                s.set_write_timeout(Some(WRITE_TIMEOUT))
+                    .map_err(|e| e.to_string())?;
+                return Ok(s);
+            }
+            Err(e) => {
+                last = format!(
+                    "cannot connect to {addr}: {e} (is snapserver running with a `tcp://{server}?name=…&mode=server` stream source?)"
+                )
+            }
+        }
+    }
+    Err(last)
+}
