@@ -20,9 +20,17 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// this sink is never more than `ahead` in front).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Silence sent after each utterance before waiting for it to play: snapserver only reads
-/// whole `chunk_ms` chunks (default 20 ms) and its flac encoder holds a block (~24 ms), so
-/// without a tail the last few milliseconds of speech would wait for the next announcement.
-pub const TAIL: Duration = Duration::from_millis(100);
+/// whole `chunk_ms` chunks (default 20 ms) and its flac encoder holds a block (~24 ms), and
+/// snapclient 0.26 plays nothing of a last request it cannot fill (its ALSA buffer, 80 ms by
+/// default), so without a tail the end of the speech would wait for the next announcement
+/// or be dropped. `finished` does not wait for the tail (it is sent while waiting anyway).
+pub const TAIL: Duration = Duration::from_millis(250);
+
+/// Added to the wait for the rooms, so `finished` is never early: snapserver stamps a
+/// stream's first chunk 20 ms (`chunk_ms`) before it read it, so the rooms play up to that
+/// much ahead of this sink's clock; with this margin `finished` comes 20–50 ms after the
+/// last sample was heard (docs/MULTIROOM.md).
+const FINISH_MARGIN: Duration = Duration::from_millis(20);
 
 /// Where and how a snapcast output streams.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -228,7 +236,7 @@ impl Sink for SnapcastSink {
         let Some(end) = self.clock.at(self.clock.written, self.format.rate) else {
             return Ok(());
         };
-        let end = end + self.target.latency;
+        let end = end + self.target.latency + FINISH_MARGIN;
         self.bytes.fill(0);
         let period = self.format.period_frames as u64;
         let mut left = self.tail_frames;

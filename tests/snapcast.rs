@@ -1,0 +1,423 @@
+//! House-wide announcements through Snapcast, end to end on loopback: the real `herald
+//! serve`, the real Debian `snapserver` (its own config in a temp dir, free ports, HTTP
+//! off) and two real `snapclient` processes, each playing through alsa-lib into its own
+//! FIFO-clocked PCM (`herald_fifoN`, drained at 48 kHz by a `FifoClock` standing in for a
+//! room's DAC). The emulator stands in for OpenAI (its `tone` voice, 60 ms a character).
+//!
+//! Skipped with a message when snapserver/snapclient are not installed (scripts/setup.sh
+//! installs them; CI always has them).
+
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::daemon::Served;
+use support::{Capture, FifoClock};
+
+const KEY: &str = "sk-snapcast-0123456789abcdefSECRET";
+const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// About 1.3 s of the emulator's tone.
+const PHRASE: &str = "Dinner is ready, everyone.";
+/// snapserver's end-to-end buffer in these tests (ms): shorter than the 1000 ms default,
+/// so the binary stays quick; the mechanism is the same.
+const BUFFER_MS: u32 = 400;
+/// Where the rooms' first samples may differ (the issue's bar).
+const ONSET_SPREAD: Duration = Duration::from_millis(5);
+/// How late `finished` may come after the last sample was heard in the rooms (20 ms of
+/// snapserver's chunk, 20 ms of margin, scheduling; docs/MULTIROOM.md says 20–50 ms).
+const FINISH_TOLERANCE: Duration = Duration::from_millis(150);
+/// How far behind snapclient's idea of "now playing" this rig's "DAC" hears a sample: the
+/// FIFO PCM's `null` slave reports no delay (`snd_pcm_delay` 0), while the file plugin holds
+/// one ALSA buffer (snapclient's default 80 ms) and the pipe 8192 bytes (2048 stereo frames,
+/// 42.7 ms), less the clock's 10 ms read-ahead. A real DAC reports its delay; for one that
+/// does not, snapclient's `--latency` is the documented fix, and it is used the same way here.
+const RIG_LATENCY_MS: u32 = 113;
+
+fn have(bin: &str) -> bool {
+    Command::new(bin)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+fn snapcast_installed() -> bool {
+    let ok = have("snapserver") && have("snapclient");
+    if !ok {
+        eprintln!("skipped: snapserver/snapclient not installed (scripts/setup.sh installs them)");
+    }
+    ok
+}
+
+/// A port nothing listens on right now.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A snapserver with its own config and data dir, on free loopback ports; killed on drop.
+struct SnapServer {
+    child: Child,
+    dir: tempfile::TempDir,
+    /// Where snapclients connect.
+    stream_port: u16,
+    /// JSON-RPC over TCP.
+    control_port: u16,
+    /// The announcement stream's `tcp://…?mode=server` source (herald's `server`).
+    source_port: u16,
+}
+
+impl SnapServer {
+    /// `with_source`: false starts it without the announcement stream (only a pipe).
+    fn start(with_source: bool) -> SnapServer {
+        let dir = tempfile::tempdir().unwrap();
+        let (stream_port, control_port, source_port) = (free_port(), free_port(), free_port());
+        let source = if with_source {
+            format!("source = tcp://127.0.0.1:{source_port}?name=Announcements&mode=server\n")
+        } else {
+            format!(
+                "source = pipe://{}?name=Music&mode=create\n",
+                dir.path().join("music.fifo").display()
+            )
+        };
+        let conf = format!(
+            "[server]\ndatadir = {data}\n\n[http]\nenabled = false\n\n[tcp]\nenabled = true\nbind_to_address = 127.0.0.1\nport = {control_port}\n\n\
+             [stream]\nbind_to_address = 127.0.0.1\nport = {stream_port}\n{source}sampleformat = 48000:16:2\ncodec = pcm\nbuffer = {BUFFER_MS}\n\n\
+             [logging]\nsink = stderr\nfilter = *:info\n",
+            data = dir.path().display()
+        );
+        let path = dir.path().join("snapserver.conf");
+        std::fs::write(&path, conf).unwrap();
+        let log = std::fs::File::create(dir.path().join("snapserver.log")).unwrap();
+        let child = Command::new("snapserver")
+            .arg("-c")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn snapserver");
+        let s = SnapServer {
+            child,
+            dir,
+            stream_port,
+            control_port,
+            source_port,
+        };
+        s.wait_rpc(|_| true);
+        s
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("snapserver.log")).unwrap_or_default()
+    }
+
+    /// `Server.GetStatus` over the control port (`None` while it does not answer).
+    fn status(&self) -> Option<Value> {
+        let mut c = TcpStream::connect(("127.0.0.1", self.control_port)).ok()?;
+        c.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        let req = json!({"id": 1, "jsonrpc": "2.0", "method": "Server.GetStatus"});
+        c.write_all(format!("{req}\r\n").as_bytes()).ok()?;
+        let mut line = String::new();
+        BufReader::new(c).read_line(&mut line).ok()?;
+        serde_json::from_str(&line).ok()
+    }
+
+    /// Waits until the status satisfies `ok`; panics with the log after 10 s.
+    fn wait_rpc(&self, ok: impl Fn(&Value) -> bool) {
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = self.status() {
+                if ok(&st) {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < until,
+                "snapserver not ready: {:?}\n{}",
+                self.status(),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until `n` clients are connected.
+    fn wait_clients(&self, n: usize) {
+        self.wait_rpc(|st| {
+            let groups = st["result"]["server"]["groups"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let connected = groups
+                .iter()
+                .flat_map(|g| g["clients"].as_array().cloned().unwrap_or_default())
+                .filter(|c| c["connected"] == true)
+                .count();
+            connected >= n
+        });
+    }
+}
+
+impl Drop for SnapServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One room: a snapclient playing into a FIFO PCM, and the clock that drains it.
+struct Room {
+    child: Child,
+    clock: Option<FifoClock>,
+    log: std::path::PathBuf,
+}
+
+impl Room {
+    fn start(server: &SnapServer, n: usize) -> Room {
+        let fifo = support::claim_fifo();
+        // The reader first: the file PCM opens the FIFO for writing when snapclient opens it.
+        let clock = FifoClock::start(&fifo.path, 48_000, 2);
+        let (var, value) = support::alsa_env().env_var();
+        let log = server.dir.path().join(format!("room{n}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new("snapclient")
+            .args(["-h", "127.0.0.1", "-p"])
+            .arg(server.stream_port.to_string())
+            .args(["--hostID", &format!("room{n}"), "--player", "alsa"])
+            .args(["-s", &fifo.pcm, "--logsink", "stderr"])
+            .args(["--latency", &RIG_LATENCY_MS.to_string()])
+            .env(var, value)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("spawn snapclient");
+        Room {
+            child,
+            clock: Some(clock),
+            log,
+        }
+    }
+
+    /// Stops the client and returns what the room's "DAC" played.
+    fn played(mut self) -> Capture {
+        // SIGTERM: snapclient closes the PCM, so the file plugin writes out what it holds.
+        // SAFETY: kill(2) of our own child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = self.child.wait();
+        self.clock
+            .take()
+            .unwrap()
+            .finish(Duration::from_millis(500))
+    }
+}
+
+impl Drop for Room {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn config(sock: &Path, scenario: &str, server_port: u16, extra: &str) -> String {
+    format!(
+        "[api]\napi_base = \"{}\"\nmax_attempts = 1\n\n[audio]\ndevice = \"herald_null\"\nrealtime_priority = 0\n\n[cache]\ndir = \"{}\"\n\n\
+         [daemon]\nsocket_path = \"{}\"\nidle_close_s = 0\nlead_in_ms = 0\nkeepalive_s = 0\n\n\
+         [outputs.house]\ntype = \"snapcast\"\nserver = \"127.0.0.1:{server_port}\"\nformat = \"48000:16:2\"\nlatency_ms = {BUFFER_MS}\nlead_in_ms = 100\n{extra}",
+        support::emulator::shared(KEY).base_url(scenario),
+        sock.with_extension("cache").display(),
+        sock.display()
+    )
+}
+
+/// `herald serve` with output `house` at `server_port`; `scenario` is the emulator's (each
+/// test its own, so the request count is its own).
+fn serve(scenario: &str, server_port: u16, extra: &str) -> Served {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("herald.sock");
+    let text = config(&sock, scenario, server_port, extra);
+    Served::start(dir, sock, &text, KEY, &[], Duration::from_secs(20))
+}
+
+/// Sends one request; returns every reply up to its terminal one, each with when it came.
+fn request(served: &Served, v: Value) -> Vec<(Instant, Value)> {
+    let mut w = UnixStream::connect(&served.sock).unwrap();
+    w.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
+    w.write_all(format!("{v}\n").as_bytes()).unwrap();
+    let mut out = Vec::new();
+    for line in BufReader::new(w).lines() {
+        let line = line.expect("no reply in time");
+        let r: Value = serde_json::from_str(&line).unwrap();
+        let terminal = matches!(
+            r["event"].as_str(),
+            Some("finished" | "failed" | "cancelled" | "interrupted" | "expired")
+        );
+        out.push((Instant::now(), r));
+        if terminal {
+            return out;
+        }
+    }
+    panic!("the daemon closed the connection: {out:?}")
+}
+
+/// The first and last frame (left channel) louder than the noise floor.
+fn span(cap: &Capture) -> Option<(usize, usize)> {
+    let ch = usize::from(cap.channels);
+    let frames: Vec<i16> = cap.samples.iter().step_by(ch).copied().collect();
+    let loud = |s: &i16| s.unsigned_abs() > 64;
+    Some((
+        frames.iter().position(loud)?,
+        frames.iter().rposition(loud)?,
+    ))
+}
+
+/// When frame `i` of a capture reached the "DAC".
+fn at(cap: &Capture, i: usize) -> Instant {
+    cap.started_at.unwrap() + Duration::from_secs_f64(i as f64 / f64::from(cap.rate))
+}
+
+/// What herald plays for `text`, from its own WAV output (mono, 48 kHz): the reference
+/// each room's capture must match sample for sample.
+fn reference(served: &Served, text: &str) -> Vec<i16> {
+    let wav = served.dir.path().join("reference.wav");
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("--config")
+        .arg(&served.config)
+        .args(["speak", "--out"])
+        .arg(&wav)
+        .arg(text)
+        .env("OPENAI_API_KEY", KEY)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (spec, samples) = support::reference::read_wav(&wav);
+    assert_eq!((spec.channels, spec.sample_rate), (1, 48_000));
+    samples
+}
+
+/// Where `reference` starts in a room's capture (frame index), found by aligning its
+/// first loud stretch; `None` if it is not there.
+fn locate(room: &[i16], reference: &[i16]) -> Option<usize> {
+    let loud = |s: &i16| s.unsigned_abs() > 64;
+    let first_ref = reference.iter().position(loud)?;
+    let first_room = room.iter().position(loud)?;
+    let guess = first_room.checked_sub(first_ref)?;
+    let window = &reference[first_ref..(first_ref + 2400).min(reference.len())];
+    (guess.saturating_sub(480)..guess + 480)
+        .filter(|&off| off + first_ref + window.len() <= room.len())
+        .min_by_key(|&off| {
+            let at = &room[off + first_ref..off + first_ref + window.len()];
+            at.iter()
+                .zip(window)
+                .map(|(a, b)| (i64::from(*a) - i64::from(*b)).abs())
+                .sum::<i64>()
+        })
+}
+
+/// A room's left and right channels.
+fn channels(cap: &Capture) -> (Vec<i16>, Vec<i16>) {
+    let left = cap.samples.iter().step_by(2).copied().collect();
+    let right = cap.samples.iter().skip(1).step_by(2).copied().collect();
+    (left, right)
+}
+
+fn emulator_requests(scenario: &str) -> u64 {
+    support::emulator::shared(KEY)
+        .stats()
+        .requests_for(scenario)
+}
+
+/// The sync test's emulator scenario (the tone, fast).
+const SYNC: &str = "fast,tone";
+
+#[test]
+fn a_house_announcement_is_heard_in_every_room_complete_in_sync_and_finished_after_it() {
+    if !snapcast_installed() {
+        return;
+    }
+    let server = SnapServer::start(true);
+    let rooms = [Room::start(&server, 0), Room::start(&server, 1)];
+    server.wait_clients(2);
+    let served = serve(SYNC, server.source_port, "");
+    let reference = reference(&served, PHRASE);
+    let before = emulator_requests(SYNC);
+
+    let replies = request(
+        &served,
+        json!({"text": PHRASE, "to": "house", "id": "dinner"}),
+    );
+    let events: Vec<&str> = replies
+        .iter()
+        .map(|(_, r)| r["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(events, ["queued", "started", "finished"], "{replies:?}");
+    let (finished_at, finished) = &replies[2];
+    assert_eq!(finished["output"], "house", "{finished}");
+    assert_eq!(finished["stalls"], 0, "{finished}");
+    assert_eq!(
+        emulator_requests(SYNC) - before,
+        1,
+        "one announcement for every room is one API request"
+    );
+
+    // Give the rooms the tail of silence, then stop them (which flushes the rig).
+    std::thread::sleep(Duration::from_millis(300));
+    let [a, b] = rooms;
+    let caps = [a.played(), b.played()];
+    let mut onsets = Vec::new();
+    for (n, cap) in caps.iter().enumerate() {
+        let (left, right) = channels(cap);
+        assert_eq!(left, right, "room {n}: the mono voice is on both channels");
+        let start = locate(&left, &reference)
+            .unwrap_or_else(|| panic!("room {n} never played the announcement: {cap:?}"));
+        let heard = &left[start..(start + reference.len()).min(left.len())];
+        assert_eq!(heard.len(), reference.len(), "room {n}: the end is missing");
+        let wrong = heard
+            .iter()
+            .zip(&reference)
+            .filter(|(a, b)| (i32::from(**a) - i32::from(**b)).abs() > 2)
+            .count();
+        assert_eq!(
+            wrong, 0,
+            "room {n}: {wrong} samples differ from what herald sent"
+        );
+        let end = start + reference.len();
+        let until = Duration::from_secs_f64(end as f64 / 48_000.0);
+        assert!(
+            cap.gaps.iter().all(|g| g.at >= until),
+            "room {n}: a gap inside the announcement (it ends {until:?} in, at frame {end} of {}): {:?}",
+            left.len(),
+            cap.gaps
+        );
+        let last = at(cap, end);
+        assert!(
+            *finished_at >= last,
+            "room {n}: finished came {:?} before the last sample was heard",
+            last.duration_since(*finished_at)
+        );
+        assert!(
+            finished_at.duration_since(last) <= FINISH_TOLERANCE,
+            "room {n}: finished came {:?} after the last sample (allowed {FINISH_TOLERANCE:?})",
+            finished_at.duration_since(last)
+        );
+        onsets.push(at(cap, start));
+    }
+    let spread = onsets[0].max(onsets[1]) - onsets[0].min(onsets[1]);
+    assert!(spread <= ONSET_SPREAD, "the rooms started {spread:?} apart");
+    eprintln!("onset spread {spread:?}");
+}
