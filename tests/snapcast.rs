@@ -48,8 +48,13 @@ fn have(bin: &str) -> bool {
         .is_ok()
 }
 
+/// Whether the tests can run here. In CI (`CI` set) they must: a missing package fails.
 fn snapcast_installed() -> bool {
     let ok = have("snapserver") && have("snapclient");
+    assert!(
+        ok || std::env::var_os("CI").is_none(),
+        "snapserver/snapclient are not installed: scripts/setup.sh installs them"
+    );
     if !ok {
         eprintln!("skipped: snapserver/snapclient not installed (scripts/setup.sh installs them)");
     }
@@ -96,17 +101,8 @@ impl SnapServer {
              [logging]\nsink = stderr\nfilter = *:info\n",
             data = dir.path().display()
         );
-        let path = dir.path().join("snapserver.conf");
-        std::fs::write(&path, conf).unwrap();
-        let log = std::fs::File::create(dir.path().join("snapserver.log")).unwrap();
-        let child = Command::new("snapserver")
-            .arg("-c")
-            .arg(&path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn snapserver");
+        std::fs::write(dir.path().join("snapserver.conf"), conf).unwrap();
+        let child = spawn_snapserver(dir.path());
         let s = SnapServer {
             child,
             dir,
@@ -116,6 +112,19 @@ impl SnapServer {
         };
         s.wait_rpc(|_| true);
         s
+    }
+
+    /// Kills it (a crash, a power cut of the server host).
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again with the same config and ports.
+    fn restart(&mut self) {
+        self.kill();
+        self.child = spawn_snapserver(self.dir.path());
+        self.wait_rpc(|_| true);
     }
 
     fn log(&self) -> String {
@@ -169,6 +178,23 @@ impl SnapServer {
     }
 }
 
+/// snapserver with `dir`/snapserver.conf, logging to `dir`/snapserver.log (appended).
+fn spawn_snapserver(dir: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("snapserver.log"))
+        .unwrap();
+    Command::new("snapserver")
+        .arg("-c")
+        .arg(dir.join("snapserver.conf"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("spawn snapserver")
+}
+
 impl Drop for SnapServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -180,7 +206,6 @@ impl Drop for SnapServer {
 struct Room {
     child: Child,
     clock: Option<FifoClock>,
-    log: std::path::PathBuf,
 }
 
 impl Room {
@@ -206,7 +231,6 @@ impl Room {
         Room {
             child,
             clock: Some(clock),
-            log,
         }
     }
 
@@ -271,17 +295,6 @@ fn request(served: &Served, v: Value) -> Vec<(Instant, Value)> {
     panic!("the daemon closed the connection: {out:?}")
 }
 
-/// The first and last frame (left channel) louder than the noise floor.
-fn span(cap: &Capture) -> Option<(usize, usize)> {
-    let ch = usize::from(cap.channels);
-    let frames: Vec<i16> = cap.samples.iter().step_by(ch).copied().collect();
-    let loud = |s: &i16| s.unsigned_abs() > 64;
-    Some((
-        frames.iter().position(loud)?,
-        frames.iter().rposition(loud)?,
-    ))
-}
-
 /// When frame `i` of a capture reached the "DAC".
 fn at(cap: &Capture, i: usize) -> Instant {
     cap.started_at.unwrap() + Duration::from_secs_f64(i as f64 / f64::from(cap.rate))
@@ -343,7 +356,7 @@ fn emulator_requests(scenario: &str) -> u64 {
 }
 
 /// The sync test's emulator scenario (the tone, fast).
-const SYNC: &str = "fast,tone";
+const SYNC: &str = "fast,tone,id=sync";
 
 #[test]
 fn a_house_announcement_is_heard_in_every_room_complete_in_sync_and_finished_after_it() {
@@ -420,4 +433,122 @@ fn a_house_announcement_is_heard_in_every_room_complete_in_sync_and_finished_aft
     let spread = onsets[0].max(onsets[1]) - onsets[0].min(onsets[1]);
     assert!(spread <= ONSET_SPREAD, "the rooms started {spread:?} apart");
     eprintln!("onset spread {spread:?}");
+}
+
+/// About 3.5 s of tone: long enough to cut the connection in the middle.
+const LONG: &str = "This announcement runs long enough to pull the plug in the middle of it.";
+
+fn terminal(replies: &[(Instant, Value)]) -> &Value {
+    &replies.last().unwrap().1
+}
+
+#[test]
+fn an_unreachable_snapserver_fails_the_job_naming_the_output_and_server_or_plays_here() {
+    if !snapcast_installed() {
+        return;
+    }
+    // Nothing listens on the port: snapserver is down.
+    let port = free_port();
+    let served = serve("fast,tone,id=down", port, "");
+    let r = request(&served, json!({"text": PHRASE, "to": "house", "id": "a"}));
+    let end = terminal(&r);
+    assert_eq!(end["event"], "failed", "{end}");
+    let reason = end["reason"].as_str().unwrap();
+    for part in [
+        "'house'",
+        &format!("127.0.0.1:{port}"),
+        "snapserver",
+        "refused",
+    ] {
+        assert!(reason.contains(part), "{part} missing from: {reason}");
+    }
+    // An unknown output is refused up front, naming the field and what is configured.
+    let r = request(&served, json!({"text": PHRASE, "to": "garage", "id": "b"}));
+    let end = terminal(&r);
+    assert_eq!(end["event"], "failed", "{end}");
+    let reason = end["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("to: unknown output 'garage'") && reason.contains("allowed: local, house"),
+        "{reason}"
+    );
+    // The daemon serves on, and a local job plays on this box's device.
+    let r = request(&served, json!({"text": PHRASE, "id": "c"}));
+    assert_eq!(terminal(&r)["event"], "finished", "{r:?}");
+    assert!(terminal(&r).get("output").is_none(), "{r:?}");
+    drop(served);
+
+    // With fallback_to = "local" the same announcement plays here, and says so.
+    let served = serve("fast,tone,id=down", port, "fallback_to = \"local\"\n");
+    let r = request(&served, json!({"text": PHRASE, "to": "house", "id": "d"}));
+    let end = terminal(&r);
+    assert_eq!(end["event"], "finished", "{end}");
+    assert_eq!(end["output"], "local", "{end}");
+    let why = end["fallback"].as_str().unwrap();
+    assert!(
+        why.contains("output 'house' unavailable") && why.contains(&format!("127.0.0.1:{port}")),
+        "{why}"
+    );
+}
+
+#[test]
+fn a_snapserver_without_the_announcement_stream_is_a_clear_failure() {
+    if !snapcast_installed() {
+        return;
+    }
+    // snapserver runs (clients could connect) but has no tcp source on that port.
+    let server = SnapServer::start(false);
+    let served = serve("fast,tone,id=nostream", server.source_port, "");
+    let r = request(&served, json!({"text": PHRASE, "to": "house", "id": "a"}));
+    let end = terminal(&r);
+    assert_eq!(end["event"], "failed", "{end}");
+    let reason = end["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("'house'")
+            && reason.contains(&format!("127.0.0.1:{}", server.source_port))
+            && reason.contains("mode=server"),
+        "the reason must say which stream source to check: {reason}"
+    );
+}
+
+#[test]
+fn a_connection_dropped_mid_announcement_fails_the_job_and_the_output_comes_back() {
+    if !snapcast_installed() {
+        return;
+    }
+    let mut server = SnapServer::start(true);
+    let served = serve("fast,tone,id=drop", server.source_port, "");
+    let mut w = UnixStream::connect(&served.sock).unwrap();
+    w.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
+    writeln!(w, "{}", json!({"text": LONG, "to": "house", "id": "long"})).unwrap();
+    let mut lines = BufReader::new(w.try_clone().unwrap()).lines();
+    let mut next = || -> Value { serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap() };
+    assert_eq!(next()["event"], "queued");
+    assert_eq!(next()["event"], "started");
+    std::thread::sleep(Duration::from_millis(700));
+    server.kill();
+    let cut = Instant::now();
+    let end = next();
+    assert_eq!(end["event"], "failed", "{end}");
+    let reason = end["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("'house'") && reason.contains("connection to snapserver was lost"),
+        "{reason}"
+    );
+    assert!(
+        cut.elapsed() < Duration::from_secs(3),
+        "the failure took {:?}",
+        cut.elapsed()
+    );
+    // Local announcements carry on meanwhile.
+    let r = request(&served, json!({"text": PHRASE, "id": "here"}));
+    assert_eq!(terminal(&r)["event"], "finished", "{r:?}");
+    // snapserver is back: the next house-wide announcement reconnects and plays.
+    server.restart();
+    let r = request(
+        &served,
+        json!({"text": PHRASE, "to": "house", "id": "again"}),
+    );
+    let end = terminal(&r);
+    assert_eq!(end["event"], "finished", "{end}\n{}", served.log());
+    assert_eq!(end["output"], "house");
 }
