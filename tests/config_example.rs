@@ -42,3 +42,22 @@ fn every_option_of_the_config_appears_in_the_example() {
         }
     }
 }
+
+#[test]
+fn the_commented_output_example_parses_without_unknown_keys() {
+    let src =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/herald.toml"))
+            .unwrap();
+    // The `# [outputs.house]` block, uncommented, up to the end of the file.
+    let block: String = src
+        .lines()
+        .skip_while(|l| *l != "# [outputs.house]")
+        .map(|l| format!("{}\n", l.trim_start_matches("# ")))
+        .collect();
+    assert!(block.starts_with("[outputs.house]"), "no example output");
+    let (config, warnings) = Config::parse(&block, Path::new("example")).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let house = &config.outputs["house"];
+    assert_eq!(house.server, "snapserver.lan:4953");
+    assert_eq!(house.latency_ms, 1000);
+}
