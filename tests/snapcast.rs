@@ -82,18 +82,47 @@ struct SnapServer {
     source_port: u16,
 }
 
+/// Which streams a test's snapserver has.
+enum Streams {
+    /// The announcement stream alone.
+    Announcements,
+    /// A music pipe only: no announcement stream.
+    MusicOnly,
+    /// Announcements ahead of music through a `meta` stream.
+    Meta,
+}
+
 impl SnapServer {
     /// `with_source`: false starts it without the announcement stream (only a pipe).
     fn start(with_source: bool) -> SnapServer {
+        SnapServer::with(if with_source {
+            Streams::Announcements
+        } else {
+            Streams::MusicOnly
+        })
+    }
+
+    fn with(streams: Streams) -> SnapServer {
         let dir = tempfile::tempdir().unwrap();
         let (stream_port, control_port, source_port) = (free_port(), free_port(), free_port());
-        let source = if with_source {
-            format!("source = tcp://127.0.0.1:{source_port}?name=Announcements&mode=server\n")
-        } else {
-            format!(
-                "source = pipe://{}?name=Music&mode=create\n",
-                dir.path().join("music.fifo").display()
-            )
+        let music = dir.path().join("music.fifo");
+        let source = match streams {
+            Streams::Announcements => {
+                format!("source = tcp://127.0.0.1:{source_port}?name=Announcements&mode=server\n")
+            }
+            Streams::MusicOnly => {
+                format!(
+                    "source = pipe://{}?name=Music&mode=create\n",
+                    music.display()
+                )
+            }
+            // docs/MULTIROOM.md's setup: both inputs codec=null, clients on the meta stream.
+            Streams::Meta => format!(
+                "source = tcp://127.0.0.1:{source_port}?name=Announcements&mode=server&codec=null\n\
+                 source = pipe://{}?name=Music&mode=create&codec=null\n\
+                 source = meta:///Announcements/Music?name=House\n",
+                music.display()
+            ),
         };
         let conf = format!(
             "[server]\ndatadir = {data}\n\n[http]\nenabled = false\n\n[tcp]\nenabled = true\nbind_to_address = 127.0.0.1\nport = {control_port}\n\n\
@@ -551,4 +580,110 @@ fn a_connection_dropped_mid_announcement_fails_the_job_and_the_output_comes_back
     let end = terminal(&r);
     assert_eq!(end["event"], "finished", "{end}\n{}", served.log());
     assert_eq!(end["output"], "house");
+}
+
+/// Feeds snapserver's music pipe with a quiet square wave (±40, under the loudness the
+/// announcement is located by) at real time until dropped.
+struct Music {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Music {
+    fn start(server: &SnapServer) -> Music {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let path = server.dir.path().join("music.fifo");
+        let until = Instant::now() + Duration::from_secs(5);
+        while !path.exists() {
+            assert!(Instant::now() < until, "snapserver made no music pipe");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut pipe = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+            let period: Vec<u8> = (0..960)
+                .flat_map(|i| {
+                    let v: i16 = if i % 48 < 24 { 40 } else { -40 };
+                    [v.to_le_bytes(), v.to_le_bytes()].concat()
+                })
+                .collect();
+            let t0 = Instant::now();
+            let mut sent = 0u32;
+            while !flag.load(Ordering::Relaxed) {
+                if pipe.write_all(&period).is_err() {
+                    return;
+                }
+                sent += 1;
+                let due = t0 + Duration::from_millis(20) * sent;
+                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            }
+        });
+        Music {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Music {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn through_a_meta_stream_the_announcement_interrupts_the_music_whole_and_gives_it_back() {
+    if !snapcast_installed() {
+        return;
+    }
+    let server = SnapServer::with(Streams::Meta);
+    let music = Music::start(&server);
+    let room = Room::start(&server, 0);
+    server.wait_clients(1);
+    // The default lead-in (600 ms): what lets the meta stream switch before the first word.
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("herald.sock");
+    let text = config(&sock, "fast,tone,id=meta", server.source_port, "")
+        .replace("lead_in_ms = 100\n", "");
+    let served = Served::start(dir, sock, &text, KEY, &[], Duration::from_secs(20));
+    let reference = reference(&served, PHRASE);
+    // Music plays for a while first.
+    std::thread::sleep(Duration::from_millis(1500));
+    let r = request(&served, json!({"text": PHRASE, "to": "house"}));
+    assert_eq!(terminal(&r)["event"], "finished", "{r:?}");
+    // The music comes back once the announcement stream has gone idle (≤ 520 ms).
+    std::thread::sleep(Duration::from_millis(1500));
+    let cap = room.played();
+    drop(music);
+    let (left, _) = channels(&cap);
+    let start = locate(&left, &reference).expect("the announcement was not heard");
+    let heard = &left[start..(start + reference.len()).min(left.len())];
+    assert_eq!(heard.len(), reference.len(), "the end is missing");
+    let wrong = heard
+        .iter()
+        .zip(&reference)
+        .filter(|(a, b)| (i32::from(**a) - i32::from(**b)).abs() > 2)
+        .count();
+    assert_eq!(
+        wrong, 0,
+        "{wrong} samples of the announcement differ (cut by the music?)"
+    );
+    let is_music = |s: &[i16]| s.iter().filter(|v| v.unsigned_abs() == 40).count() > s.len() / 2;
+    // Half a second of music, before the lead-in (600 ms) and the start of the job.
+    let before = start
+        .checked_sub(60_000)
+        .expect("the room played too little before it");
+    assert!(
+        is_music(&left[before..before + 24_000]),
+        "no music before the announcement"
+    );
+    let after = start + reference.len() + 48_000;
+    assert!(
+        left.len() > after + 4800 && is_music(&left[after..after + 4800]),
+        "the music did not come back within 1 s of the announcement's end"
+    );
 }
