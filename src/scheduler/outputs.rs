@@ -26,6 +26,8 @@ const IDLE_CLOSE: Duration = Duration::from_secs(1);
 struct Output {
     device: Device,
     fallback: Option<Fallback>,
+    /// What its opener was made from (server, format, latency apply at a restart).
+    config: OutputConfig,
 }
 
 /// Where the job now playing plays.
@@ -83,6 +85,7 @@ impl Outputs {
                 let output = Output {
                     device,
                     fallback: o.fallback_to,
+                    config: o.clone(),
                 };
                 (name.clone(), output)
             })
@@ -207,6 +210,10 @@ impl Scheduler {
                 continue;
             };
             out.fallback = o.fallback_to;
+            let c = &out.config;
+            if (&c.server, c.format, c.latency_ms) != (&o.server, o.format, o.latency_ms) {
+                tracing::warn!(output = %name, "server, format and latency_ms changes take effect at the next restart");
+            }
             let s = settings(name, o, cfg);
             if current.as_deref() == Some(name.as_str()) {
                 self.device.reconfigure(s);
