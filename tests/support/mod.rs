@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod emulator;
 pub mod fifo_clock;
 pub mod reference;
+pub mod snapcast;
 
 #[allow(unused_imports)]
 pub use alsa_env::{alsa_env, claim_fifo, AlsaTestEnv, FifoPcm};
