@@ -351,3 +351,43 @@ fn through_a_meta_stream_the_announcement_interrupts_the_music_whole_and_gives_i
         "the music did not come back within 1 s of the announcement's end"
     );
 }
+
+#[test]
+fn a_skipped_house_announcement_fades_out_in_the_rooms_without_failing_the_output() {
+    if !snapcast_installed() {
+        return;
+    }
+    let server = SnapServer::start(true);
+    // snapserver's default buffer on herald's side: a fade-out waits for all of it.
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("herald.sock");
+    let text = config(&sock, "fast,tone,id=skip", server.source_port, "").replace(
+        &format!("latency_ms = {BUFFER_MS}\n"),
+        "latency_ms = 1000\n",
+    );
+    let served = Served::start(dir, sock, &text, KEY, &[], Duration::from_secs(20));
+    let mut w = UnixStream::connect(&served.sock).unwrap();
+    w.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
+    writeln!(w, "{}", json!({"text": LONG, "to": "house", "id": "long"})).unwrap();
+    let mut lines = BufReader::new(w.try_clone().unwrap()).lines();
+    let mut next = || -> Value { serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap() };
+    assert_eq!(next()["event"], "queued");
+    assert_eq!(next()["event"], "started");
+    std::thread::sleep(Duration::from_millis(500));
+    let mut c = UnixStream::connect(&served.sock).unwrap();
+    writeln!(c, "{}", json!({"cmd": "skip"})).unwrap();
+    let mut ok = String::new();
+    BufReader::new(c).read_line(&mut ok).unwrap();
+    assert!(ok.contains("\"ok\""), "{ok}");
+    let end = next();
+    assert_eq!(end["event"], "cancelled", "{end}");
+    // The fade-out plays through snapserver's buffer (1 s) before the next job:
+    // waiting for it is not a hung device.
+    let r = request(
+        &served,
+        json!({"text": PHRASE, "to": "house", "id": "next"}),
+    );
+    assert_eq!(terminal(&r)["event"], "finished", "{r:?}");
+    let log = served.log();
+    assert!(!log.contains("audio device error"), "{log}");
+}

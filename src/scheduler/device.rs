@@ -274,6 +274,18 @@ impl Device {
         Some(Instant::now() + limit(o).saturating_sub(blocked))
     }
 
+    /// How long a fade-out may take on the open device: `base` plus what its buffer holds
+    /// (a Snapcast output's buffer is snapserver's, ~1 s, all of which a fade waits for).
+    pub fn fade_wait(&self, base: Duration) -> Duration {
+        match &self.state {
+            State::Open(o) => {
+                let rate = f64::from(o.format.rate.max(1));
+                base + Duration::from_secs_f64(o.format.buffer_frames as f64 / rate)
+            }
+            _ => base,
+        }
+    }
+
     /// How long a device call may block before the device counts as stuck.
     fn stuck_after(&self, o: &Open) -> Duration {
         let buffer = o.format.buffer_frames as f64 / f64::from(o.format.rate.max(1));

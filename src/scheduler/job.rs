@@ -278,7 +278,7 @@ impl Scheduler {
             .device
             .stuck_at()
             .map_or(FADE_WAIT, |at| at.saturating_duration_since(Instant::now()))
-            .min(FADE_WAIT);
+            .min(self.device.fade_wait(FADE_WAIT));
         match tokio::time::timeout(wait, lease.playout.interrupt()).await {
             Ok(Ok(_)) | Ok(Err(PlayoutError::NoUtterance { .. })) => self.device.give_back(lease),
             Ok(Err(e)) => {
@@ -288,7 +288,10 @@ impl Scheduler {
             Err(_) => {
                 let reason = match self.device.stuck_for() {
                     Some(blocked) => self.device.stuck_reason(blocked),
-                    None => "audio device did not finish a fade-out within 1 s".to_string(),
+                    None => format!(
+                        "audio device did not finish a fade-out within {:.1} s",
+                        wait.as_secs_f64()
+                    ),
                 };
                 self.device.fail(reason, Some(lease)).await
             }
