@@ -290,3 +290,111 @@ fn open_stream(server: &str) -> Result<TcpStream, String> {
     }
     Err(last)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::net::TcpListener;
+
+    fn target(server: String, latency_ms: u64) -> SnapcastTarget {
+        SnapcastTarget {
+            output: "house".into(),
+            server,
+            rate: 48_000,
+            channels: 2,
+            latency: Duration::from_millis(latency_ms),
+        }
+    }
+
+    /// A stand-in tcp source on loopback: records (when, bytes so far) for every read.
+    fn listener() -> (String, thread::JoinHandle<(Vec<(Instant, usize)>, Vec<u8>)>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let h = thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let (mut log, mut all, mut buf) = (Vec::new(), Vec::new(), [0u8; 4096]);
+            while let Ok(n) = s.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                all.extend_from_slice(&buf[..n]);
+                log.push((Instant::now(), all.len()));
+            }
+            (log, all)
+        });
+        (addr, h)
+    }
+
+    #[test]
+    fn sends_exactly_what_it_is_given_never_ahead_of_real_time_by_more_than_its_buffer() {
+        let (addr, reader) = listener();
+        let req = SinkRequest::default();
+        let mut sink = SnapcastSink::connect(&target(addr, 0), &req).unwrap();
+        let f = sink.format();
+        assert_eq!((f.rate, f.channels, f.period_frames), (48_000, 2, 960));
+        let period: Vec<i16> = (0..1920).map(|i| i as i16 - 960).collect();
+        let t0 = Instant::now();
+        for _ in 0..25 {
+            sink.write(&period).unwrap();
+        }
+        drop(sink);
+        let (log, all) = reader.join().unwrap();
+        let expected: Vec<u8> = period.iter().flat_map(|s| s.to_le_bytes()).collect();
+        assert_eq!(all.len(), expected.len() * 25);
+        assert!(all.chunks(expected.len()).all(|c| c == expected));
+        // Lateness can only make this easier: a sink that did not pace would fail it.
+        let ahead = 4 * 960 + 960;
+        for (at, bytes) in log {
+            let frames = bytes / 4;
+            let due = (at.duration_since(t0).as_secs_f64() * 48_000.0) as usize + ahead;
+            assert!(
+                frames <= due,
+                "{frames} frames sent {:?} in",
+                at.duration_since(t0)
+            );
+        }
+    }
+
+    #[test]
+    fn drain_returns_only_once_the_rooms_have_played_the_audio() {
+        let (addr, reader) = listener();
+        let mut sink = SnapcastSink::connect(&target(addr, 300), &SinkRequest::default()).unwrap();
+        assert_eq!(sink.format().buffer_frames, 4 * 960 + 300 * 48);
+        let t0 = Instant::now();
+        for _ in 0..10 {
+            sink.write(&[0; 1920]).unwrap();
+        }
+        sink.drain().unwrap();
+        // 200 ms of audio, then snapserver's 300 ms buffer.
+        assert!(
+            t0.elapsed() >= Duration::from_millis(500),
+            "{:?}",
+            t0.elapsed()
+        );
+        drop(sink);
+        let (_, all) = reader.join().unwrap();
+        assert_eq!(
+            all.len(),
+            (10 * 960 + 12_000) * 4,
+            "audio then the 250 ms tail"
+        );
+    }
+
+    #[test]
+    fn an_unreachable_server_is_an_error_naming_the_output_and_server() {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let server = format!("127.0.0.1:{port}");
+        let e = SnapcastSink::connect(&target(server.clone(), 0), &SinkRequest::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("snapcast output 'house'") && e.contains(&server) && e.contains("refused"),
+            "{e}"
+        );
+    }
+}
