@@ -307,8 +307,11 @@ mod tests {
         }
     }
 
+    /// What the stand-in source read: (when, bytes so far) per read, and all the bytes.
+    type Received = (Vec<(Instant, usize)>, Vec<u8>);
+
     /// A stand-in tcp source on loopback: records (when, bytes so far) for every read.
-    fn listener() -> (String, thread::JoinHandle<(Vec<(Instant, usize)>, Vec<u8>)>) {
+    fn listener() -> (String, thread::JoinHandle<Received>) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap().to_string();
         let h = thread::spawn(move || {
