@@ -693,6 +693,9 @@ pub struct StatusReport {
     /// The loudest a job starting now may play (`audio.max_volume`, lower in quiet hours).
     #[serde(default)]
     pub max_volume: u8,
+    /// Every `[outputs.NAME]` and its connection (`name` is the output's).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub outputs: std::collections::BTreeMap<String, DeviceStatus>,
 }
 
 /// The network model learned for one endpoint and format.

@@ -285,6 +285,16 @@ fn a_connection_dropped_mid_announcement_fails_the_job_and_the_output_comes_back
         "the failure took {:?}",
         cut.elapsed()
     );
+    // `status` shows the output failing (and when it retries), this box's device apart.
+    let mut c = UnixStream::connect(&served.sock).unwrap();
+    writeln!(c, "{}", json!({"cmd": "status"})).unwrap();
+    let mut line = String::new();
+    BufReader::new(c).read_line(&mut line).unwrap();
+    let st: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(st["device"]["name"], "herald_null", "{st}");
+    let house = &st["outputs"]["house"];
+    assert_eq!(house["state"], "failed", "{st}");
+    assert!(house["retry_in_ms"].is_u64(), "{st}");
     // Local announcements carry on meanwhile.
     let r = request(&served, json!({"text": PHRASE, "id": "here"}));
     assert_eq!(terminal(&r)["event"], "finished", "{r:?}");

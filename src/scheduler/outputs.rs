@@ -16,6 +16,7 @@ use crate::audio::snapcast::SnapcastOpener;
 use crate::audio::SinkRequest;
 use crate::config::Config;
 use crate::outputs::{Fallback, OutputConfig, OutputType, LOCAL};
+use crate::protocol::DeviceStatus;
 
 /// An output connected for a job is closed right after it, so a snapserver restart between
 /// announcements never leaves a dead connection for the next one; a reconnect made by the
@@ -172,6 +173,38 @@ impl Scheduler {
                 Ok(lease)
             }
         }
+    }
+
+    /// This box's own device, wherever it is while a job plays on an output.
+    pub(super) fn local_device(&self) -> &Device {
+        match &self.outputs.route {
+            Route::Output(name) => self
+                .outputs
+                .outputs
+                .get(name)
+                .map_or(&self.device, |o| &o.device),
+            _ => &self.device,
+        }
+    }
+
+    /// Every output's device state for `status`, wherever each device is.
+    pub(super) fn output_statuses(&self) -> BTreeMap<String, DeviceStatus> {
+        let current = match &self.outputs.route {
+            Route::Output(name) => Some(name.as_str()),
+            _ => None,
+        };
+        self.outputs
+            .outputs
+            .iter()
+            .map(|(name, o)| {
+                let device = if current == Some(name.as_str()) {
+                    &self.device
+                } else {
+                    &o.device
+                };
+                (name.clone(), device.status())
+            })
+            .collect()
     }
 
     /// Puts this box's device back in its slot after a job on an output, and disconnects
