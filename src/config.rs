@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::audio::playout::PlayoutConfig;
 use crate::audio::SinkRequest;
 use crate::buttons::config::ButtonConfig;
+use crate::chimes::ChimeConfig;
 use crate::control::server::Limits;
 use crate::pipeline::Voice;
 use crate::presets::PresetConfig;
@@ -46,6 +47,9 @@ pub struct Config {
     /// GPIO buttons (`[[buttons]]`); none by default.
     #[serde(skip_serializing)]
     pub buttons: Vec<ButtonConfig>,
+    /// Named chimes (`[chimes.NAME]`); none by default.
+    #[serde(skip_serializing)]
+    pub chimes: BTreeMap<String, ChimeConfig>,
 }
 
 /// `[cache]`: where rendered audio is kept and how much.
@@ -99,6 +103,12 @@ pub struct DaemonSection {
     /// Seconds a job may wait in the queue before it expires unplayed, for requests that
     /// give no `expires_in_s` (none = wait as long as it takes).
     pub default_expiry_s: Option<ExpiresIn>,
+    /// The chime played before every job that names none (none = no chime).
+    pub chime: Option<String>,
+    /// The chime played after every job that names none (none = no end chime).
+    pub chime_after: Option<String>,
+    /// Silence between a chime and the speech, in ms.
+    pub chime_gap_ms: u32,
 }
 
 impl Default for DaemonSection {
@@ -117,6 +127,9 @@ impl Default for DaemonSection {
             keepalive_s: 50,
             idle_timeout_s: 30,
             default_expiry_s: None,
+            chime: None,
+            chime_after: None,
+            chime_gap_ms: 150,
         }
     }
 }
@@ -412,7 +425,53 @@ impl Config {
         self.check_api(&c)?;
         self.check_daemon(&c)?;
         self.check_cache(&c)?;
-        self.check_presets_and_buttons(&c)
+        self.check_presets_and_buttons(&c)?;
+        self.check_chimes(&c)
+    }
+
+    /// `[chimes.*]` and every place that names a chime: each name must be configured.
+    fn check_chimes(&self, c: &Checker) -> Result<(), ConfigError> {
+        c.in_range(
+            "daemon.chime_gap_ms",
+            self.daemon.chime_gap_ms,
+            0..=5000,
+            "0 to 5000",
+        )?;
+        for (name, chime) in &self.chimes {
+            if chime.file.as_os_str().is_empty() {
+                return Err(c.table(
+                    format!("chimes.{name}"),
+                    "file: must name an Ogg Opus or WAV file".into(),
+                ));
+            }
+        }
+        let d = &self.daemon;
+        let mut uses: Vec<(String, &str)> = Vec::new();
+        uses.extend(d.chime.as_deref().map(|n| ("daemon.chime".to_string(), n)));
+        uses.extend(
+            d.chime_after
+                .as_deref()
+                .map(|n| ("daemon.chime_after".to_string(), n)),
+        );
+        for (preset, p) in &self.presets {
+            for (field, choice) in [("chime", &p.chime), ("chime_after", &p.chime_after)] {
+                if let Some(crate::chimes::ChimeChoice::Named(n)) = choice {
+                    uses.push((format!("presets.{preset}.{field}"), n));
+                }
+            }
+        }
+        for b in &self.buttons {
+            if let Some(crate::chimes::ChimeChoice::Named(n)) = &b.chime {
+                uses.push((format!("buttons (pin {}) chime", b.pin), n));
+            }
+        }
+        for (key, name) in uses {
+            if let Err(e) = crate::chimes::check_name(name, self.chimes.keys()) {
+                let at = key.split(' ').next().unwrap_or(&key).to_string();
+                return Err(c.bad(&at, format!("{key}: {e}")));
+            }
+        }
+        Ok(())
     }
 
     /// `[speech]`: the request's own rules and the text limits.

@@ -6,6 +6,7 @@
 pub mod audio;
 pub mod buttons;
 pub mod check;
+pub mod chimes;
 pub mod codec;
 pub mod config;
 pub mod control;

@@ -11,6 +11,7 @@ use tracing_subscriber::filter::Targets;
 
 use herald::audio::alsa::list_devices;
 use herald::audio::playout::Playout;
+use herald::chimes::{ChimeChoice, ChimeSet};
 use herald::config::{Config, Loaded};
 use herald::control::client::Client;
 use herald::daemon;
@@ -175,6 +176,31 @@ struct VoiceArgs {
     /// quiet hours. Default audio.volume.
     #[arg(long, value_name = "N")]
     volume: Option<herald::volume::Volume>,
+    /// Chime before the speech: a [chimes.NAME] of the config (default daemon.chime).
+    #[arg(long, value_name = "NAME", conflicts_with = "no_chime")]
+    chime: Option<String>,
+    /// Chime after the speech (default daemon.chime_after).
+    #[arg(long, value_name = "NAME", conflicts_with = "no_chime")]
+    chime_after: Option<String>,
+    /// No chime before or after, whatever the config says.
+    #[arg(long)]
+    no_chime: bool,
+}
+
+impl VoiceArgs {
+    /// The chimes asked for before and after (`None`: the config's defaults).
+    fn chimes(&self) -> (Option<ChimeChoice>, Option<ChimeChoice>) {
+        if self.no_chime {
+            return (
+                Some(ChimeChoice::Default(false)),
+                Some(ChimeChoice::Default(false)),
+            );
+        }
+        (
+            self.chime.clone().map(ChimeChoice::Named),
+            self.chime_after.clone().map(ChimeChoice::Named),
+        )
+    }
 }
 
 /// The text from the command line, or from stdin when it is the single word "-".
@@ -326,6 +352,7 @@ async fn speak(config: &mut Config, args: SpeakArgs) -> Result<()> {
     let text = text_arg(&args.text)?;
     let s = &config.speech;
     let v = args.voice;
+    let chimes = cli_chimes(config, &v)?;
     let voice = config
         .default_voice()
         .with(v.model, v.voice, v.format, v.speed, v.instructions);
@@ -351,7 +378,15 @@ async fn speak(config: &mut Config, args: SpeakArgs) -> Result<()> {
     let model_key = store::key(&config.api.api_base, voice.format);
     let (models, _) = ModelStore::open(store::cli_dir().as_deref());
     playout.plan_next(models.model(&model_key).plan(config.audio.start_quantile));
-    let result = pipeline::speak(Arc::new(client), &mut playout, &text, &voice, limits).await;
+    let result = pipeline::announce(
+        Arc::new(client),
+        &mut playout,
+        &text,
+        &voice,
+        limits,
+        &chimes,
+    )
+    .await;
     if let Ok(report) = &result {
         // What the network did is remembered for the next run (never a reason to fail).
         let key = store::key(&config.api.api_base, voice.format);
@@ -363,6 +398,38 @@ async fn speak(config: &mut Config, args: SpeakArgs) -> Result<()> {
         }
     }
     finish(playout, result)
+}
+
+/// The chimes `herald speak` plays: asked for on the command line, else the config's
+/// `daemon.chime`/`chime_after`. An unknown name is an error; an unusable file a warning.
+fn cli_chimes(config: &Config, v: &VoiceArgs) -> Result<pipeline::ChimePlan> {
+    let (before, after) = v.chimes();
+    let d = &config.daemon;
+    let set = ChimeSet::load(&config.chimes, config.audio.rate);
+    let get = |field: &str,
+               choice: Option<ChimeChoice>,
+               default: Option<&str>|
+     -> Result<Option<Arc<herald::chimes::Chime>>> {
+        let Some(name) = ChimeChoice::resolve(choice.as_ref(), default) else {
+            return Ok(None);
+        };
+        herald::chimes::check_name(name, config.chimes.keys())
+            .map_err(|e| anyhow::anyhow!("--{field}: {e}"))?;
+        match set.get(name) {
+            Some(Ok(c)) => Ok(Some(c)),
+            Some(Err(e)) => {
+                tracing::warn!("{e}; playing without it");
+                Ok(None)
+            }
+            None => Ok(None),
+        }
+    };
+    Ok(pipeline::ChimePlan {
+        before: get("chime", before, d.chime.as_deref())?,
+        after: get("chime-after", after, d.chime_after.as_deref())?,
+        gap: std::time::Duration::from_millis(u64::from(d.chime_gap_ms)),
+        not_before: None,
+    })
 }
 
 async fn play(config: &Config, file: &Path, out: &Output) -> Result<()> {
@@ -436,6 +503,7 @@ fn socket_path(config: &Config, arg: &SocketArg) -> PathBuf {
 fn say(config: &Config, args: SayArgs) -> Result<()> {
     let text = text_arg(&args.text)?;
     let v = args.voice;
+    let (chime, chime_after) = v.chimes();
     let req = Request::Speak(SpeakRequest {
         text,
         voice: v.voice,
@@ -448,6 +516,8 @@ fn say(config: &Config, args: SayArgs) -> Result<()> {
         cache: false,
         volume: v.volume,
         expires_in_s: args.expires_in,
+        chime,
+        chime_after,
     });
     let mut client = Client::connect(&socket_path(config, &args.socket))?;
     client.send(&req)?;
@@ -608,6 +678,7 @@ fn press(
         while_playing,
         volume: None,
         expires_in_s: None,
+        chime: None,
     });
     let mut client = Client::connect(&socket_path(config, socket))?;
     client.send(&req)?;

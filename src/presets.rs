@@ -40,6 +40,12 @@ pub struct PresetConfig {
     /// Volume 0–100 (default `audio.volume`); a press or button that gives one wins.
     #[serde(default)]
     pub volume: Option<crate::volume::Volume>,
+    /// Chime before it: a `[chimes.NAME]`, `false` for none (default `daemon.chime`).
+    #[serde(default)]
+    pub chime: Option<crate::chimes::ChimeChoice>,
+    /// Chime after it (default `daemon.chime_after`).
+    #[serde(default)]
+    pub chime_after: Option<crate::chimes::ChimeChoice>,
 }
 
 impl PresetConfig {

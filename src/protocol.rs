@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::chimes::ChimeChoice;
 use crate::tts::FormatChoice;
 use crate::volume::Volume;
 
@@ -200,6 +201,12 @@ pub struct SpeakRequest {
     /// was accepted; default `daemon.default_expiry_s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_in_s: Option<ExpiresIn>,
+    /// Chime before the speech: a `[chimes.NAME]`, `false` for none; default `daemon.chime`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chime: Option<ChimeChoice>,
+    /// Chime after the speech; default `daemon.chime_after`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chime_after: Option<ChimeChoice>,
 }
 
 /// A `preset` request: play a configured preset, exactly like its button.
@@ -223,6 +230,10 @@ pub struct PresetRequest {
     /// default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_in_s: Option<ExpiresIn>,
+    /// Chime before it; default the preset's `chime`, else `daemon.chime` (a button sends
+    /// its own when it has one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chime: Option<ChimeChoice>,
 }
 
 /// `cancel` names a job.
@@ -310,6 +321,8 @@ pub enum ProtocolError {
 const VOLUME_RANGE: &[&str] = &["0 to 100"];
 /// What `expires_in_s` takes, for the list of allowed fields.
 const EXPIRY_RANGE: &[&str] = &["seconds above 0"];
+/// What `chime` and `chime_after` take, for the list of allowed fields.
+const CHIME_VALUES: &[&str] = &["a [chimes] name", "true", "false"];
 
 /// Fields each command accepts, for messages: serde's own lists (so they cannot drift
 /// from the types), with the values of the fields that take a fixed set.
@@ -322,6 +335,8 @@ fn allowed_fields(cmd: &str) -> String {
                 ("priority", serde_names::<Priority>()),
                 ("volume", VOLUME_RANGE),
                 ("expires_in_s", EXPIRY_RANGE),
+                ("chime", CHIME_VALUES),
+                ("chime_after", CHIME_VALUES),
             ],
         ),
         "preset" => (
@@ -330,6 +345,7 @@ fn allowed_fields(cmd: &str) -> String {
                 ("while_playing", serde_names::<WhilePlaying>()),
                 ("volume", VOLUME_RANGE),
                 ("expires_in_s", EXPIRY_RANGE),
+                ("chime", CHIME_VALUES),
             ],
         ),
         "cancel" => (serde_names::<CancelRequest>(), Vec::new()),
@@ -565,6 +581,12 @@ pub enum Reply {
         /// The volume it played at, after `audio.min_volume`/`max_volume` and quiet hours.
         #[serde(default)]
         volume: u8,
+        /// The chime played before the speech.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        chime: Option<String>,
+        /// Why a chime it asked for was not played (its file is unusable).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        chime_error: Option<String>,
     },
     /// Terminal (for a job) or a refused request (`id` absent when there was no job).
     Failed {
@@ -1058,6 +1080,7 @@ mod tests {
                 while_playing: Some(WhilePlaying::Restart),
                 volume: None,
                 expires_in_s: None,
+                chime: None,
             })
         );
         assert_eq!(
@@ -1302,6 +1325,8 @@ mod tests {
                 cache: true,
                 volume: Some(Volume::new(40.0).unwrap()),
                 expires_in_s: Some(ExpiresIn::new(2.5).unwrap()),
+                chime: None,
+                chime_after: None,
             }),
             Request::Stop,
             Request::Skip,
@@ -1313,6 +1338,7 @@ mod tests {
                 while_playing: Some(WhilePlaying::Queue),
                 volume: Some(Volume::new(0.0).unwrap()),
                 expires_in_s: Some(ExpiresIn::new(30.0).unwrap()),
+                chime: None,
             }),
             Request::Presets,
             Request::ResetNetworkModel,
@@ -1357,6 +1383,8 @@ mod tests {
             cache: true,
             volume: Some(Volume::FULL),
             expires_in_s: Some(ExpiresIn::new(1.0).unwrap()),
+            chime: Some(ChimeChoice::Named("ding".into())),
+            chime_after: Some(ChimeChoice::Default(false)),
         });
         assert_eq!(
             keys(serde_json::to_value(full_speak).unwrap()),
@@ -1368,6 +1396,7 @@ mod tests {
             while_playing: Some(WhilePlaying::Restart),
             volume: Some(Volume::FULL),
             expires_in_s: Some(ExpiresIn::new(1.0).unwrap()),
+            chime: Some(ChimeChoice::Default(true)),
         });
         assert_eq!(
             keys(serde_json::to_value(full_preset).unwrap()),
@@ -1386,12 +1415,13 @@ mod tests {
             allowed_fields("speak"),
             "cmd, text, voice, model, format (opus, pcm, auto), speed, instructions, \
              priority (normal, high, interrupt), id, cache, volume (0 to 100), \
-             expires_in_s (seconds above 0)"
+             expires_in_s (seconds above 0), chime (a [chimes] name, true, false), \
+             chime_after (a [chimes] name, true, false)"
         );
         assert_eq!(
             allowed_fields("preset"),
             "cmd, name, id, while_playing (ignore, restart, queue), volume (0 to 100), \
-             expires_in_s (seconds above 0)"
+             expires_in_s (seconds above 0), chime (a [chimes] name, true, false)"
         );
     }
 

@@ -354,6 +354,7 @@ fn the_service_turns_presses_into_actions() {
             while_playing: WhilePlaying::Restart,
             volume: None,
             expires_in_s: DEFAULT_PRESS_EXPIRY,
+            chime: None,
         })
     );
     sim.edge(17, H, at(400));
@@ -374,6 +375,7 @@ fn the_service_turns_presses_into_actions() {
             while_playing: WhilePlaying::Ignore,
             volume: Some("35".parse().unwrap()),
             expires_in_s: "5".parse().unwrap(),
+            chime: None,
         })
     );
     // Closing the source ends the service cleanly, with nothing else sent.

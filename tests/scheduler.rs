@@ -354,6 +354,7 @@ async fn a_preset_press_follows_its_while_playing_rule() {
             while_playing: rule,
             volume: None,
             expires_in_s: None,
+            chime: None,
         })
     };
     rig.send(press("p1", None)).await;
@@ -395,6 +396,7 @@ async fn a_preset_press_follows_its_while_playing_rule() {
         while_playing: None,
         volume: None,
         expires_in_s: None,
+        chime: None,
     }))
     .await;
     let r = rig

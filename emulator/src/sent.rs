@@ -222,7 +222,10 @@ mod tests {
             Some(Duration::from_millis(250))
         );
         // One part is the plain limit; an empty part has none.
-        assert_eq!(gapless_start_of(std::slice::from_ref(&lead)), lead.gapless_start());
+        assert_eq!(
+            gapless_start_of(std::slice::from_ref(&lead)),
+            lead.gapless_start()
+        );
         assert_eq!(gapless_start_of(&[lead, schedule(1000, &[])]), None);
         assert_eq!(gapless_start_of(&[]), None);
     }

@@ -136,6 +136,9 @@ pub struct ButtonConfig {
     /// A press still queued after this many seconds expires unplayed (default 30).
     #[serde(default = "default_expires_in_s")]
     pub expires_in_s: ExpiresIn,
+    /// Chime before its presses (default: the preset's, else `daemon.chime`).
+    #[serde(default)]
+    pub chime: Option<crate::chimes::ChimeChoice>,
 }
 
 /// A button configuration error; the message names the pin and what is allowed.

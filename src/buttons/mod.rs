@@ -270,6 +270,8 @@ pub enum ButtonAction {
         volume: Option<Volume>,
         /// How long the press may wait in the queue.
         expires_in_s: ExpiresIn,
+        /// The button's chime, if it has one.
+        chime: Option<crate::chimes::ChimeChoice>,
     },
     /// Stop everything (a long press configured as `stop`).
     Stop {
@@ -304,6 +306,7 @@ pub fn action_for(b: &ButtonConfig, ev: ButtonEvent) -> ButtonAction {
         while_playing: b.while_playing,
         volume: b.volume,
         expires_in_s: b.expires_in_s,
+        chime: b.chime.clone(),
     };
     match ev {
         ButtonEvent::Short(_) => preset(&b.preset),
@@ -325,6 +328,7 @@ impl ButtonAction {
                 while_playing,
                 volume,
                 expires_in_s,
+                chime,
                 ..
             } => Request::Preset(PresetRequest {
                 name,
@@ -332,6 +336,7 @@ impl ButtonAction {
                 while_playing: Some(while_playing),
                 volume,
                 expires_in_s: Some(expires_in_s),
+                chime,
             }),
             ButtonAction::Stop { .. } => Request::Stop,
             ButtonAction::Skip { .. } => Request::Skip,

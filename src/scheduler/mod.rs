@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::sleep_until;
 
 use crate::audio::SinkOpener;
+use crate::chimes::{ChimeChoice, ChimeSet};
 use crate::config::Config;
 use crate::netmodel::store::{self, ModelStore};
 use crate::pipeline::{PipelineError, SpeakReport, Voice};
@@ -182,6 +183,8 @@ pub struct Scheduler {
     model: ModelStore,
     /// Saving the model failed once already (warned; it stays in memory).
     model_unsaved: Arc<std::sync::atomic::AtomicBool>,
+    /// The configured chimes, decoded (or why they could not be).
+    chimes: ChimeSet,
 }
 
 impl Scheduler {
@@ -203,6 +206,7 @@ impl Scheduler {
             Err(e) => (None, Some(e)),
         };
         let s = Scheduler {
+            chimes: load_chimes(&cfg),
             device: Device::new(parts.opener, DeviceSettings::from_config(&cfg)),
             source: parts.source,
             notifier: parts.notifier,
@@ -358,6 +362,7 @@ impl Scheduler {
             self.source = src;
         }
         self.preset_reqs = preset_requests(&self.cfg);
+        self.chimes = load_chimes(&self.cfg);
         if let Some(p) = &self.presets {
             let summary = p.renderer.update(&self.preset_reqs);
             tracing::info!(
@@ -460,6 +465,21 @@ impl Scheduler {
             Ok(v) => v,
             Err(reason) => return self.refuse(&reply, s.id.clone(), reason),
         };
+        let d = &self.cfg.daemon;
+        let chimes = self
+            .chime_for("chime", s.chime.as_ref(), d.chime.as_deref())
+            .and_then(|c| {
+                let after = self.chime_for(
+                    "chime_after",
+                    s.chime_after.as_ref(),
+                    d.chime_after.as_deref(),
+                )?;
+                Ok((c, after))
+            });
+        let (chime, chime_after) = match chimes {
+            Ok(c) => c,
+            Err(reason) => return self.refuse(&reply, s.id.clone(), format!("speak: {reason}")),
+        };
         let source = if s.cache && self.presets.is_some() {
             JobSource::Cached { pinned: false }
         } else {
@@ -476,6 +496,8 @@ impl Scheduler {
             volume: s.volume,
             queued_at: Instant::now(),
             expires_in: s.expires_in_s.or(self.cfg.daemon.default_expiry_s),
+            chime,
+            chime_after,
         };
         self.admit(new, playing)
     }
@@ -535,6 +557,25 @@ impl Scheduler {
         let preset_cfg = self.cfg.presets.get(&p.name);
         let priority = preset_cfg.and_then(|c| c.priority).unwrap_or_default();
         let volume = p.volume.or(preset_cfg.and_then(|c| c.volume));
+        // The press's (a button's) chime, else the preset's, else the daemon's.
+        let d = &self.cfg.daemon;
+        let own = p
+            .chime
+            .as_ref()
+            .or(preset_cfg.and_then(|c| c.chime.as_ref()));
+        let own_after = preset_cfg.and_then(|c| c.chime_after.as_ref());
+        let chimes = self
+            .chime_for("chime", own, d.chime.as_deref())
+            .and_then(|c| {
+                Ok((
+                    c,
+                    self.chime_for("chime_after", own_after, d.chime_after.as_deref())?,
+                ))
+            });
+        let (chime, chime_after) = match chimes {
+            Ok(c) => c,
+            Err(reason) => return self.refuse(&reply, p.id.clone(), format!("preset: {reason}")),
+        };
         let priority = match queue::press(rule, &p.name, priority, playing, &self.queue) {
             Press::AlreadyThere(id) => {
                 tracing::info!(preset = %p.name, %id, "press ignored: the preset is playing or queued");
@@ -563,8 +604,26 @@ impl Scheduler {
             volume,
             queued_at: Instant::now(),
             expires_in: p.expires_in_s.or(self.cfg.daemon.default_expiry_s),
+            chime,
+            chime_after,
         };
         self.admit(new, playing)
+    }
+
+    /// The chime a job asks for (`field`: `chime` or `chime_after`), over `default`; an
+    /// unknown name is refused, naming the field and the configured chimes.
+    fn chime_for(
+        &self,
+        field: &str,
+        choice: Option<&ChimeChoice>,
+        default: Option<&str>,
+    ) -> Result<Option<String>, String> {
+        let Some(name) = ChimeChoice::resolve(choice, default) else {
+            return Ok(None);
+        };
+        crate::chimes::check_name(name, self.cfg.chimes.keys())
+            .map_err(|e| format!("{field}: {e}"))?;
+        Ok(Some(name.to_string()))
     }
 
     /// The `while_playing` rule of the button that plays preset `name` (default: ignore).
@@ -770,6 +829,16 @@ impl Scheduler {
 
 /// Every configured preset's request with the `[speech]` defaults applied. The config was
 /// validated when loaded (with the same function), so this fails only on a bug: logged.
+/// Decodes the configured chimes; an unusable file is a warning naming it, and its jobs
+/// play without it (and say so).
+fn load_chimes(cfg: &Config) -> ChimeSet {
+    let chimes = ChimeSet::load(&cfg.chimes, cfg.audio.rate);
+    for problem in chimes.problems() {
+        tracing::warn!("{problem}; jobs that ask for it play without it");
+    }
+    chimes
+}
+
 fn preset_requests(cfg: &Config) -> BTreeMap<String, SpeechRequest> {
     crate::presets::requests(&cfg.presets, &cfg.default_voice()).unwrap_or_else(|e| {
         tracing::error!("{e}");

@@ -46,6 +46,10 @@ pub struct Job<Id = String> {
     pub queued_at: Instant,
     /// How long it may wait in the queue (`None`: as long as it takes).
     pub expires_in: Option<ExpiresIn>,
+    /// The chime before its speech (a configured name), if any.
+    pub chime: Option<String>,
+    /// The chime after its speech, if any.
+    pub chime_after: Option<String>,
 }
 
 impl<Id> Job<Id> {
@@ -72,6 +76,8 @@ impl NewJob {
             volume: self.volume,
             queued_at: self.queued_at,
             expires_in: self.expires_in,
+            chime: self.chime,
+            chime_after: self.chime_after,
         }
     }
 }
@@ -275,6 +281,8 @@ mod tests {
             volume: None,
             queued_at: Instant::now(),
             expires_in: None,
+            chime: None,
+            chime_after: None,
         }
     }
 
