@@ -19,6 +19,7 @@ use crate::codec::opus::{decode_rate_for, OggOpusDecoder};
 use crate::codec::pcm::RawPcmDecoder;
 use crate::codec::resample::ResampledDecoder;
 use crate::codec::{CodecError, StreamDecoder};
+use crate::fallback::{FallbackError, LocalVoice};
 use crate::text::{self, TextError};
 use crate::tts::{AudioFormat, SpeechRequest, SpeechSource, TtsError};
 
@@ -131,6 +132,21 @@ pub struct SpeakReport {
     pub warm: bool,
     /// How the audio arrived, burst by burst (what the network model learns from).
     pub bursts: Vec<crate::netmodel::Burst>,
+    /// The local voice spoke (some of) the text because the API could not.
+    pub fallback: Option<FallbackUse>,
+}
+
+/// How the local voice took over from the API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FallbackUse {
+    /// The engine, e.g. `espeak-ng`.
+    pub engine: &'static str,
+    /// Why the API's speech could not be had (never contains the key).
+    pub api_error: String,
+    /// The segment (1-based) the fallback spoke from; it spoke every one after it too.
+    pub from_segment: usize,
+    /// When the API's failure reached the pipeline.
+    pub api_failed_at: Instant,
 }
 
 impl std::fmt::Display for SpeakReport {
@@ -160,6 +176,13 @@ impl std::fmt::Display for SpeakReport {
             )?;
         }
         write!(f, ", start {}", if self.warm { "learned" } else { "cold" })?;
+        if let Some(fb) = &self.fallback {
+            write!(
+                f,
+                ", spoken by the fallback voice ({}) from segment {} because the API failed: {}",
+                fb.engine, fb.from_segment, fb.api_error
+            )?;
+        }
         if self.attempts as usize > self.segments {
             let retries = self.attempts as usize - self.segments;
             write!(
@@ -212,6 +235,31 @@ pub enum PipelineError {
     /// The audio device or WAV file could not be opened.
     #[error(transparent)]
     Sink(#[from] SinkError),
+    /// The API failed, and the local voice that stood in for it failed too.
+    #[error("{api}; the fallback voice ({engine}) failed too: {source}")]
+    Fallback {
+        /// Why the API's speech could not be had.
+        api: Box<PipelineError>,
+        /// The engine, e.g. `espeak-ng`.
+        engine: &'static str,
+        /// Why it failed.
+        source: FallbackError,
+    },
+}
+
+impl PipelineError {
+    /// The segment (0-based) from which a local voice may speak instead: the API could not
+    /// give usable audio for it ([`TtsError::is_outage`], or audio that does not decode).
+    /// `None` for everything that is not the API's doing.
+    fn fallback_from(&self) -> Option<usize> {
+        match self {
+            PipelineError::Tts {
+                segment, source, ..
+            } if source.is_outage() => Some(segment - 1),
+            PipelineError::Codec { segment, .. } => Some(segment - 1),
+            _ => None,
+        }
+    }
 }
 
 /// Where `speak` and `play` send their audio.
@@ -396,6 +444,20 @@ pub async fn speak(
     voice: &Voice,
     limits: Limits,
 ) -> Result<SpeakReport, PipelineError> {
+    speak_with_fallback(source, None, playout, text, voice, limits).await
+}
+
+/// [`speak`]; and when the API can't be had, `fallback` (if any) speaks the text from the
+/// segment that failed on, through the same playout. Audio of that segment already played
+/// stays played: the local voice starts the segment again (docs/FALLBACK.md).
+pub async fn speak_with_fallback(
+    source: Arc<dyn SpeechSource>,
+    fallback: Option<&dyn LocalVoice>,
+    playout: &mut Playout,
+    text: &str,
+    voice: &Voice,
+    limits: Limits,
+) -> Result<SpeakReport, PipelineError> {
     text::validate(text, limits.max_text_chars)?;
     let segments = text::segment(text, crate::tts::MAX_INPUT_CHARS);
     let of = segments.len();
@@ -465,7 +527,109 @@ pub async fn speak(
     }
     .await;
 
+    let result = match (result, fallback) {
+        (Err(e), Some(local)) => match e.fallback_from() {
+            Some(from) => {
+                let texts = requests[from..].iter().map(|r| r.input.as_str());
+                let used = FallbackUse {
+                    engine: local.name(),
+                    api_error: e.to_string(),
+                    from_segment: from + 1,
+                    api_failed_at: Instant::now(),
+                };
+                tracing::warn!(
+                    engine = used.engine,
+                    "the speech API failed, the fallback voice speaks instead: {e}"
+                );
+                report.fallback = Some(used);
+                speak_locally(local, playout, &mut feeder, texts)
+                    .await
+                    .map_err(|l| l.after(e, local.name()))
+            }
+            None => Err(e),
+        },
+        (r, _) => r,
+    };
+
     conclude(playout, result, report, t0, feeder.first_audio_at).await
+}
+
+/// Why speaking locally stopped.
+enum LocalError {
+    Engine(FallbackError),
+    Playout(PlayoutError),
+}
+
+impl LocalError {
+    /// The pipeline's error, given the API's that made the fallback speak.
+    fn after(self, api: PipelineError, engine: &'static str) -> PipelineError {
+        match self {
+            LocalError::Engine(source) => PipelineError::Fallback {
+                api: Box::new(api),
+                engine,
+                source,
+            },
+            // The device's failure is the device's, whoever was speaking.
+            LocalError::Playout(e) => PipelineError::Playout(e),
+        }
+    }
+}
+
+impl From<FallbackError> for LocalError {
+    fn from(e: FallbackError) -> Self {
+        LocalError::Engine(e)
+    }
+}
+
+impl From<PlayoutError> for LocalError {
+    fn from(e: PlayoutError) -> Self {
+        LocalError::Playout(e)
+    }
+}
+
+impl From<FeedError> for LocalError {
+    fn from(e: FeedError) -> Self {
+        match e {
+            FeedError::Codec(c) => LocalError::Engine(FallbackError::Decode(c)),
+            FeedError::Playout(p) => LocalError::Playout(p),
+        }
+    }
+}
+
+/// Speaks `texts` one after another with the local voice: its PCM resampled to the device
+/// rate and channel-mapped by the same [`Feeder`] as the API's audio. The playout's events
+/// are forwarded while the engine starts and between its chunks.
+async fn speak_locally<'t>(
+    local: &dyn LocalVoice,
+    playout: &mut Playout,
+    feeder: &mut Feeder,
+    texts: impl Iterator<Item = &'t str>,
+) -> Result<(), LocalError> {
+    for text in texts {
+        let open = local.open(text);
+        tokio::pin!(open);
+        let speech = loop {
+            tokio::select! {
+                s = &mut open => break s?,
+                r = playout.wait_event() => r?,
+            }
+        };
+        let raw = RawPcmDecoder::new(speech.format.rate, speech.format.channels);
+        let mut dec = ResampledDecoder::new(raw, feeder.device_rate);
+        let mut body = speech.body;
+        loop {
+            let chunk = tokio::select! {
+                c = body.next() => c,
+                r = playout.wait_event() => { r?; continue; }
+            };
+            match chunk {
+                Some(b) => feeder.feed(&mut dec, Some(&b?), playout).await?,
+                None => break,
+            }
+        }
+        feeder.feed(&mut dec, None, playout).await?;
+    }
+    Ok(())
 }
 
 /// Plays a local Ogg Opus file through the same decode and playout path.
