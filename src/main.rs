@@ -127,6 +127,9 @@ struct SayArgs {
     /// Return once the job is queued instead of when it has been spoken.
     #[arg(long)]
     no_wait: bool,
+    /// Fail rather than speak with the local fallback voice when the API can't be reached.
+    #[arg(long)]
+    no_fallback: bool,
     #[command(flatten)]
     socket: SocketArg,
     /// The text to speak ("-" reads it from stdin); several words are joined with spaces.
@@ -141,6 +144,10 @@ struct SpeakArgs {
     /// API base URL (overrides OPENAI_BASE_URL and the config).
     #[arg(long, value_name = "URL")]
     api_base: Option<String>,
+    /// Fail rather than speak with the local fallback voice ([fallback]) when the API can't
+    /// be reached.
+    #[arg(long)]
+    no_fallback: bool,
     #[command(flatten)]
     out: Output,
     /// The text to speak; several words are joined with spaces.
@@ -326,8 +333,11 @@ async fn speak(config: &mut Config, args: SpeakArgs) -> Result<()> {
     };
     // Reject bad text before opening the device or touching the network.
     herald::text::validate(&text, limits.max_text_chars)?;
+    let fallback =
+        herald::fallback::from_settings(&config.fallback()).filter(|_| !args.no_fallback);
     let key = config.api_key()?;
-    if key.is_none() {
+    // Without a key only the fallback can speak; without either, say so before anything.
+    if key.is_none() && fallback.is_none() {
         return Err(herald::tts::TtsError::NoKey.into());
     }
     let client = OpenAiClient::new(config.openai(key))?;
@@ -337,8 +347,17 @@ async fn speak(config: &mut Config, args: SpeakArgs) -> Result<()> {
     let model_key = store::key(&config.api.api_base, voice.format);
     let (models, _) = ModelStore::open(store::cli_dir().as_deref());
     playout.plan_next(models.model(&model_key).plan(config.audio.start_quantile));
-    let result = pipeline::speak(Arc::new(client), &mut playout, &text, &voice, limits).await;
-    if let Ok(report) = &result {
+    let result = pipeline::speak_with_fallback(
+        Arc::new(client),
+        fallback.as_deref(),
+        &mut playout,
+        &text,
+        &voice,
+        limits,
+    )
+    .await;
+    // Only the network's own audio teaches the network model.
+    if let Some(report) = result.as_ref().ok().filter(|r| r.fallback.is_none()) {
         // What the network did is remembered for the next run (never a reason to fail).
         let key = store::key(&config.api.api_base, voice.format);
         let audio_ms = report.audio.as_secs_f64() * 1000.0;
@@ -432,6 +451,7 @@ fn say(config: &Config, args: SayArgs) -> Result<()> {
         priority: args.priority,
         id: args.id,
         cache: false,
+        fallback: args.no_fallback.then_some(false),
     });
     let mut client = Client::connect(&socket_path(config, &args.socket))?;
     client.send(&req)?;
@@ -459,8 +479,13 @@ fn follow(client: &mut Client, no_wait: bool) -> Result<()> {
                 stall_ms,
                 bytes,
                 segments,
+                engine,
+                api_error,
                 ..
             } => {
+                if let (Some(engine), Some(api_error)) = (engine, api_error) {
+                    println!("spoken by the fallback voice ({engine}) because the API failed: {api_error}");
+                }
                 let ttfa = request_to_audio_ms.map_or("-".to_string(), |t| format!("{t} ms"));
                 println!(
                     "{id} finished: time to first audio {ttfa}, audio {:.2} s, stalls {stalls} ({stall_ms} ms), received {bytes} bytes in {segments} segment{}",

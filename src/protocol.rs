@@ -25,6 +25,14 @@ pub fn max_line_bytes(max_text_chars: usize) -> usize {
         .saturating_add(OTHER_FIELDS_BYTES)
 }
 
+/// Who spoke a finished job when it was not the API's voice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpokenBy {
+    /// The local fallback voice (`[fallback]`), because the API could not be reached.
+    Fallback,
+}
+
 /// Commands a JSON request may name.
 pub const COMMANDS: &[&str] = &[
     "speak",
@@ -94,6 +102,10 @@ pub struct SpeakRequest {
     /// Store the audio in the cache and reuse it for the same request (repeated phrases).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cache: bool,
+    /// `false`: fail rather than speak with the local voice when the API can't be reached
+    /// (default: the configured `[fallback]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<bool>,
 }
 
 /// A `preset` request: play a configured preset, exactly like its button.
@@ -437,6 +449,19 @@ pub enum Reply {
         /// The start followed what was learned about the network (not the fixed rules).
         #[serde(default)]
         warm: bool,
+        /// `fallback` when the local voice spoke (some of) it because the API could not.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        voice: Option<SpokenBy>,
+        /// With the fallback: the local engine that spoke, e.g. `espeak-ng`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        engine: Option<String>,
+        /// With the fallback: why the API's speech could not be had (never the key).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        api_error: Option<String>,
+        /// With the fallback, when no API audio had been heard: from the API's failure to
+        /// the fallback's first audio at the device.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fallback_to_audio_ms: Option<u64>,
     },
     /// Terminal (for a job) or a refused request (`id` absent when there was no job).
     Failed {
@@ -1106,6 +1131,7 @@ mod tests {
                 priority: Priority::Interrupt,
                 id: Some("door".into()),
                 cache: true,
+                fallback: Some(false),
             }),
             Request::Stop,
             Request::Skip,
@@ -1157,6 +1183,7 @@ mod tests {
             priority: Priority::High,
             id: Some("i".into()),
             cache: true,
+            fallback: Some(false),
         });
         assert_eq!(
             keys(serde_json::to_value(full_speak).unwrap()),
@@ -1183,7 +1210,7 @@ mod tests {
         assert_eq!(
             allowed_fields("speak"),
             "cmd, text, voice, model, format (opus, pcm), speed, instructions, \
-             priority (normal, high, interrupt), id, cache"
+             priority (normal, high, interrupt), id, cache, fallback"
         );
         assert_eq!(
             allowed_fields("preset"),

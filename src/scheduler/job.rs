@@ -13,7 +13,7 @@ use super::stats::{ms, preview, Current};
 use super::{Outcome, PinnedSource, Preempt, Scheduler, FADE_WAIT};
 use crate::audio::playout::{Playout, PlayoutError, PlayoutEvent};
 use crate::pipeline::{self, Limits, PipelineError, SpeakReport};
-use crate::protocol::{CancelledBy, Reply};
+use crate::protocol::{CancelledBy, Reply, SpokenBy};
 use crate::tts::SpeechSource;
 
 impl Scheduler {
@@ -72,7 +72,16 @@ impl Scheduler {
         let write_timeout = Duration::from_millis(self.cfg.audio.write_timeout_ms);
         let mut started = None;
         playout.plan_next(self.plan_for(job));
-        let fut = pipeline::speak(source, playout, &job.text, &job.voice, limits);
+        // The job keeps the voice it started with, even if a reload replaces it meanwhile.
+        let fallback = self.fallback.clone().filter(|_| job.fallback);
+        let fut = pipeline::speak_with_fallback(
+            source,
+            fallback.as_deref(),
+            playout,
+            &job.text,
+            &job.voice,
+            limits,
+        );
         tokio::pin!(fut);
         let outcome = loop {
             // A hung device says nothing: look again when a device call in progress would
@@ -143,8 +152,10 @@ impl Scheduler {
                 self.end_finished(job, &report, started, t0);
             }
             Outcome::Done(Err(e)) => {
-                if let PipelineError::Tts { source, .. } = &e {
-                    self.net.failed(source.to_string());
+                match &e {
+                    PipelineError::Tts { source, .. } => self.net.failed(source.to_string()),
+                    PipelineError::Fallback { api, .. } => self.net.failed(api.to_string()),
+                    _ => {}
                 }
                 if device_lost(&e) {
                     let reason = format!("audio device failed: {e}");
@@ -183,7 +194,10 @@ impl Scheduler {
                 });
             }
         }
-        self.net.ok();
+        match &report.fallback {
+            Some(fb) => self.net.failed(fb.api_error.clone()),
+            None => self.net.ok(),
+        }
         self.stats.finished(report);
         self.learn(job, report);
         let request_to_audio = report.time_to_first_audio.map(ms);
@@ -212,6 +226,13 @@ impl Scheduler {
             attempts: report.attempts,
             stretched_ms: report.stretched_ms,
             warm: report.warm,
+            voice: report.fallback.as_ref().map(|_| SpokenBy::Fallback),
+            engine: report.fallback.as_ref().map(|f| f.engine.to_string()),
+            api_error: report.fallback.as_ref().map(|f| f.api_error.clone()),
+            fallback_to_audio_ms: report
+                .fallback
+                .as_ref()
+                .and_then(|f| fallback_to_audio(f, report)),
         });
     }
 
@@ -267,6 +288,13 @@ impl Scheduler {
             }
         }
     }
+}
+
+/// From the API's failure to the fallback's first audio at the device, when that was the
+/// job's first audio (`None` if the API's had been heard before it failed).
+fn fallback_to_audio(fb: &pipeline::FallbackUse, report: &SpeakReport) -> Option<u64> {
+    let started = report.started_at?;
+    (started >= fb.api_failed_at).then(|| ms(started - fb.api_failed_at))
 }
 
 /// Whether a pipeline error means the device (or its thread) is gone.

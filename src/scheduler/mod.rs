@@ -27,6 +27,7 @@ use tokio::time::sleep_until;
 
 use crate::audio::SinkOpener;
 use crate::config::Config;
+use crate::fallback::LocalVoice;
 use crate::netmodel::store::{self, ModelStore};
 use crate::pipeline::{PipelineError, SpeakReport, Voice};
 use crate::presets::Renderer;
@@ -133,6 +134,20 @@ pub struct Parts {
     pub model: ModelStore,
 }
 
+/// The configured local voice, warning once when its program is missing (jobs that need it
+/// then fail naming both errors).
+fn fallback_for(cfg: &Config) -> Option<Arc<dyn LocalVoice>> {
+    let settings = cfg.fallback();
+    if settings.engine == crate::fallback::Engine::EspeakNg && !crate::fallback::espeak::installed()
+    {
+        tracing::warn!(
+            "fallback.engine = \"espeak-ng\" but {} is not on PATH: announcements fail when the API can't be reached (install espeak-ng, or set fallback.engine = \"none\")",
+            crate::fallback::espeak::PROGRAM
+        );
+    }
+    crate::fallback::from_settings(&settings)
+}
+
 /// Opens through the cache with presets' audio pinned (never evicted while configured).
 struct PinnedSource(CachingSource);
 
@@ -182,6 +197,8 @@ pub struct Scheduler {
     model: ModelStore,
     /// Saving the model failed once already (warned; it stays in memory).
     model_unsaved: Arc<std::sync::atomic::AtomicBool>,
+    /// The local voice for when the API can't be reached (`None`: `engine = "none"`).
+    fallback: Option<Arc<dyn LocalVoice>>,
 }
 
 impl Scheduler {
@@ -203,6 +220,7 @@ impl Scheduler {
             Err(e) => (None, Some(e)),
         };
         let s = Scheduler {
+            fallback: fallback_for(&cfg),
             device: Device::new(parts.opener, DeviceSettings::from_config(&cfg)),
             source: parts.source,
             notifier: parts.notifier,
@@ -333,6 +351,7 @@ impl Scheduler {
             tracing::warn!("[cache] changes take effect at the next restart");
         }
         self.cfg = config;
+        self.fallback = fallback_for(&self.cfg);
         if let Some(src) = source {
             if let Some(p) = &self.presets {
                 let cache = p.renderer.source().cache().clone();
@@ -460,6 +479,7 @@ impl Scheduler {
             reply,
             source,
             preset: None,
+            fallback: s.fallback.unwrap_or(true),
         };
         self.admit(new, playing)
     }
@@ -546,7 +566,9 @@ impl Scheduler {
             priority,
             reply,
             source,
+            // A press must be heard: an unrendered preset speaks locally when it must.
             preset: Some(p.name),
+            fallback: true,
         };
         self.admit(new, playing)
     }
@@ -665,7 +687,8 @@ impl Scheduler {
     /// Learns how a finished job's audio arrived, when it came over the network (cached
     /// audio arrives at once and says nothing about it), and saves the model.
     fn learn(&mut self, job: &Job, report: &SpeakReport) {
-        if report.attempts == 0 {
+        // The cache's audio and the local voice's say nothing about the network.
+        if report.attempts == 0 || report.fallback.is_some() {
             return;
         }
         let key = store::key(&self.cfg.api.api_base, job.voice.format);

@@ -38,6 +38,8 @@ pub struct Job<Id = String> {
     pub source: JobSource,
     /// The preset it plays, if any.
     pub preset: Option<String>,
+    /// The local voice may speak it when the API can't (`"fallback": false` says no).
+    pub fallback: bool,
 }
 
 /// A validated request, not yet admitted.
@@ -54,6 +56,7 @@ impl NewJob {
             reply: self.reply,
             source: self.source,
             preset: self.preset,
+            fallback: self.fallback,
         }
     }
 }
@@ -239,6 +242,7 @@ mod tests {
             reply: Arc::new(Nowhere),
             source: JobSource::Live,
             preset: preset.map(str::to_string),
+            fallback: true,
         }
     }
 
