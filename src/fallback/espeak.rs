@@ -81,7 +81,9 @@ impl EspeakNg {
         };
         // The text goes in from a task of its own: a long one fills the pipe while espeak-ng
         // waits for its audio to be read. A write error shows as its exit status instead.
-        let input = text.as_bytes().to_vec();
+        // The newline is for espeak-ng before Debian's 1.51+dfsg-10+deb12u2, which drops the
+        // last byte of stdin: a newline lost is nothing lost.
+        let input = format!("{text}\n").into_bytes();
         tokio::spawn(async move {
             let _ = stdin.write_all(&input).await;
         });
