@@ -19,7 +19,7 @@ use crate::codec::opus::{decode_rate_for, OggOpusDecoder};
 use crate::codec::pcm::RawPcmDecoder;
 use crate::codec::resample::ResampledDecoder;
 use crate::codec::{CodecError, StreamDecoder};
-use crate::fallback::{FallbackError, LocalVoice};
+use crate::fallback::{Engine, FallbackError, LocalVoice};
 use crate::text::{self, TextError};
 use crate::tts::{AudioFormat, SpeechRequest, SpeechSource, TtsError};
 
@@ -139,8 +139,8 @@ pub struct SpeakReport {
 /// How the local voice took over from the API.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FallbackUse {
-    /// The engine, e.g. `espeak-ng`.
-    pub engine: &'static str,
+    /// The engine that spoke.
+    pub engine: Engine,
     /// Why the API's speech could not be had (never contains the key).
     pub api_error: String,
     /// The segment (1-based) the fallback spoke from; it spoke every one after it too.
@@ -240,8 +240,8 @@ pub enum PipelineError {
     Fallback {
         /// Why the API's speech could not be had.
         api: Box<PipelineError>,
-        /// The engine, e.g. `espeak-ng`.
-        engine: &'static str,
+        /// The engine.
+        engine: Engine,
         /// Why it failed.
         source: FallbackError,
     },
@@ -532,19 +532,19 @@ pub async fn speak_with_fallback(
             Some(from) => {
                 let texts = requests[from..].iter().map(|r| r.input.as_str());
                 let used = FallbackUse {
-                    engine: local.name(),
+                    engine: local.engine(),
                     api_error: e.to_string(),
                     from_segment: from + 1,
                     api_failed_at: Instant::now(),
                 };
                 tracing::warn!(
-                    engine = used.engine,
+                    engine = %used.engine,
                     "the speech API failed, the fallback voice speaks instead: {e}"
                 );
                 report.fallback = Some(used);
                 speak_locally(local, playout, &mut feeder, texts)
                     .await
-                    .map_err(|l| l.after(e, local.name()))
+                    .map_err(|l| l.after(e, local.engine()))
             }
             None => Err(e),
         },
@@ -562,7 +562,7 @@ enum LocalError {
 
 impl LocalError {
     /// The pipeline's error, given the API's that made the fallback speak.
-    fn after(self, api: PipelineError, engine: &'static str) -> PipelineError {
+    fn after(self, api: PipelineError, engine: Engine) -> PipelineError {
         match self {
             LocalError::Engine(source) => PipelineError::Fallback {
                 api: Box::new(api),

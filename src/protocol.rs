@@ -452,9 +452,9 @@ pub enum Reply {
         /// `fallback` when the local voice spoke (some of) it because the API could not.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         voice: Option<SpokenBy>,
-        /// With the fallback: the local engine that spoke, e.g. `espeak-ng`.
+        /// With the fallback: the local engine that spoke (`espeak-ng`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        engine: Option<String>,
+        engine: Option<crate::fallback::Engine>,
         /// With the fallback: why the API's speech could not be had (never the key).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         api_error: Option<String>,

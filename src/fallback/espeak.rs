@@ -13,13 +13,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdout, Command};
 use tokio::task::JoinHandle;
 
-use super::{FallbackError, LocalFuture, LocalSpeech, LocalVoice, PcmStream};
+use super::{FallbackError, LocalFuture, LocalSpeech, LocalVoice, PcmStream, STALL_TIMEOUT};
 use crate::codec::PcmFormat;
 
 /// The program run, looked up on PATH.
 pub const PROGRAM: &str = "espeak-ng";
-/// The engine's name in replies and logs.
-const NAME: &str = "espeak-ng";
 /// The WAV header is read this far at most (espeak-ng's is 44 bytes).
 const MAX_HEADER: usize = 4096;
 /// Bytes read from its stdout at a time: ~190 ms of 22050 Hz mono.
@@ -123,8 +121,8 @@ impl EspeakNg {
 }
 
 impl LocalVoice for EspeakNg {
-    fn name(&self) -> &'static str {
-        NAME
+    fn engine(&self) -> super::Engine {
+        super::Engine::EspeakNg
     }
 
     fn open<'a>(&'a self, text: &'a str) -> LocalFuture<'a> {
@@ -164,15 +162,19 @@ fn body(first: Bytes, running: Running) -> PcmStream {
     ))
 }
 
-/// Appends one read to `buf`; 0 at the end of the stream.
+/// Appends one read to `buf`; 0 at the end of the stream. A process that sends nothing for
+/// [`STALL_TIMEOUT`] is hung: the job must not wait for it forever (dropping it kills it).
 async fn read_some(
     r: &mut (impl AsyncRead + Unpin),
     buf: &mut Vec<u8>,
 ) -> Result<usize, FallbackError> {
     let mut chunk = [0u8; READ_CHUNK];
-    let n = r
-        .read(&mut chunk)
+    let n = tokio::time::timeout(STALL_TIMEOUT, r.read(&mut chunk))
         .await
+        .map_err(|_| FallbackError::Stalled {
+            program: PROGRAM.into(),
+            after: STALL_TIMEOUT,
+        })?
         .map_err(|e| io_err("reading its audio", e))?;
     buf.extend_from_slice(&chunk[..n]);
     Ok(n)

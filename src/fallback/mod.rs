@@ -37,6 +37,15 @@ pub enum Engine {
     None,
 }
 
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Engine::EspeakNg => "espeak-ng",
+            Engine::None => "none",
+        })
+    }
+}
+
 /// The `[fallback]` settings the engine is built from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FallbackSettings {
@@ -97,6 +106,9 @@ pub fn from_settings(s: &FallbackSettings) -> Option<Arc<dyn LocalVoice>> {
     }
 }
 
+/// How long a running engine may send nothing before it counts as hung.
+pub const STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A stream of raw s16le PCM in the [`LocalSpeech::format`] it announced.
 pub type PcmStream = Pin<Box<dyn Stream<Item = Result<Bytes, FallbackError>> + Send>>;
 
@@ -114,8 +126,8 @@ pub type LocalFuture<'a> =
 
 /// A speech engine that runs on the device itself. Dropping what it returned stops it.
 pub trait LocalVoice: Send + Sync {
-    /// The engine's name for replies and logs, e.g. `espeak-ng`.
-    fn name(&self) -> &'static str;
+    /// Which engine this is (named in replies and logs).
+    fn engine(&self) -> Engine;
     /// Starts speaking `text`; resolves once the format of its audio is known.
     fn open<'a>(&'a self, text: &'a str) -> LocalFuture<'a>;
 }
@@ -149,6 +161,14 @@ pub enum FallbackError {
         what: &'static str,
         /// The underlying error.
         source: std::io::Error,
+    },
+    /// It sent nothing for [`STALL_TIMEOUT`] (and was killed).
+    #[error("{program} sent no audio for {} s: stopped", after.as_secs())]
+    Stalled {
+        /// The program.
+        program: String,
+        /// How long it was silent.
+        after: std::time::Duration,
     },
     /// Its output did not start with a WAV header herald can play.
     #[error("{program} did not send playable audio: {detail}")]

@@ -227,7 +227,7 @@ impl Scheduler {
             stretched_ms: report.stretched_ms,
             warm: report.warm,
             voice: report.fallback.as_ref().map(|_| SpokenBy::Fallback),
-            engine: report.fallback.as_ref().map(|f| f.engine.to_string()),
+            engine: report.fallback.as_ref().map(|f| f.engine),
             api_error: report.fallback.as_ref().map(|f| f.api_error.clone()),
             fallback_to_audio_ms: report
                 .fallback
