@@ -5,8 +5,9 @@ set -euo pipefail
 
 # Build: alsa-lib, libopus and libsonic (the time-stretcher, src/audio/stretch.rs; linked
 # by every binary of the crate, so nothing links without it) headers. Tests: espeak-ng (the
-# emulator's voice), opus-tools and sox (fixtures), alsa-utils (aplay for manual checks),
-# systemd (systemd-analyze).
+# emulator's voice, and herald's own fallback voice, a program it runs: tests/fallback.rs;
+# no -dev package, nothing links it), opus-tools and sox (fixtures), alsa-utils (aplay for
+# manual checks), systemd (systemd-analyze).
 PKGS=(pkg-config libasound2-dev libopus-dev libsonic-dev espeak-ng opus-tools sox alsa-utils ca-certificates systemd)
 
 missing=()

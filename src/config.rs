@@ -12,6 +12,7 @@ use crate::audio::SinkRequest;
 use crate::buttons::config::ButtonConfig;
 use crate::chimes::ChimeConfig;
 use crate::control::server::Limits;
+use crate::fallback::{Engine, FallbackSettings};
 use crate::pipeline::Voice;
 use crate::presets::PresetConfig;
 use crate::protocol::ExpiresIn;
@@ -41,6 +42,8 @@ pub struct Config {
     pub daemon: DaemonSection,
     /// The on-disk audio cache (presets and `"cache": true` requests).
     pub cache: CacheSection,
+    /// The local voice that speaks when the API can't be reached.
+    pub fallback: FallbackSection,
     /// Named announcements (`[presets.NAME]`); none by default.
     #[serde(skip_serializing)]
     pub presets: BTreeMap<String, PresetConfig>,
@@ -67,6 +70,29 @@ impl Default for CacheSection {
         CacheSection {
             dir: PathBuf::from("/var/cache/herald"),
             max_mb: 64,
+        }
+    }
+}
+
+/// `[fallback]`: the local voice that speaks when OpenAI can't be reached (docs/FALLBACK.md).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct FallbackSection {
+    /// `espeak-ng` or `none`.
+    pub engine: Engine,
+    /// espeak-ng voice or language, e.g. `en`, `en-us`, `de`.
+    pub voice: String,
+    /// Words per minute.
+    pub rate: u32,
+}
+
+impl Default for FallbackSection {
+    fn default() -> Self {
+        let d = FallbackSettings::default();
+        FallbackSection {
+            engine: d.engine,
+            voice: d.voice,
+            rate: d.rate,
         }
     }
 }
@@ -425,6 +451,7 @@ impl Config {
         self.check_api(&c)?;
         self.check_daemon(&c)?;
         self.check_cache(&c)?;
+        self.check_fallback(&c)?;
         self.check_presets_and_buttons(&c)?;
         self.check_chimes(&c)
     }
@@ -667,6 +694,23 @@ impl Config {
             return Err(c.bad("cache.dir", "must name a directory".into()));
         }
         Ok(())
+    }
+
+    /// `[fallback]`: the fallback module's own rules, reported against the config key.
+    fn check_fallback(&self, c: &Checker) -> Result<(), ConfigError> {
+        let f = &self.fallback;
+        crate::fallback::check_voice(&f.voice).map_err(|m| c.bad("fallback.voice", m))?;
+        crate::fallback::check_rate(f.rate).map_err(|m| c.bad("fallback.rate", m))
+    }
+
+    /// The `[fallback]` settings the engine is built from.
+    pub fn fallback(&self) -> FallbackSettings {
+        let f = &self.fallback;
+        FallbackSettings {
+            engine: f.engine,
+            voice: f.voice.clone(),
+            rate: f.rate,
+        }
     }
 
     /// `[presets.*]` and `[[buttons]]`, the presets with the `[speech]` defaults applied.
@@ -937,6 +981,33 @@ mod tests {
 
     fn parse(src: &str) -> Result<(Config, Vec<String>), ConfigError> {
         Config::parse(src, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn fallback_defaults_and_bad_values_name_key_line_and_what_is_allowed() {
+        let (c, _) = parse("").unwrap();
+        assert_eq!(c.fallback.engine, Engine::EspeakNg);
+        assert_eq!((c.fallback.voice.as_str(), c.fallback.rate), ("en", 175));
+        let (c, _) = parse("[fallback]\nengine = \"none\"\n").unwrap();
+        assert!(crate::fallback::from_settings(&c.fallback()).is_none());
+        let e = parse("[fallback]\nengine = \"festival\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("festival") && e.contains("espeak-ng") && e.contains("none"),
+            "{e}"
+        );
+        let e = parse("[fallback]\nvoice = \"en\"\nrate = 1000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("fallback.rate") && e.contains("line 3") && e.contains("80 to 450"),
+            "{e}"
+        );
+        let e = parse("[fallback]\nvoice = \"-v\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("fallback.voice") && e.contains("line 2"), "{e}");
     }
 
     #[test]

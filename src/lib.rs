@@ -11,6 +11,7 @@ pub mod codec;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod fallback;
 pub mod netmodel;
 pub mod pipeline;
 pub mod presets;

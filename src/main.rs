@@ -132,6 +132,9 @@ struct SayArgs {
     /// Return once the job is queued instead of when it has been spoken.
     #[arg(long)]
     no_wait: bool,
+    /// Fail rather than speak with the local fallback voice when the API can't be reached.
+    #[arg(long)]
+    no_fallback: bool,
     #[command(flatten)]
     socket: SocketArg,
     /// The text to speak ("-" reads it from stdin); several words are joined with spaces.
@@ -146,6 +149,10 @@ struct SpeakArgs {
     /// API base URL (overrides OPENAI_BASE_URL and the config).
     #[arg(long, value_name = "URL")]
     api_base: Option<String>,
+    /// Fail rather than speak with the local fallback voice ([fallback]) when the API can't
+    /// be reached.
+    #[arg(long)]
+    no_fallback: bool,
     #[command(flatten)]
     out: Output,
     /// The text to speak; several words are joined with spaces.
@@ -362,8 +369,11 @@ async fn speak(config: &mut Config, args: SpeakArgs) -> Result<()> {
     };
     // Reject bad text before opening the device or touching the network.
     herald::text::validate(&text, limits.max_text_chars)?;
+    let fallback =
+        herald::fallback::from_settings(&config.fallback()).filter(|_| !args.no_fallback);
     let key = config.api_key()?;
-    if key.is_none() {
+    // Without a key only the fallback can speak; without either, say so before anything.
+    if key.is_none() && fallback.is_none() {
         return Err(herald::tts::TtsError::NoKey.into());
     }
     let client = OpenAiClient::new(config.openai(key))?;
@@ -380,6 +390,7 @@ async fn speak(config: &mut Config, args: SpeakArgs) -> Result<()> {
     playout.plan_next(models.model(&model_key).plan(config.audio.start_quantile));
     let result = pipeline::announce(
         Arc::new(client),
+        fallback.as_deref(),
         &mut playout,
         &text,
         &voice,
@@ -387,7 +398,8 @@ async fn speak(config: &mut Config, args: SpeakArgs) -> Result<()> {
         &chimes,
     )
     .await;
-    if let Ok(report) = &result {
+    // Only the network's own audio teaches the network model.
+    if let Some(report) = result.as_ref().ok().filter(|r| r.fallback.is_none()) {
         // What the network did is remembered for the next run (never a reason to fail).
         let key = store::key(&config.api.api_base, voice.format);
         let audio_ms = report.audio.as_secs_f64() * 1000.0;
@@ -518,6 +530,7 @@ fn say(config: &Config, args: SayArgs) -> Result<()> {
         expires_in_s: args.expires_in,
         chime,
         chime_after,
+        fallback: args.no_fallback.then_some(false),
     });
     let mut client = Client::connect(&socket_path(config, &args.socket))?;
     client.send(&req)?;
@@ -546,8 +559,13 @@ fn follow(client: &mut Client, no_wait: bool) -> Result<()> {
                 bytes,
                 segments,
                 volume,
+                engine,
+                api_error,
                 ..
             } => {
+                if let (Some(engine), Some(api_error)) = (engine, api_error) {
+                    println!("spoken by the fallback voice ({engine}) because the API failed: {api_error}");
+                }
                 let ttfa = request_to_audio_ms.map_or("-".to_string(), |t| format!("{t} ms"));
                 println!(
                     "{id} finished: time to first audio {ttfa}, audio {:.2} s, stalls {stalls} ({stall_ms} ms), received {bytes} bytes in {segments} segment{}, volume {volume}",

@@ -20,6 +20,7 @@ use crate::codec::opus::{decode_rate_for, OggOpusDecoder};
 use crate::codec::pcm::RawPcmDecoder;
 use crate::codec::resample::ResampledDecoder;
 use crate::codec::{CodecError, StreamDecoder};
+use crate::fallback::{Engine, FallbackError, LocalVoice};
 use crate::text::{self, TextError};
 use crate::tts::{AudioFormat, FormatChoice, SpeechRequest, SpeechSource, TtsError};
 
@@ -176,6 +177,21 @@ pub struct SpeakReport {
     pub chime_started_at: Option<Instant>,
     /// How the audio arrived, burst by burst (what the network model learns from).
     pub bursts: Vec<crate::netmodel::Burst>,
+    /// The local voice spoke (some of) the text because the API could not.
+    pub fallback: Option<FallbackUse>,
+}
+
+/// How the local voice took over from the API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FallbackUse {
+    /// The engine that spoke.
+    pub engine: Engine,
+    /// Why the API's speech could not be had (never contains the key).
+    pub api_error: String,
+    /// The segment (1-based) the fallback spoke from; it spoke every one after it too.
+    pub from_segment: usize,
+    /// When the API's failure reached the pipeline.
+    pub api_failed_at: Instant,
 }
 
 impl std::fmt::Display for SpeakReport {
@@ -205,6 +221,13 @@ impl std::fmt::Display for SpeakReport {
             )?;
         }
         write!(f, ", start {}", if self.warm { "learned" } else { "cold" })?;
+        if let Some(fb) = &self.fallback {
+            write!(
+                f,
+                ", spoken by the fallback voice ({}) from segment {} because the API failed: {}",
+                fb.engine, fb.from_segment, fb.api_error
+            )?;
+        }
         if self.attempts as usize > self.segments {
             let retries = self.attempts as usize - self.segments;
             write!(
@@ -265,6 +288,31 @@ pub enum PipelineError {
         /// Why.
         reason: String,
     },
+    /// The API failed, and the local voice that stood in for it failed too.
+    #[error("{api}; the fallback voice ({engine}) failed too: {source}")]
+    Fallback {
+        /// Why the API's speech could not be had.
+        api: Box<PipelineError>,
+        /// The engine.
+        engine: Engine,
+        /// Why it failed.
+        source: FallbackError,
+    },
+}
+
+impl PipelineError {
+    /// The segment (0-based) from which a local voice may speak instead: the API could not
+    /// give usable audio for it ([`TtsError::is_outage`], or audio that does not decode).
+    /// `None` for everything that is not the API's doing.
+    fn fallback_from(&self) -> Option<usize> {
+        match self {
+            PipelineError::Tts {
+                segment, source, ..
+            } if source.is_outage() => Some(segment - 1),
+            PipelineError::Codec { segment, .. } => Some(segment - 1),
+            _ => None,
+        }
+    }
 }
 
 /// Where `speak` and `play` send their audio.
@@ -462,14 +510,40 @@ pub async fn speak(
     voice: &Voice,
     limits: Limits,
 ) -> Result<SpeakReport, PipelineError> {
-    announce(source, playout, text, voice, limits, &ChimePlan::default()).await
+    announce(
+        source,
+        None,
+        playout,
+        text,
+        voice,
+        limits,
+        &ChimePlan::default(),
+    )
+    .await
+}
+
+/// [`speak`]; and when the API can't be had, `fallback` (if any) speaks the text from the
+/// segment that failed on, through the same playout. Audio of that segment already played
+/// stays played: the local voice starts the segment again (docs/FALLBACK.md).
+pub async fn speak_with_fallback(
+    source: Arc<dyn SpeechSource>,
+    fallback: Option<&dyn LocalVoice>,
+    playout: &mut Playout,
+    text: &str,
+    voice: &Voice,
+    limits: Limits,
+) -> Result<SpeakReport, PipelineError> {
+    let none = ChimePlan::default();
+    announce(source, fallback, playout, text, voice, limits, &none).await
 }
 
 /// [`speak`] with chimes: the speech is asked for at once and the chime plays while it
 /// comes, so the chime hides the fetch instead of adding to it; the speech follows the
-/// chime after `gap` if it is ready, else as soon as the start rule allows.
+/// chime after `gap` if it is ready, else as soon as the start rule allows. With a
+/// `fallback`, as in [`speak_with_fallback`].
 pub async fn announce(
     source: Arc<dyn SpeechSource>,
+    fallback: Option<&dyn LocalVoice>,
     playout: &mut Playout,
     text: &str,
     voice: &Voice,
@@ -494,7 +568,7 @@ pub async fn announce(
         None => None,
     };
     let estimate = text::estimate_duration(text, voice.speed.unwrap_or(1.0));
-    let mut report = play_speech(playout, &mut fetches, estimate, t0).await?;
+    let mut report = play_speech(playout, &mut fetches, estimate, t0, fallback).await?;
     if let Some(c) = &chimes.after {
         chime_gap(playout, chimes.gap).await;
         play_chime(playout, c, None).await?;
@@ -609,6 +683,7 @@ async fn play_speech(
     fetches: &mut Fetches,
     estimate: Duration,
     t0: Instant,
+    fallback: Option<&dyn LocalVoice>,
 ) -> Result<SpeakReport, PipelineError> {
     let of = fetches.requests.len();
     playout.begin(estimate);
@@ -629,7 +704,43 @@ async fn play_speech(
         Ok(())
     }
     .await;
+    let result = match (result, fallback) {
+        (Err(e), Some(local)) => {
+            let texts: Vec<&str> = fetches.requests.iter().map(|r| r.input.as_str()).collect();
+            fall_back(e, local, playout, &mut feeder, &texts, &mut report).await
+        }
+        (r, _) => r,
+    };
     conclude(playout, result, report, t0, feeder.first_audio_at).await
+}
+
+/// After the API failed with `e`: the local voice speaks `texts` from the segment that
+/// failed on, when the failure is the API's doing; otherwise `e` stands.
+async fn fall_back(
+    e: PipelineError,
+    local: &dyn LocalVoice,
+    playout: &mut Playout,
+    feeder: &mut Feeder,
+    texts: &[&str],
+    report: &mut SpeakReport,
+) -> Result<(), PipelineError> {
+    let Some(from) = e.fallback_from() else {
+        return Err(e);
+    };
+    let used = FallbackUse {
+        engine: local.engine(),
+        api_error: e.to_string(),
+        from_segment: from + 1,
+        api_failed_at: Instant::now(),
+    };
+    tracing::warn!(
+        engine = %used.engine,
+        "the speech API failed, the fallback voice speaks instead: {e}"
+    );
+    report.fallback = Some(used);
+    speak_locally(local, playout, feeder, texts[from..].iter().copied())
+        .await
+        .map_err(|l| l.after(e, local.engine()))
 }
 
 /// Decodes one segment's fetch into the playout as it arrives.
@@ -672,6 +783,84 @@ async fn play_segment(
         .feed(dec.as_mut(), None, playout)
         .await
         .map_err(|e| lift(e, seg, of))
+}
+
+/// Why speaking locally stopped.
+enum LocalError {
+    Engine(FallbackError),
+    Playout(PlayoutError),
+}
+
+impl LocalError {
+    /// The pipeline's error, given the API's that made the fallback speak.
+    fn after(self, api: PipelineError, engine: Engine) -> PipelineError {
+        match self {
+            LocalError::Engine(source) => PipelineError::Fallback {
+                api: Box::new(api),
+                engine,
+                source,
+            },
+            // The device's failure is the device's, whoever was speaking.
+            LocalError::Playout(e) => PipelineError::Playout(e),
+        }
+    }
+}
+
+impl From<FallbackError> for LocalError {
+    fn from(e: FallbackError) -> Self {
+        LocalError::Engine(e)
+    }
+}
+
+impl From<PlayoutError> for LocalError {
+    fn from(e: PlayoutError) -> Self {
+        LocalError::Playout(e)
+    }
+}
+
+impl From<FeedError> for LocalError {
+    fn from(e: FeedError) -> Self {
+        match e {
+            FeedError::Codec(c) => LocalError::Engine(FallbackError::Decode(c)),
+            FeedError::Playout(p) => LocalError::Playout(p),
+        }
+    }
+}
+
+/// Speaks `texts` one after another with the local voice: its PCM resampled to the device
+/// rate and channel-mapped by the same [`Feeder`] as the API's audio. The playout's events
+/// are forwarded while the engine starts and between its chunks.
+async fn speak_locally<'t>(
+    local: &dyn LocalVoice,
+    playout: &mut Playout,
+    feeder: &mut Feeder,
+    texts: impl Iterator<Item = &'t str>,
+) -> Result<(), LocalError> {
+    for text in texts {
+        let open = local.open(text);
+        tokio::pin!(open);
+        let speech = loop {
+            tokio::select! {
+                s = &mut open => break s?,
+                r = playout.wait_event() => r?,
+            }
+        };
+        let raw = RawPcmDecoder::new(speech.format.rate, speech.format.channels);
+        let mut dec = ResampledDecoder::new(raw, feeder.device_rate);
+        let mut body = speech.body;
+        loop {
+            let chunk = tokio::select! {
+                c = body.next() => c,
+                r = playout.wait_event() => { r?; continue; }
+            };
+            match chunk {
+                Some(b) => feeder.feed(&mut dec, Some(&b?), playout).await?,
+                None => break,
+            }
+        }
+        feeder.feed(&mut dec, None, playout).await?;
+    }
+    Ok(())
 }
 
 /// Plays a local Ogg Opus file through the same decode and playout path.

@@ -27,6 +27,14 @@ pub fn max_line_bytes(max_text_chars: usize) -> usize {
         .saturating_add(OTHER_FIELDS_BYTES)
 }
 
+/// Who spoke a finished job when it was not the API's voice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpokenBy {
+    /// The local fallback voice (`[fallback]`), because the API could not be reached.
+    Fallback,
+}
+
 /// Commands a JSON request may name.
 pub const COMMANDS: &[&str] = &[
     "speak",
@@ -207,6 +215,10 @@ pub struct SpeakRequest {
     /// Chime after the speech; default `daemon.chime_after`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chime_after: Option<ChimeChoice>,
+    /// `false`: fail rather than speak with the local voice when the API can't be reached
+    /// (default: the configured `[fallback]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<bool>,
 }
 
 /// A `preset` request: play a configured preset, exactly like its button.
@@ -587,6 +599,19 @@ pub enum Reply {
         /// Why a chime it asked for was not played (its file is unusable).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         chime_error: Option<String>,
+        /// `fallback` when the local voice spoke (some of) it because the API could not.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        voice: Option<SpokenBy>,
+        /// With the fallback: the local engine that spoke (`espeak-ng`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        engine: Option<crate::fallback::Engine>,
+        /// With the fallback: why the API's speech could not be had (never the key).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        api_error: Option<String>,
+        /// With the fallback, when no API audio had been heard: from the API's failure to
+        /// the fallback's first audio at the device.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fallback_to_audio_ms: Option<u64>,
     },
     /// Terminal (for a job) or a refused request (`id` absent when there was no job).
     Failed {
@@ -1327,6 +1352,7 @@ mod tests {
                 expires_in_s: Some(ExpiresIn::new(2.5).unwrap()),
                 chime: None,
                 chime_after: None,
+                fallback: Some(false),
             }),
             Request::Stop,
             Request::Skip,
@@ -1385,6 +1411,7 @@ mod tests {
             expires_in_s: Some(ExpiresIn::new(1.0).unwrap()),
             chime: Some(ChimeChoice::Named("ding".into())),
             chime_after: Some(ChimeChoice::Default(false)),
+            fallback: Some(false),
         });
         assert_eq!(
             keys(serde_json::to_value(full_speak).unwrap()),
@@ -1416,7 +1443,7 @@ mod tests {
             "cmd, text, voice, model, format (opus, pcm, auto), speed, instructions, \
              priority (normal, high, interrupt), id, cache, volume (0 to 100), \
              expires_in_s (seconds above 0), chime (a [chimes] name, true, false), \
-             chime_after (a [chimes] name, true, false)"
+             chime_after (a [chimes] name, true, false), fallback"
         );
         assert_eq!(
             allowed_fields("preset"),

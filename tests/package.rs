@@ -138,9 +138,13 @@ fn package_is_named_herald_version_arch_and_depends_on_alsa_opus_and_systemd() {
         "libc6 (>=",
         "systemd",
         "init-system-helpers",
+        // The fallback voice is a program herald runs, so no shlibdeps line names it.
+        "espeak-ng (>=",
     ] {
         assert!(depends.contains(want), "Depends lacks {want}: {depends}");
     }
+    // Nothing links libespeak-ng (GPL-3.0): the fallback stays a separate program.
+    assert!(!depends.contains("libespeak-ng"), "{depends}");
 }
 
 /// `dpkg-deb -c` as (mode, owner, path) for files.

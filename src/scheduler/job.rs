@@ -13,7 +13,7 @@ use super::stats::{ms, preview, Current};
 use super::{Outcome, PinnedSource, Preempt, Scheduler, FADE_WAIT};
 use crate::audio::playout::{Playout, PlayoutError, PlayoutEvent};
 use crate::pipeline::{self, ChimePlan, Limits, PipelineError, SpeakReport};
-use crate::protocol::{CancelledBy, Reply};
+use crate::protocol::{CancelledBy, Reply, SpokenBy};
 use crate::tts::SpeechSource;
 use crate::volume::Volume;
 
@@ -129,7 +129,17 @@ impl Scheduler {
         let write_timeout = Duration::from_millis(self.cfg.audio.write_timeout_ms);
         let mut started = None;
         playout.plan_next(self.plan_for(job));
-        let fut = pipeline::announce(source, playout, &job.text, &job.voice, limits, chimes);
+        // The job keeps the voice it started with, even if a reload replaces it meanwhile.
+        let fallback = self.fallback.clone().filter(|_| job.fallback);
+        let fut = pipeline::announce(
+            source,
+            fallback.as_deref(),
+            playout,
+            &job.text,
+            &job.voice,
+            limits,
+            chimes,
+        );
         tokio::pin!(fut);
         let outcome = loop {
             // A hung device says nothing: look again when a device call in progress would
@@ -206,8 +216,10 @@ impl Scheduler {
                 self.end_finished(job, &report, started, t0, applied);
             }
             Outcome::Done(Err(e)) => {
-                if let PipelineError::Tts { source, .. } = &e {
-                    self.net.failed(source.to_string());
+                match &e {
+                    PipelineError::Tts { source, .. } => self.net.failed(source.to_string()),
+                    PipelineError::Fallback { api, .. } => self.net.failed(api.to_string()),
+                    _ => {}
                 }
                 if device_lost(&e) {
                     let reason = format!("audio device failed: {e}");
@@ -253,7 +265,10 @@ impl Scheduler {
                 });
             }
         }
-        self.net.ok();
+        match &report.fallback {
+            Some(fb) => self.net.failed(fb.api_error.clone()),
+            None => self.net.ok(),
+        }
         self.stats.finished(report);
         self.learn(job, report);
         let request_to_audio = report.time_to_first_audio.map(ms);
@@ -286,6 +301,13 @@ impl Scheduler {
             volume: applied.volume.get(),
             chime: applied.chime,
             chime_error: applied.chime_error,
+            voice: report.fallback.as_ref().map(|_| SpokenBy::Fallback),
+            engine: report.fallback.as_ref().map(|f| f.engine),
+            api_error: report.fallback.as_ref().map(|f| f.api_error.clone()),
+            fallback_to_audio_ms: report
+                .fallback
+                .as_ref()
+                .and_then(|f| fallback_to_audio(f, report)),
         });
     }
 
@@ -341,6 +363,13 @@ impl Scheduler {
             }
         }
     }
+}
+
+/// From the API's failure to the fallback's first audio at the device, when that was the
+/// job's first audio (`None` if the API's had been heard before it failed).
+fn fallback_to_audio(fb: &pipeline::FallbackUse, report: &SpeakReport) -> Option<u64> {
+    let started = report.started_at?;
+    (started >= fb.api_failed_at).then(|| ms(started - fb.api_failed_at))
 }
 
 /// Whether a pipeline error means the device (or its thread) is gone.

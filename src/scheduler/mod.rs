@@ -28,6 +28,7 @@ use tokio::time::sleep_until;
 use crate::audio::SinkOpener;
 use crate::chimes::{ChimeChoice, ChimeSet};
 use crate::config::Config;
+use crate::fallback::LocalVoice;
 use crate::netmodel::store::{self, ModelStore};
 use crate::pipeline::{PipelineError, SpeakReport, Voice};
 use crate::presets::Renderer;
@@ -134,6 +135,20 @@ pub struct Parts {
     pub model: ModelStore,
 }
 
+/// The configured local voice, warning once when its program is missing (jobs that need it
+/// then fail naming both errors).
+fn fallback_for(cfg: &Config) -> Option<Arc<dyn LocalVoice>> {
+    let settings = cfg.fallback();
+    if settings.engine == crate::fallback::Engine::EspeakNg && !crate::fallback::espeak::installed()
+    {
+        tracing::warn!(
+            "fallback.engine = \"espeak-ng\" but {} is not on PATH: announcements fail when the API can't be reached (install espeak-ng, or set fallback.engine = \"none\")",
+            crate::fallback::espeak::PROGRAM
+        );
+    }
+    crate::fallback::from_settings(&settings)
+}
+
 /// Opens through the cache with presets' audio pinned (never evicted while configured).
 struct PinnedSource(CachingSource);
 
@@ -185,6 +200,8 @@ pub struct Scheduler {
     model_unsaved: Arc<std::sync::atomic::AtomicBool>,
     /// The configured chimes, decoded (or why they could not be).
     chimes: ChimeSet,
+    /// The local voice for when the API can't be reached (`None`: `engine = "none"`).
+    fallback: Option<Arc<dyn LocalVoice>>,
 }
 
 impl Scheduler {
@@ -207,6 +224,7 @@ impl Scheduler {
         };
         let s = Scheduler {
             chimes: load_chimes(&cfg),
+            fallback: fallback_for(&cfg),
             device: Device::new(parts.opener, DeviceSettings::from_config(&cfg)),
             source: parts.source,
             notifier: parts.notifier,
@@ -350,6 +368,7 @@ impl Scheduler {
             tracing::warn!("[cache] changes take effect at the next restart");
         }
         self.cfg = config;
+        self.fallback = fallback_for(&self.cfg);
         if let Some(src) = source {
             if let Some(p) = &self.presets {
                 let cache = p.renderer.source().cache().clone();
@@ -498,6 +517,7 @@ impl Scheduler {
             expires_in: s.expires_in_s.or(self.cfg.daemon.default_expiry_s),
             chime,
             chime_after,
+            fallback: s.fallback.unwrap_or(true),
         };
         self.admit(new, playing)
     }
@@ -600,12 +620,14 @@ impl Scheduler {
             priority,
             reply,
             source,
+            // A press must be heard: an unrendered preset speaks locally when it must.
             preset: Some(p.name),
             volume,
             queued_at: Instant::now(),
             expires_in: p.expires_in_s.or(self.cfg.daemon.default_expiry_s),
             chime,
             chime_after,
+            fallback: true,
         };
         self.admit(new, playing)
     }
@@ -761,7 +783,8 @@ impl Scheduler {
     /// Learns how a finished job's audio arrived, when it came over the network (cached
     /// audio arrives at once and says nothing about it), and saves the model.
     fn learn(&mut self, job: &Job, report: &SpeakReport) {
-        if report.attempts == 0 {
+        // The cache's audio and the local voice's say nothing about the network.
+        if report.attempts == 0 || report.fallback.is_some() {
             return;
         }
         let key = store::key(&self.cfg.api.api_base, job.voice.format);

@@ -50,6 +50,8 @@ pub struct Job<Id = String> {
     pub chime: Option<String>,
     /// The chime after its speech, if any.
     pub chime_after: Option<String>,
+    /// The local voice may speak it when the API can't (`"fallback": false` says no).
+    pub fallback: bool,
 }
 
 impl<Id> Job<Id> {
@@ -78,6 +80,7 @@ impl NewJob {
             expires_in: self.expires_in,
             chime: self.chime,
             chime_after: self.chime_after,
+            fallback: self.fallback,
         }
     }
 }
@@ -283,6 +286,7 @@ mod tests {
             expires_in: None,
             chime: None,
             chime_after: None,
+            fallback: true,
         }
     }
 
