@@ -67,8 +67,7 @@ fn press(d: &OnFifo) -> (f64, f64) {
     (client, daemon)
 }
 
-fn summary(v: &[(f64, f64)], f: fn(&(f64, f64)) -> f64) -> String {
-    let mut x: Vec<f64> = v.iter().map(f).collect();
+fn summary(mut x: Vec<f64>) -> String {
     x.sort_by(|a, b| a.total_cmp(b));
     format!(
         "median {:>5.1}  min {:>5.1}  max {:>5.1} ms",
@@ -116,11 +115,72 @@ fn main() {
         println!("{label}");
         println!(
             "  press → first sample written (daemon)  {}",
-            summary(&figures, |x| x.1)
+            summary(figures.iter().map(|x| x.1).collect())
         );
         println!(
             "  press sent → `started` reply (client)  {}",
-            summary(&figures, |x| x.0)
+            summary(figures.iter().map(|x| x.0).collect())
+        );
+        d.terminate();
+    }
+    chime_runs(emu, dir.path());
+}
+
+/// Issue 10: a chime before a live (uncached) announcement from the emulator's `slow`
+/// profile (1.15× real time): job → first (chime) sample written, with the device open and
+/// closed, and when the speech itself reached the device — against the same requests
+/// without a chime.
+fn chime_runs(emu: &herald_emulator::EmulatorHandle, dir: &Path) {
+    let chime = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/chimes/ding.wav");
+    println!();
+    println!("chime before a live announcement, emulator `slow`, {PRESSES} requests each");
+    let runs = [
+        ("device open", 0u32, true),
+        ("device closed, lead_in_ms = 200", 1, true),
+        ("no chime (baseline), device open", 0, false),
+    ];
+    for (i, (label, idle, chimed)) in runs.into_iter().enumerate() {
+        let base = emu.base_url(&format!("slow,id=chime{i}"));
+        let mut d = OnFifo::start(dir, &format!("c{i}"), KEY, |device, socket, cache| {
+            format!(
+                "[api]\napi_base = \"{base}\"\n[audio]\ndevice = \"{device}\"\n[daemon]\nsocket_path = \"{}\"\nidle_close_s = {idle}\nkeepalive_s = 0\nchime = \"ding\"\n[cache]\ndir = \"{}\"\n[chimes.ding]\nfile = \"{}\"\n",
+                socket.display(),
+                cache.display(),
+                chime.display()
+            )
+        });
+        let speak = |n: usize| format!("{{\"text\":\"{TEXT} Number {n}.\",\"chime\":{chimed}}}");
+        if idle == 0 {
+            timed_request(&d.socket, &speak(0));
+        }
+        let mut figures = Vec::new();
+        for n in 1..=PRESSES {
+            if idle > 0 {
+                std::thread::sleep(Duration::from_secs(2));
+                d.restart_clock();
+            }
+            let (client, daemon, finished) = timed_request(&d.socket, &speak(n));
+            assert_eq!(
+                finished["chime"].as_str(),
+                chimed.then_some("ding"),
+                "{finished}"
+            );
+            let speech = finished["request_to_audio_ms"].as_f64().unwrap_or(f64::NAN);
+            figures.push((client, daemon, speech));
+        }
+        let column = |f: fn(&(f64, f64, f64)) -> f64| summary(figures.iter().map(f).collect());
+        println!("{label}");
+        println!(
+            "  job → first sample written (daemon)       {}",
+            column(|x| x.1)
+        );
+        println!(
+            "  request sent → `started` (client)         {}",
+            column(|x| x.0)
+        );
+        println!(
+            "  speech request → first speech sample     {}",
+            column(|x| x.2)
         );
         d.terminate();
     }

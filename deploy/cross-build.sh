@@ -126,7 +126,10 @@ fi
 
 # ---- 2. packages -----------------------------------------------------------------------
 ARCHES=""
-WANT="rustc-web cargo-web pkg-config ca-certificates qemu-user binutils file"
+# espeak-ng (the build host's own architecture): the fallback voice is a program herald
+# runs, not a library it links, so no :$ARCH -dev package is needed; the smoke run below
+# has the emulated herald start it natively.
+WANT="rustc-web cargo-web pkg-config ca-certificates qemu-user binutils file espeak-ng"
 for t in $TARGETS; do
   target_info "$t"
   ARCHES="$ARCHES $ARCH"
@@ -240,6 +243,13 @@ for t in $TARGETS; do
         || die "smoke run '$args' failed for $t"
       [ "${PIPESTATUS[0]}" = 0 ] || die "smoke run '$args' exited non-zero for $t"
     done
+    # The fallback voice: no API key, so herald speaks locally at once (no network).
+    echo "\$ $QEMU -L / herald speak --out /tmp/fallback-$t.wav 'The network is down.'" | tee -a "$REPORT"
+    rm -f "$ROOT/tmp/fallback-$t.wav"
+    chrooted env -u OPENAI_API_KEY "$QEMU" -L / "$built" speak --out "/tmp/fallback-$t.wav" \
+      "The network is down." 2>&1 | tail -n 1 | tee -a "$REPORT"
+    [ "${PIPESTATUS[0]}" = 0 ] || die "fallback smoke run exited non-zero for $t"
+    echo "wav:    $(chrooted file -b "/tmp/fallback-$t.wav")" | tee -a "$REPORT"
   fi
   if [ -n "$SPEAK_URL" ]; then
     # End to end under qemu: fetch speech from an OpenAI-compatible server (herald-emulator

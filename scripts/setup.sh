@@ -5,9 +5,10 @@ set -euo pipefail
 
 # Build: alsa-lib, libopus and libsonic (the time-stretcher, src/audio/stretch.rs; linked
 # by every binary of the crate, so nothing links without it) headers. Tests: espeak-ng (the
-# emulator's voice), opus-tools and sox (fixtures), alsa-utils (aplay for manual checks),
-# systemd (systemd-analyze), snapserver and snapclient (tests/snapcast.rs: house-wide
-# announcements through real Snapcast 0.26 on loopback).
+# emulator's voice, and herald's own fallback voice, a program it runs: tests/fallback.rs;
+# no -dev package, nothing links it), opus-tools and sox (fixtures), alsa-utils (aplay for
+# manual checks), systemd (systemd-analyze), snapserver and snapclient (tests/snapcast.rs:
+# house-wide announcements through real Snapcast 0.26 on loopback).
 PKGS=(pkg-config libasound2-dev libopus-dev libsonic-dev espeak-ng opus-tools sox alsa-utils ca-certificates systemd snapserver snapclient)
 
 missing=()

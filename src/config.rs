@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 use crate::audio::playout::PlayoutConfig;
 use crate::audio::SinkRequest;
 use crate::buttons::config::ButtonConfig;
+use crate::chimes::ChimeConfig;
 use crate::control::server::Limits;
+use crate::fallback::{Engine, FallbackSettings};
 use crate::outputs::OutputConfig;
 use crate::pipeline::Voice;
 use crate::presets::PresetConfig;
@@ -41,6 +43,8 @@ pub struct Config {
     pub daemon: DaemonSection,
     /// The on-disk audio cache (presets and `"cache": true` requests).
     pub cache: CacheSection,
+    /// The local voice that speaks when the API can't be reached.
+    pub fallback: FallbackSection,
     /// Named announcements (`[presets.NAME]`); none by default.
     #[serde(skip_serializing)]
     pub presets: BTreeMap<String, PresetConfig>,
@@ -50,6 +54,9 @@ pub struct Config {
     /// Named outputs a job can be sent to with `to` (`[outputs.NAME]`); none by default.
     #[serde(skip_serializing)]
     pub outputs: BTreeMap<String, OutputConfig>,
+    /// Named chimes (`[chimes.NAME]`); none by default.
+    #[serde(skip_serializing)]
+    pub chimes: BTreeMap<String, ChimeConfig>,
 }
 
 /// `[cache]`: where rendered audio is kept and how much.
@@ -67,6 +74,29 @@ impl Default for CacheSection {
         CacheSection {
             dir: PathBuf::from("/var/cache/herald"),
             max_mb: 64,
+        }
+    }
+}
+
+/// `[fallback]`: the local voice that speaks when OpenAI can't be reached (docs/FALLBACK.md).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct FallbackSection {
+    /// `espeak-ng` or `none`.
+    pub engine: Engine,
+    /// espeak-ng voice or language, e.g. `en`, `en-us`, `de`.
+    pub voice: String,
+    /// Words per minute.
+    pub rate: u32,
+}
+
+impl Default for FallbackSection {
+    fn default() -> Self {
+        let d = FallbackSettings::default();
+        FallbackSection {
+            engine: d.engine,
+            voice: d.voice,
+            rate: d.rate,
         }
     }
 }
@@ -103,6 +133,12 @@ pub struct DaemonSection {
     /// Seconds a job may wait in the queue before it expires unplayed, for requests that
     /// give no `expires_in_s` (none = wait as long as it takes).
     pub default_expiry_s: Option<ExpiresIn>,
+    /// The chime played before every job that names none (none = no chime).
+    pub chime: Option<String>,
+    /// The chime played after every job that names none (none = no end chime).
+    pub chime_after: Option<String>,
+    /// Silence between a chime and the speech, in ms.
+    pub chime_gap_ms: u32,
 }
 
 impl Default for DaemonSection {
@@ -121,6 +157,9 @@ impl Default for DaemonSection {
             keepalive_s: 50,
             idle_timeout_s: 30,
             default_expiry_s: None,
+            chime: None,
+            chime_after: None,
+            chime_gap_ms: 150,
         }
     }
 }
@@ -420,7 +459,54 @@ impl Config {
             return Err(c.bad(&e.key, e.message));
         }
         self.check_routes(&c)?;
-        self.check_presets_and_buttons(&c)
+        self.check_fallback(&c)?;
+        self.check_presets_and_buttons(&c)?;
+        self.check_chimes(&c)
+    }
+
+    /// `[chimes.*]` and every place that names a chime: each name must be configured.
+    fn check_chimes(&self, c: &Checker) -> Result<(), ConfigError> {
+        c.in_range(
+            "daemon.chime_gap_ms",
+            self.daemon.chime_gap_ms,
+            0..=5000,
+            "0 to 5000",
+        )?;
+        for (name, chime) in &self.chimes {
+            if chime.file.as_os_str().is_empty() {
+                return Err(c.table(
+                    format!("chimes.{name}"),
+                    "file: must name an Ogg Opus or WAV file".into(),
+                ));
+            }
+        }
+        let d = &self.daemon;
+        let mut uses: Vec<(String, &str)> = Vec::new();
+        uses.extend(d.chime.as_deref().map(|n| ("daemon.chime".to_string(), n)));
+        uses.extend(
+            d.chime_after
+                .as_deref()
+                .map(|n| ("daemon.chime_after".to_string(), n)),
+        );
+        for (preset, p) in &self.presets {
+            for (field, choice) in [("chime", &p.chime), ("chime_after", &p.chime_after)] {
+                if let Some(crate::chimes::ChimeChoice::Named(n)) = choice {
+                    uses.push((format!("presets.{preset}.{field}"), n));
+                }
+            }
+        }
+        for b in &self.buttons {
+            if let Some(crate::chimes::ChimeChoice::Named(n)) = &b.chime {
+                uses.push((format!("buttons (pin {}) chime", b.pin), n));
+            }
+        }
+        for (key, name) in uses {
+            if let Err(e) = crate::chimes::check_name(name, self.chimes.keys()) {
+                let at = key.split(' ').next().unwrap_or(&key).to_string();
+                return Err(c.bad(&at, format!("{key}: {e}")));
+            }
+        }
+        Ok(())
     }
 
     /// `[speech]`: the request's own rules and the text limits.
@@ -632,6 +718,23 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// `[fallback]`: the fallback module's own rules, reported against the config key.
+    fn check_fallback(&self, c: &Checker) -> Result<(), ConfigError> {
+        let f = &self.fallback;
+        crate::fallback::check_voice(&f.voice).map_err(|m| c.bad("fallback.voice", m))?;
+        crate::fallback::check_rate(f.rate).map_err(|m| c.bad("fallback.rate", m))
+    }
+
+    /// The `[fallback]` settings the engine is built from.
+    pub fn fallback(&self) -> FallbackSettings {
+        let f = &self.fallback;
+        FallbackSettings {
+            engine: f.engine,
+            voice: f.voice.clone(),
+            rate: f.rate,
+        }
     }
 
     /// `[presets.*]` and `[[buttons]]`, the presets with the `[speech]` defaults applied.
@@ -902,6 +1005,33 @@ mod tests {
 
     fn parse(src: &str) -> Result<(Config, Vec<String>), ConfigError> {
         Config::parse(src, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn fallback_defaults_and_bad_values_name_key_line_and_what_is_allowed() {
+        let (c, _) = parse("").unwrap();
+        assert_eq!(c.fallback.engine, Engine::EspeakNg);
+        assert_eq!((c.fallback.voice.as_str(), c.fallback.rate), ("en", 175));
+        let (c, _) = parse("[fallback]\nengine = \"none\"\n").unwrap();
+        assert!(crate::fallback::from_settings(&c.fallback()).is_none());
+        let e = parse("[fallback]\nengine = \"festival\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("festival") && e.contains("espeak-ng") && e.contains("none"),
+            "{e}"
+        );
+        let e = parse("[fallback]\nvoice = \"en\"\nrate = 1000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("fallback.rate") && e.contains("line 3") && e.contains("80 to 450"),
+            "{e}"
+        );
+        let e = parse("[fallback]\nvoice = \"-v\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("fallback.voice") && e.contains("line 2"), "{e}");
     }
 
     #[test]

@@ -6,10 +6,12 @@
 pub mod audio;
 pub mod buttons;
 pub mod check;
+pub mod chimes;
 pub mod codec;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod fallback;
 pub mod netmodel;
 pub mod outputs;
 pub mod pipeline;

@@ -11,6 +11,7 @@ use tracing_subscriber::filter::Targets;
 
 use herald::audio::alsa::list_devices;
 use herald::audio::playout::Playout;
+use herald::chimes::{ChimeChoice, ChimeSet};
 use herald::config::{Config, Loaded};
 use herald::control::client::Client;
 use herald::daemon;
@@ -135,6 +136,9 @@ struct SayArgs {
     /// Return once the job is queued instead of when it has been spoken.
     #[arg(long)]
     no_wait: bool,
+    /// Fail rather than speak with the local fallback voice when the API can't be reached.
+    #[arg(long)]
+    no_fallback: bool,
     #[command(flatten)]
     socket: SocketArg,
     /// The text to speak ("-" reads it from stdin); several words are joined with spaces.
@@ -149,6 +153,10 @@ struct SpeakArgs {
     /// API base URL (overrides OPENAI_BASE_URL and the config).
     #[arg(long, value_name = "URL")]
     api_base: Option<String>,
+    /// Fail rather than speak with the local fallback voice ([fallback]) when the API can't
+    /// be reached.
+    #[arg(long)]
+    no_fallback: bool,
     #[command(flatten)]
     out: Output,
     /// The text to speak; several words are joined with spaces.
@@ -179,6 +187,31 @@ struct VoiceArgs {
     /// quiet hours. Default audio.volume.
     #[arg(long, value_name = "N")]
     volume: Option<herald::volume::Volume>,
+    /// Chime before the speech: a [chimes.NAME] of the config (default daemon.chime).
+    #[arg(long, value_name = "NAME", conflicts_with = "no_chime")]
+    chime: Option<String>,
+    /// Chime after the speech (default daemon.chime_after).
+    #[arg(long, value_name = "NAME", conflicts_with = "no_chime")]
+    chime_after: Option<String>,
+    /// No chime before or after, whatever the config says.
+    #[arg(long)]
+    no_chime: bool,
+}
+
+impl VoiceArgs {
+    /// The chimes asked for before and after (`None`: the config's defaults).
+    fn chimes(&self) -> (Option<ChimeChoice>, Option<ChimeChoice>) {
+        if self.no_chime {
+            return (
+                Some(ChimeChoice::Default(false)),
+                Some(ChimeChoice::Default(false)),
+            );
+        }
+        (
+            self.chime.clone().map(ChimeChoice::Named),
+            self.chime_after.clone().map(ChimeChoice::Named),
+        )
+    }
 }
 
 /// The text from the command line, or from stdin when it is the single word "-".
@@ -330,6 +363,7 @@ async fn speak(config: &mut Config, args: SpeakArgs) -> Result<()> {
     let text = text_arg(&args.text)?;
     let s = &config.speech;
     let v = args.voice;
+    let chimes = cli_chimes(config, &v)?;
     let voice = config
         .default_voice()
         .with(v.model, v.voice, v.format, v.speed, v.instructions);
@@ -339,8 +373,11 @@ async fn speak(config: &mut Config, args: SpeakArgs) -> Result<()> {
     };
     // Reject bad text before opening the device or touching the network.
     herald::text::validate(&text, limits.max_text_chars)?;
+    let fallback =
+        herald::fallback::from_settings(&config.fallback()).filter(|_| !args.no_fallback);
     let key = config.api_key()?;
-    if key.is_none() {
+    // Without a key only the fallback can speak; without either, say so before anything.
+    if key.is_none() && fallback.is_none() {
         return Err(herald::tts::TtsError::NoKey.into());
     }
     let client = OpenAiClient::new(config.openai(key))?;
@@ -355,8 +392,18 @@ async fn speak(config: &mut Config, args: SpeakArgs) -> Result<()> {
     let model_key = store::key(&config.api.api_base, voice.format);
     let (models, _) = ModelStore::open(store::cli_dir().as_deref());
     playout.plan_next(models.model(&model_key).plan(config.audio.start_quantile));
-    let result = pipeline::speak(Arc::new(client), &mut playout, &text, &voice, limits).await;
-    if let Ok(report) = &result {
+    let result = pipeline::announce(
+        Arc::new(client),
+        fallback.as_deref(),
+        &mut playout,
+        &text,
+        &voice,
+        limits,
+        &chimes,
+    )
+    .await;
+    // Only the network's own audio teaches the network model.
+    if let Some(report) = result.as_ref().ok().filter(|r| r.fallback.is_none()) {
         // What the network did is remembered for the next run (never a reason to fail).
         let key = store::key(&config.api.api_base, voice.format);
         let audio_ms = report.audio.as_secs_f64() * 1000.0;
@@ -367,6 +414,38 @@ async fn speak(config: &mut Config, args: SpeakArgs) -> Result<()> {
         }
     }
     finish(playout, result)
+}
+
+/// The chimes `herald speak` plays: asked for on the command line, else the config's
+/// `daemon.chime`/`chime_after`. An unknown name is an error; an unusable file a warning.
+fn cli_chimes(config: &Config, v: &VoiceArgs) -> Result<pipeline::ChimePlan> {
+    let (before, after) = v.chimes();
+    let d = &config.daemon;
+    let set = ChimeSet::load(&config.chimes, config.audio.rate);
+    let get = |field: &str,
+               choice: Option<ChimeChoice>,
+               default: Option<&str>|
+     -> Result<Option<Arc<herald::chimes::Chime>>> {
+        let Some(name) = ChimeChoice::resolve(choice.as_ref(), default) else {
+            return Ok(None);
+        };
+        herald::chimes::check_name(name, config.chimes.keys())
+            .map_err(|e| anyhow::anyhow!("--{field}: {e}"))?;
+        match set.get(name) {
+            Some(Ok(c)) => Ok(Some(c)),
+            Some(Err(e)) => {
+                tracing::warn!("{e}; playing without it");
+                Ok(None)
+            }
+            None => Ok(None),
+        }
+    };
+    Ok(pipeline::ChimePlan {
+        before: get("chime", before, d.chime.as_deref())?,
+        after: get("chime-after", after, d.chime_after.as_deref())?,
+        gap: std::time::Duration::from_millis(u64::from(d.chime_gap_ms)),
+        not_before: None,
+    })
 }
 
 async fn play(config: &Config, file: &Path, out: &Output) -> Result<()> {
@@ -440,6 +519,7 @@ fn socket_path(config: &Config, arg: &SocketArg) -> PathBuf {
 fn say(config: &Config, args: SayArgs) -> Result<()> {
     let text = text_arg(&args.text)?;
     let v = args.voice;
+    let (chime, chime_after) = v.chimes();
     let req = Request::Speak(SpeakRequest {
         text,
         voice: v.voice,
@@ -452,6 +532,9 @@ fn say(config: &Config, args: SayArgs) -> Result<()> {
         cache: false,
         volume: v.volume,
         expires_in_s: args.expires_in,
+        chime,
+        chime_after,
+        fallback: args.no_fallback.then_some(false),
         to: args.to,
     });
     let mut client = Client::connect(&socket_path(config, &args.socket))?;
@@ -481,16 +564,20 @@ fn follow(client: &mut Client, no_wait: bool) -> Result<()> {
                 bytes,
                 segments,
                 volume,
-                output,
-                fallback,
+                engine,
+                api_error,
+                routed,
                 ..
             } => {
+                if let (Some(engine), Some(api_error)) = (engine, api_error) {
+                    println!("spoken by the fallback voice ({engine}) because the API failed: {api_error}");
+                }
                 let ttfa = request_to_audio_ms.map_or("-".to_string(), |t| format!("{t} ms"));
-                if let Some(why) = fallback {
+                if let Some(why) = routed.as_ref().and_then(|r| r.output_fallback.as_ref()) {
                     eprintln!("{why}");
                 }
-                let on = output
-                    .map(|o| format!(" on output {o},"))
+                let on = routed
+                    .map(|r| format!(" on output {},", r.output))
                     .unwrap_or_default();
                 println!(
                     "{id} finished:{on} time to first audio {ttfa}, audio {:.2} s, stalls {stalls} ({stall_ms} ms), received {bytes} bytes in {segments} segment{}, volume {volume}",
@@ -621,6 +708,7 @@ fn press(
         while_playing,
         volume: None,
         expires_in_s: None,
+        chime: None,
         to: None,
     });
     let mut client = Client::connect(&socket_path(config, socket))?;

@@ -15,10 +15,12 @@ use crate::audio::channels::map_channels;
 use crate::audio::playout::{Playout, PlayoutConfig, PlayoutError};
 use crate::audio::wav::WavSink;
 use crate::audio::{Sink, SinkError, SinkRequest};
+use crate::chimes::Chime;
 use crate::codec::opus::{decode_rate_for, OggOpusDecoder};
 use crate::codec::pcm::RawPcmDecoder;
 use crate::codec::resample::ResampledDecoder;
 use crate::codec::{CodecError, StreamDecoder};
+use crate::fallback::{Engine, FallbackError, LocalVoice};
 use crate::text::{self, TextError};
 use crate::tts::{AudioFormat, FormatChoice, SpeechRequest, SpeechSource, TtsError};
 
@@ -171,8 +173,25 @@ pub struct SpeakReport {
     pub lowest_tempo: f32,
     /// The start followed a learned network plan.
     pub warm: bool,
+    /// When the chime before the speech reached the device (`None`: no chime).
+    pub chime_started_at: Option<Instant>,
     /// How the audio arrived, burst by burst (what the network model learns from).
     pub bursts: Vec<crate::netmodel::Burst>,
+    /// The local voice spoke (some of) the text because the API could not.
+    pub fallback: Option<FallbackUse>,
+}
+
+/// How the local voice took over from the API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FallbackUse {
+    /// The engine that spoke.
+    pub engine: Engine,
+    /// Why the API's speech could not be had (never contains the key).
+    pub api_error: String,
+    /// The segment (1-based) the fallback spoke from; it spoke every one after it too.
+    pub from_segment: usize,
+    /// When the API's failure reached the pipeline.
+    pub api_failed_at: Instant,
 }
 
 impl std::fmt::Display for SpeakReport {
@@ -202,6 +221,13 @@ impl std::fmt::Display for SpeakReport {
             )?;
         }
         write!(f, ", start {}", if self.warm { "learned" } else { "cold" })?;
+        if let Some(fb) = &self.fallback {
+            write!(
+                f,
+                ", spoken by the fallback voice ({}) from segment {} because the API failed: {}",
+                fb.engine, fb.from_segment, fb.api_error
+            )?;
+        }
         if self.attempts as usize > self.segments {
             let retries = self.attempts as usize - self.segments;
             write!(
@@ -254,6 +280,39 @@ pub enum PipelineError {
     /// The audio device or WAV file could not be opened.
     #[error(transparent)]
     Sink(#[from] SinkError),
+    /// A chime could not be converted to the device's format.
+    #[error("chime '{name}': {reason}")]
+    Chime {
+        /// The chime.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// The API failed, and the local voice that stood in for it failed too.
+    #[error("{api}; the fallback voice ({engine}) failed too: {source}")]
+    Fallback {
+        /// Why the API's speech could not be had.
+        api: Box<PipelineError>,
+        /// The engine.
+        engine: Engine,
+        /// Why it failed.
+        source: FallbackError,
+    },
+}
+
+impl PipelineError {
+    /// The segment (0-based) from which a local voice may speak instead: the API could not
+    /// give usable audio for it ([`TtsError::is_outage`], or audio that does not decode).
+    /// `None` for everything that is not the API's doing.
+    fn fallback_from(&self) -> Option<usize> {
+        match self {
+            PipelineError::Tts {
+                segment, source, ..
+            } if source.is_outage() => Some(segment - 1),
+            PipelineError::Codec { segment, .. } => Some(segment - 1),
+            _ => None,
+        }
+    }
 }
 
 /// Where `speak` and `play` send their audio.
@@ -429,6 +488,19 @@ async fn next_fetched(
     }
 }
 
+/// What plays around one announcement's speech.
+#[derive(Debug, Clone, Default)]
+pub struct ChimePlan {
+    /// Played the moment the job starts, while the speech is fetched.
+    pub before: Option<Arc<Chime>>,
+    /// Played after the speech's last sample.
+    pub after: Option<Arc<Chime>>,
+    /// Silence between a chime and the speech (`daemon.chime_gap_ms`).
+    pub gap: Duration,
+    /// A freshly opened device warms up until then (its lead-in): the chime waits for it.
+    pub not_before: Option<Instant>,
+}
+
 /// Speaks `text` with `voice` on `playout`; returns once the last sample has been played.
 /// Progress events go to the playout's subscriber ([`Playout::subscribe`]) as they happen.
 pub async fn speak(
@@ -438,6 +510,84 @@ pub async fn speak(
     voice: &Voice,
     limits: Limits,
 ) -> Result<SpeakReport, PipelineError> {
+    announce(
+        source,
+        None,
+        playout,
+        text,
+        voice,
+        limits,
+        &ChimePlan::default(),
+    )
+    .await
+}
+
+/// [`speak`]; and when the API can't be had, `fallback` (if any) speaks the text from the
+/// segment that failed on, through the same playout. Audio of that segment already played
+/// stays played: the local voice starts the segment again (docs/FALLBACK.md).
+pub async fn speak_with_fallback(
+    source: Arc<dyn SpeechSource>,
+    fallback: Option<&dyn LocalVoice>,
+    playout: &mut Playout,
+    text: &str,
+    voice: &Voice,
+    limits: Limits,
+) -> Result<SpeakReport, PipelineError> {
+    let none = ChimePlan::default();
+    announce(source, fallback, playout, text, voice, limits, &none).await
+}
+
+/// [`speak`] with chimes: the speech is asked for at once and the chime plays while it
+/// comes, so the chime hides the fetch instead of adding to it; the speech follows the
+/// chime after `gap` if it is ready, else as soon as the start rule allows. With a
+/// `fallback`, as in [`speak_with_fallback`].
+pub async fn announce(
+    source: Arc<dyn SpeechSource>,
+    fallback: Option<&dyn LocalVoice>,
+    playout: &mut Playout,
+    text: &str,
+    voice: &Voice,
+    limits: Limits,
+    chimes: &ChimePlan,
+) -> Result<SpeakReport, PipelineError> {
+    let requests = checked_requests(text, voice, limits)?;
+    let t0 = Instant::now();
+    // `auto`'s opus tail is useful only if it is fetched while the pcm lead plays.
+    let lookahead = match voice.format {
+        FormatChoice::Auto => limits.lookahead.max(1),
+        _ => limits.lookahead,
+    };
+    let mut fetches = Fetches::new(source, requests, lookahead);
+    fetches.fill(0);
+    let chime_at = match &chimes.before {
+        Some(c) => {
+            let at = play_chime(playout, c, chimes.not_before).await?;
+            chime_gap(playout, chimes.gap).await;
+            Some(at)
+        }
+        None => None,
+    };
+    let estimate = text::estimate_duration(text, voice.speed.unwrap_or(1.0));
+    let mut report = play_speech(playout, &mut fetches, estimate, t0, fallback).await?;
+    if let Some(c) = &chimes.after {
+        chime_gap(playout, chimes.gap).await;
+        play_chime(playout, c, None).await?;
+    }
+    if let Some(at) = chime_at {
+        report.chime_started_at = at;
+        // Audio that waited behind the chime arrived in one burst: it says nothing about
+        // how this network delivers, so it is not learned from.
+        report.bursts.clear();
+    }
+    Ok(report)
+}
+
+/// The requests that speak `text`, each checked against the endpoint's limits.
+fn checked_requests(
+    text: &str,
+    voice: &Voice,
+    limits: Limits,
+) -> Result<Vec<SpeechRequest>, PipelineError> {
     text::validate(text, limits.max_text_chars)?;
     let requests = voice.requests(text);
     let of = requests.len();
@@ -448,67 +598,269 @@ pub async fn speak(
             source,
         })?;
     }
+    Ok(requests)
+}
 
-    let t0 = Instant::now();
-    playout.begin(text::estimate_duration(text, voice.speed.unwrap_or(1.0)));
+/// The segments' fetches: each segment is asked for while up to `lookahead` before it
+/// still play.
+struct Fetches {
+    source: Arc<dyn SpeechSource>,
+    requests: Vec<SpeechRequest>,
+    lookahead: usize,
+    pending: std::collections::VecDeque<mpsc::Receiver<Fetched>>,
+    next: usize,
+}
+
+impl Fetches {
+    fn new(source: Arc<dyn SpeechSource>, requests: Vec<SpeechRequest>, lookahead: usize) -> Self {
+        Fetches {
+            source,
+            requests,
+            lookahead,
+            pending: std::collections::VecDeque::new(),
+            next: 0,
+        }
+    }
+
+    /// Starts the fetches that should be in flight while segment `seg` is decoded.
+    fn fill(&mut self, seg: usize) {
+        while self.next < self.requests.len() && self.next <= seg + self.lookahead {
+            let req = self.requests[self.next].clone();
+            self.pending
+                .push_back(spawn_fetch(self.source.clone(), req));
+            self.next += 1;
+        }
+    }
+}
+
+/// Plays `chime` as an utterance of its own, from memory (after `not_before`, a fresh
+/// device's lead-in); returns when its first sample reached the device, once its last has.
+async fn play_chime(
+    playout: &mut Playout,
+    chime: &Chime,
+    not_before: Option<Instant>,
+) -> Result<Option<Instant>, PipelineError> {
+    if let Some(t) = not_before {
+        tokio::time::sleep_until(t.into()).await;
+    }
+    let f = playout.format();
+    let samples =
+        crate::chimes::to_rate(chime.samples.to_vec(), chime.rate, f.rate, chime.channels)
+            .map_err(|reason| PipelineError::Chime {
+                name: chime.name.clone(),
+                reason,
+            })?;
+    let mut mapped = Vec::new();
+    let samples = if chime.channels == f.channels {
+        samples
+    } else {
+        map_channels(&samples, chime.channels, f.channels, &mut mapped);
+        std::mem::take(&mut mapped)
+    };
+    playout.begin_local(Duration::ZERO);
+    let pushed = playout.push(&samples).await;
+    if let Err(e) = pushed {
+        let _ = playout.interrupt().await;
+        return Err(e.into());
+    }
+    playout.end();
+    Ok(playout.finished().await?.started_at)
+}
+
+/// The silence between a chime and the speech: the device is fed silence meanwhile (as
+/// in a lead-in), so it neither underruns nor clicks, and the speech follows at once.
+async fn chime_gap(playout: &mut Playout, gap: Duration) {
+    playout.lead_in();
+    // The lead-in keeps about a period queued ahead of what is heard.
+    let f = playout.format();
+    let period = Duration::from_secs_f64(f.period_frames as f64 / f64::from(f.rate.max(1)));
+    tokio::time::sleep(gap.saturating_sub(period)).await;
+}
+
+/// Plays the fetched segments back to back as one utterance.
+async fn play_speech(
+    playout: &mut Playout,
+    fetches: &mut Fetches,
+    estimate: Duration,
+    t0: Instant,
+    fallback: Option<&dyn LocalVoice>,
+) -> Result<SpeakReport, PipelineError> {
+    let of = fetches.requests.len();
+    playout.begin(estimate);
     let mut report = SpeakReport {
         segments: of,
         ..SpeakReport::default()
     };
     let mut feeder = Feeder::new(playout);
-    let mut pending = std::collections::VecDeque::new();
-    let mut next = 0;
-    // `auto`'s opus tail is useful only if it is fetched while the pcm lead plays.
-    let lookahead = match voice.format {
-        FormatChoice::Auto => limits.lookahead.max(1),
-        _ => limits.lookahead,
-    };
     let result: Result<(), PipelineError> = async {
         for seg in 0..of {
-            // Keep the segment being decoded plus `lookahead` more in flight.
-            while next < of && next <= seg + lookahead {
-                pending.push_back(spawn_fetch(source.clone(), requests[next].clone()));
-                next += 1;
-            }
-            let Some(mut rx) = pending.pop_front() else {
+            fetches.fill(seg);
+            let Some(mut rx) = fetches.pending.pop_front() else {
                 break;
             };
-            let codec_err = |source| PipelineError::Codec {
-                segment: seg + 1,
-                of,
-                source,
-            };
-            let tts_err = |source| PipelineError::Tts {
-                segment: seg + 1,
-                of,
-                source,
-            };
-            let mut dec = feeder.decoder(requests[seg].format).map_err(codec_err)?;
-            while let Some(msg) = next_fetched(&mut rx, playout).await? {
-                match msg {
-                    Fetched::Opened { attempts } => {
-                        report.attempts += attempts;
-                    }
-                    Fetched::Chunk(b) => {
-                        report.bytes += b.len() as u64;
-                        feeder
-                            .feed(dec.as_mut(), Some(&b), playout)
-                            .await
-                            .map_err(|e| lift(e, seg, of))?;
-                    }
-                    Fetched::Failed(e) => return Err(tts_err(e)),
-                }
-            }
-            feeder
-                .feed(dec.as_mut(), None, playout)
-                .await
-                .map_err(|e| lift(e, seg, of))?;
+            let format = fetches.requests[seg].format;
+            play_segment(playout, &mut feeder, &mut rx, format, &mut report, seg, of).await?;
         }
         Ok(())
     }
     .await;
-
+    let result = match (result, fallback) {
+        (Err(e), Some(local)) => {
+            let texts: Vec<&str> = fetches.requests.iter().map(|r| r.input.as_str()).collect();
+            fall_back(e, local, playout, &mut feeder, &texts, &mut report).await
+        }
+        (r, _) => r,
+    };
     conclude(playout, result, report, t0, feeder.first_audio_at).await
+}
+
+/// After the API failed with `e`: the local voice speaks `texts` from the segment that
+/// failed on, when the failure is the API's doing; otherwise `e` stands.
+async fn fall_back(
+    e: PipelineError,
+    local: &dyn LocalVoice,
+    playout: &mut Playout,
+    feeder: &mut Feeder,
+    texts: &[&str],
+    report: &mut SpeakReport,
+) -> Result<(), PipelineError> {
+    let Some(from) = e.fallback_from() else {
+        return Err(e);
+    };
+    let used = FallbackUse {
+        engine: local.engine(),
+        api_error: e.to_string(),
+        from_segment: from + 1,
+        api_failed_at: Instant::now(),
+    };
+    tracing::warn!(
+        engine = %used.engine,
+        "the speech API failed, the fallback voice speaks instead: {e}"
+    );
+    report.fallback = Some(used);
+    speak_locally(local, playout, feeder, texts[from..].iter().copied())
+        .await
+        .map_err(|l| l.after(e, local.engine()))
+}
+
+/// Decodes one segment's fetch into the playout as it arrives.
+async fn play_segment(
+    playout: &mut Playout,
+    feeder: &mut Feeder,
+    rx: &mut mpsc::Receiver<Fetched>,
+    format: AudioFormat,
+    report: &mut SpeakReport,
+    seg: usize,
+    of: usize,
+) -> Result<(), PipelineError> {
+    let mut dec = feeder
+        .decoder(format)
+        .map_err(|source| PipelineError::Codec {
+            segment: seg + 1,
+            of,
+            source,
+        })?;
+    while let Some(msg) = next_fetched(rx, playout).await? {
+        match msg {
+            Fetched::Opened { attempts } => report.attempts += attempts,
+            Fetched::Chunk(b) => {
+                report.bytes += b.len() as u64;
+                feeder
+                    .feed(dec.as_mut(), Some(&b), playout)
+                    .await
+                    .map_err(|e| lift(e, seg, of))?;
+            }
+            Fetched::Failed(source) => {
+                return Err(PipelineError::Tts {
+                    segment: seg + 1,
+                    of,
+                    source,
+                })
+            }
+        }
+    }
+    feeder
+        .feed(dec.as_mut(), None, playout)
+        .await
+        .map_err(|e| lift(e, seg, of))
+}
+
+/// Why speaking locally stopped.
+enum LocalError {
+    Engine(FallbackError),
+    Playout(PlayoutError),
+}
+
+impl LocalError {
+    /// The pipeline's error, given the API's that made the fallback speak.
+    fn after(self, api: PipelineError, engine: Engine) -> PipelineError {
+        match self {
+            LocalError::Engine(source) => PipelineError::Fallback {
+                api: Box::new(api),
+                engine,
+                source,
+            },
+            // The device's failure is the device's, whoever was speaking.
+            LocalError::Playout(e) => PipelineError::Playout(e),
+        }
+    }
+}
+
+impl From<FallbackError> for LocalError {
+    fn from(e: FallbackError) -> Self {
+        LocalError::Engine(e)
+    }
+}
+
+impl From<PlayoutError> for LocalError {
+    fn from(e: PlayoutError) -> Self {
+        LocalError::Playout(e)
+    }
+}
+
+impl From<FeedError> for LocalError {
+    fn from(e: FeedError) -> Self {
+        match e {
+            FeedError::Codec(c) => LocalError::Engine(FallbackError::Decode(c)),
+            FeedError::Playout(p) => LocalError::Playout(p),
+        }
+    }
+}
+
+/// Speaks `texts` one after another with the local voice: its PCM resampled to the device
+/// rate and channel-mapped by the same [`Feeder`] as the API's audio. The playout's events
+/// are forwarded while the engine starts and between its chunks.
+async fn speak_locally<'t>(
+    local: &dyn LocalVoice,
+    playout: &mut Playout,
+    feeder: &mut Feeder,
+    texts: impl Iterator<Item = &'t str>,
+) -> Result<(), LocalError> {
+    for text in texts {
+        let open = local.open(text);
+        tokio::pin!(open);
+        let speech = loop {
+            tokio::select! {
+                s = &mut open => break s?,
+                r = playout.wait_event() => r?,
+            }
+        };
+        let raw = RawPcmDecoder::new(speech.format.rate, speech.format.channels);
+        let mut dec = ResampledDecoder::new(raw, feeder.device_rate);
+        let mut body = speech.body;
+        loop {
+            let chunk = tokio::select! {
+                c = body.next() => c,
+                r = playout.wait_event() => { r?; continue; }
+            };
+            match chunk {
+                Some(b) => feeder.feed(&mut dec, Some(&b?), playout).await?,
+                None => break,
+            }
+        }
+        feeder.feed(&mut dec, None, playout).await?;
+    }
+    Ok(())
 }
 
 /// Plays a local Ogg Opus file through the same decode and playout path.

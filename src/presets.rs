@@ -43,6 +43,12 @@ pub struct PresetConfig {
     /// The output it plays on (`[outputs.NAME]`; default this box's device).
     #[serde(default)]
     pub to: Option<String>,
+    /// Chime before it: a `[chimes.NAME]`, `false` for none (default `daemon.chime`).
+    #[serde(default)]
+    pub chime: Option<crate::chimes::ChimeChoice>,
+    /// Chime after it (default `daemon.chime_after`).
+    #[serde(default)]
+    pub chime_after: Option<crate::chimes::ChimeChoice>,
 }
 
 impl PresetConfig {

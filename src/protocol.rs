@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::chimes::ChimeChoice;
 use crate::tts::FormatChoice;
 use crate::volume::Volume;
 
@@ -24,6 +25,14 @@ pub fn max_line_bytes(max_text_chars: usize) -> usize {
     max_text_chars
         .saturating_mul(JSON_BYTES_PER_CHAR)
         .saturating_add(OTHER_FIELDS_BYTES)
+}
+
+/// Who spoke a finished job when it was not the API's voice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpokenBy {
+    /// The local fallback voice (`[fallback]`), because the API could not be reached.
+    Fallback,
 }
 
 /// Commands a JSON request may name.
@@ -200,6 +209,16 @@ pub struct SpeakRequest {
     /// was accepted; default `daemon.default_expiry_s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_in_s: Option<ExpiresIn>,
+    /// Chime before the speech: a `[chimes.NAME]`, `false` for none; default `daemon.chime`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chime: Option<ChimeChoice>,
+    /// Chime after the speech; default `daemon.chime_after`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chime_after: Option<ChimeChoice>,
+    /// `false`: fail rather than speak with the local voice when the API can't be reached
+    /// (default: the configured `[fallback]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<bool>,
     /// The output to play on (`[outputs.NAME]`, e.g. a Snapcast stream to every room);
     /// default (or `local`) this box's own device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -227,6 +246,10 @@ pub struct PresetRequest {
     /// default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_in_s: Option<ExpiresIn>,
+    /// Chime before it; default the preset's `chime`, else `daemon.chime` (a button sends
+    /// its own when it has one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chime: Option<ChimeChoice>,
     /// Like `speak`'s; default the preset's own `to`, else this box's device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to: Option<String>,
@@ -317,6 +340,8 @@ pub enum ProtocolError {
 const VOLUME_RANGE: &[&str] = &["0 to 100"];
 /// What `expires_in_s` takes, for the list of allowed fields.
 const EXPIRY_RANGE: &[&str] = &["seconds above 0"];
+/// What `chime` and `chime_after` take, for the list of allowed fields.
+const CHIME_VALUES: &[&str] = &["a [chimes] name", "true", "false"];
 
 /// Fields each command accepts, for messages: serde's own lists (so they cannot drift
 /// from the types), with the values of the fields that take a fixed set.
@@ -329,6 +354,8 @@ fn allowed_fields(cmd: &str) -> String {
                 ("priority", serde_names::<Priority>()),
                 ("volume", VOLUME_RANGE),
                 ("expires_in_s", EXPIRY_RANGE),
+                ("chime", CHIME_VALUES),
+                ("chime_after", CHIME_VALUES),
             ],
         ),
         "preset" => (
@@ -337,6 +364,7 @@ fn allowed_fields(cmd: &str) -> String {
                 ("while_playing", serde_names::<WhilePlaying>()),
                 ("volume", VOLUME_RANGE),
                 ("expires_in_s", EXPIRY_RANGE),
+                ("chime", CHIME_VALUES),
             ],
         ),
         "cancel" => (serde_names::<CancelRequest>(), Vec::new()),
@@ -572,12 +600,29 @@ pub enum Reply {
         /// The volume it played at, after `audio.min_volume`/`max_volume` and quiet hours.
         #[serde(default)]
         volume: u8,
-        /// The output it played on, when not this box's own device (or when it fell back).
+        /// The chime played before the speech.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        output: Option<String>,
-        /// Why it played on this box instead of its output (`fallback_to = "local"`).
+        chime: Option<String>,
+        /// Why a chime it asked for was not played (its file is unusable).
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        fallback: Option<String>,
+        chime_error: Option<String>,
+        /// `fallback` when the local voice spoke (some of) it because the API could not.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        voice: Option<SpokenBy>,
+        /// With the fallback: the local engine that spoke (`espeak-ng`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        engine: Option<crate::fallback::Engine>,
+        /// With the fallback: why the API's speech could not be had (never the key).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        api_error: Option<String>,
+        /// With the fallback, when no API audio had been heard: from the API's failure to
+        /// the fallback's first audio at the device.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fallback_to_audio_ms: Option<u64>,
+        /// Where a job with `to` played (absent for this box's own jobs). Boxed: most
+        /// replies have none.
+        #[serde(flatten)]
+        routed: Option<Box<Routed>>,
     },
     /// Terminal (for a job) or a refused request (`id` absent when there was no job).
     Failed {
@@ -661,6 +706,16 @@ impl Reply {
             _ => None,
         }
     }
+}
+
+/// Where a job sent with `to` played, in its `finished` reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Routed {
+    /// The output it played on (`local` when it fell back to this box).
+    pub output: String,
+    /// Why it played on this box instead of its output (`fallback_to = "local"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_fallback: Option<String>,
 }
 
 /// The daemon's state, as `status` reports it (never the API key).
@@ -1074,6 +1129,7 @@ mod tests {
                 while_playing: Some(WhilePlaying::Restart),
                 volume: None,
                 expires_in_s: None,
+                chime: None,
                 to: None,
             })
         );
@@ -1319,6 +1375,9 @@ mod tests {
                 cache: true,
                 volume: Some(Volume::new(40.0).unwrap()),
                 expires_in_s: Some(ExpiresIn::new(2.5).unwrap()),
+                chime: None,
+                chime_after: None,
+                fallback: Some(false),
                 to: Some("house".into()),
             }),
             Request::Stop,
@@ -1331,6 +1390,7 @@ mod tests {
                 while_playing: Some(WhilePlaying::Queue),
                 volume: Some(Volume::new(0.0).unwrap()),
                 expires_in_s: Some(ExpiresIn::new(30.0).unwrap()),
+                chime: None,
                 to: None,
             }),
             Request::Presets,
@@ -1376,6 +1436,9 @@ mod tests {
             cache: true,
             volume: Some(Volume::FULL),
             expires_in_s: Some(ExpiresIn::new(1.0).unwrap()),
+            chime: Some(ChimeChoice::Named("ding".into())),
+            chime_after: Some(ChimeChoice::Default(false)),
+            fallback: Some(false),
             to: Some("house".into()),
         });
         assert_eq!(
@@ -1388,6 +1451,7 @@ mod tests {
             while_playing: Some(WhilePlaying::Restart),
             volume: Some(Volume::FULL),
             expires_in_s: Some(ExpiresIn::new(1.0).unwrap()),
+            chime: Some(ChimeChoice::Default(true)),
             to: Some("house".into()),
         });
         assert_eq!(
@@ -1407,12 +1471,13 @@ mod tests {
             allowed_fields("speak"),
             "cmd, text, voice, model, format (opus, pcm, auto), speed, instructions, \
              priority (normal, high, interrupt), id, cache, volume (0 to 100), \
-             expires_in_s (seconds above 0), to"
+             expires_in_s (seconds above 0), chime (a [chimes] name, true, false), \
+             chime_after (a [chimes] name, true, false), fallback, to"
         );
         assert_eq!(
             allowed_fields("preset"),
             "cmd, name, id, while_playing (ignore, restart, queue), volume (0 to 100), \
-             expires_in_s (seconds above 0), to"
+             expires_in_s (seconds above 0), chime (a [chimes] name, true, false), to"
         );
     }
 

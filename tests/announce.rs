@@ -1,4 +1,4 @@
-//! Volume and expiry end to end: the real `herald serve`, unix-socket clients and the CLI,
+//! Chimes, volume and expiry end to end: the real `herald serve`, unix-socket clients and the CLI,
 //! the in-process emulator standing in for OpenAI (its `tone` voice: the same text gives
 //! the same samples, so loudness can be compared job to job), and FIFO-backed alsa-lib
 //! PCMs drained at 48 kHz by a `FifoClock` standing in for the DAC, which records every
@@ -22,10 +22,17 @@ const PHRASE: &str = "Volume check, one two.";
 /// About 2.8 s of tone.
 const LONG: &str = "This announcement runs for about three seconds.";
 
-fn config(device: &str, sock: &Path, extra_audio: &str, extra: &str) -> String {
+/// The daemon's config; `extra_audio` goes into `[audio]`, `extra_daemon` into `[daemon]`,
+/// `extra` after both (whole tables).
+fn config(
+    scenario: &str,
+    device: &str,
+    sock: &Path,
+    [extra_audio, extra_daemon, extra]: [&str; 3],
+) -> String {
     format!(
-        "[api]\napi_base = \"{}\"\nmax_attempts = 1\n\n[audio]\ndevice = \"{device}\"\nrealtime_priority = 0\n{extra_audio}\n\n[cache]\ndir = \"{}\"\n\n[daemon]\nsocket_path = \"{}\"\nidle_close_s = 0\nlead_in_ms = 0\nkeepalive_s = 0\n\n{extra}",
-        support::emulator::shared(KEY).base_url("fast,tone"),
+        "[api]\napi_base = \"{}\"\nmax_attempts = 1\n\n[audio]\ndevice = \"{device}\"\nrealtime_priority = 0\n{extra_audio}\n\n[cache]\ndir = \"{}\"\n\n[daemon]\nsocket_path = \"{}\"\nidle_close_s = 0\nlead_in_ms = 0\nkeepalive_s = 0\n{extra_daemon}\n\n{extra}",
+        support::emulator::shared(KEY).base_url(scenario),
         sock.with_extension("cache").display(),
         sock.display()
     )
@@ -40,6 +47,12 @@ struct Daemon {
 
 impl Daemon {
     fn start(fifo: bool, extra_audio: &str, extra: &str, env: &[(&str, String)]) -> Daemon {
+        Daemon::start_on("fast,tone", fifo, [extra_audio, "", extra], env)
+    }
+
+    /// [`Daemon::start`] with the emulator playing `scenario` and config additions for
+    /// `[audio]`, `[daemon]` and whole tables.
+    fn start_on(scenario: &str, fifo: bool, extra: [&str; 3], env: &[(&str, String)]) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("herald.sock");
         let (device, clock) = if fifo {
@@ -50,7 +63,7 @@ impl Daemon {
         } else {
             ("herald_null".to_string(), None)
         };
-        let text = config(&device, &sock, extra_audio, extra);
+        let text = config(scenario, &device, &sock, extra);
         let served = Served::start(dir, sock, &text, KEY, env, Duration::from_secs(20));
         Daemon { served, clock }
     }
@@ -344,5 +357,165 @@ fn bad_volumes_and_expiries_are_refused_naming_the_field_and_nothing_else_is_los
     assert!(
         !out.status.success() && stderr.contains("volume 150 is not allowed"),
         "{stderr}"
+    );
+}
+
+/// The chime shipped in the package (made by scripts/make-chime.py), 48 kHz mono.
+fn shipped_chime() -> (std::path::PathBuf, Vec<i16>) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/chimes/ding.wav");
+    let (spec, samples) = support::reference::read_wav(&path);
+    assert_eq!((spec.sample_rate, spec.channels), (48_000, 1));
+    (path, samples)
+}
+
+/// Where `needle` starts in `haystack` at or after `from`, sample-exact.
+fn find(haystack: &[i16], needle: &[i16], from: usize) -> Option<usize> {
+    haystack[from..]
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .map(|i| i + from)
+}
+
+/// `[chimes]` tables: the shipped chime as "ding", and one whose file does not exist.
+fn chime_tables() -> String {
+    format!(
+        "[chimes.ding]\nfile = \"{}\"\n\n[chimes.broken]\nfile = \"/nonexistent/broken.opus\"\n",
+        shipped_chime().0.display()
+    )
+}
+
+#[test]
+fn the_chime_plays_while_a_slow_api_answers_and_the_speech_follows_it_without_a_gap() {
+    // The API takes a second to its first byte (a slow link, a cold model).
+    let sc = "fast,tone,ttfb=1000";
+    let tables = chime_tables();
+    let daemon = "chime = \"ding\"\nchime_gap_ms = 150";
+    let d = Daemon::start_on(sc, true, ["", daemon, &tables], &[]);
+    let mut c = d.conn();
+    // Open the device first (no chime), as on an appliance that has spoken before.
+    c.send(json!({"text": "Warm.", "id": "w", "chime": false}));
+    assert_eq!(c.terminal("w")["event"], "finished");
+    let sent = Instant::now();
+    c.send(json!({"text": PHRASE, "id": "c", "chime_after": "ding"}));
+    let started = c.until("started");
+    let heard_after = sent.elapsed();
+    // Heard long before the API's first byte (1 s): the chime hides the fetch.
+    assert!(
+        heard_after < Duration::from_millis(600),
+        "the chime started {heard_after:?} after the request"
+    );
+    let start_ms = started.last().unwrap()["start_to_audio_ms"]
+        .as_u64()
+        .unwrap();
+    assert!(start_ms < 600, "{started:?}");
+    let f = c.terminal("c");
+    assert_eq!(
+        (f["event"].as_str(), f["chime"].as_str()),
+        (Some("finished"), Some("ding")),
+        "{f}"
+    );
+    assert_eq!(f["stalls"], 0, "{f}");
+    let cap = d.played();
+    // Chime, the speech sample-exact, the end chime; each join is chime_gap_ms of silence
+    // (give or take the start rule and a period).
+    let (_, chime) = shipped_chime();
+    let body =
+        herald_emulator::expected_body(sc, PHRASE, "alloy", 1.0, herald::tts::AudioFormat::Opus)
+            .unwrap();
+    let speech = support::reference::decode_ogg_opus(&body, 48_000);
+    let ms = |frames: usize| frames as f64 / 48.0;
+    let at = find(&cap.samples, &chime, 0).expect("the chime was not played intact");
+    // From the chime on, the DAC never waits (the idle device before it may).
+    let gaps: Vec<_> = cap
+        .gaps
+        .iter()
+        .filter(|g| g.at.as_secs_f64() * 48_000.0 >= at as f64)
+        .collect();
+    assert!(gaps.is_empty(), "gaps at the DAC: {gaps:?}");
+    let speech_at =
+        find(&cap.samples, &speech, at + chime.len()).expect("the speech was not played intact");
+    let gap = ms(speech_at - at - chime.len());
+    assert!(
+        (140.0..=400.0).contains(&gap),
+        "chime → speech: {gap:.0} ms of silence"
+    );
+    assert!(
+        cap.samples[at + chime.len()..speech_at]
+            .iter()
+            .all(|&s| s == 0),
+        "noise between the chime and the speech"
+    );
+    let end = speech_at + speech.len();
+    let after = find(&cap.samples, &chime, end).expect("the end chime was not played");
+    let gap_after = ms(after - end);
+    assert!(
+        (140.0..=400.0).contains(&gap_after),
+        "speech → end chime: {gap_after:.0} ms"
+    );
+}
+
+#[test]
+fn chime_choices_and_bad_chimes_get_clear_answers_and_the_daemon_serves_on() {
+    let tables = chime_tables();
+    let d = Daemon::start_on("fast,tone", false, ["", "chime = \"ding\"", &tables], &[]);
+    let mut c = d.conn();
+    let reply = |c: &mut Conn, req: Value| {
+        let id = req["id"].as_str().unwrap().to_string();
+        c.send(req);
+        c.terminal(&id)
+    };
+    // The default chime, none, and a file that cannot be read: played without it, and said.
+    let r = reply(&mut c, json!({"text": "One.", "id": "default"}));
+    assert_eq!(r["chime"], "ding", "{r}");
+    let r = reply(&mut c, json!({"text": "Two.", "id": "off", "chime": false}));
+    assert_eq!(
+        (r["event"].as_str(), r.get("chime")),
+        (Some("finished"), None),
+        "{r}"
+    );
+    let r = reply(
+        &mut c,
+        json!({"text": "Three.", "id": "broken", "chime": "broken"}),
+    );
+    assert_eq!(r["event"], "finished", "{r}");
+    let why = r["chime_error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("chime 'broken'") && why.contains("/nonexistent/broken.opus"),
+        "{r}"
+    );
+    // Unknown names and wrong types are refused, naming the field and what is allowed.
+    for (req, needles) in [
+        (
+            json!({"text": "x", "id": "u", "chime": "gong"}),
+            vec!["chime: unknown chime 'gong'", "configured: broken, ding"],
+        ),
+        (
+            json!({"text": "x", "id": "ua", "chime_after": "gong"}),
+            vec!["chime_after: unknown chime 'gong'"],
+        ),
+        (json!({"text": "x", "id": "t", "chime": 5}), vec!["chime"]),
+    ] {
+        // The next reply: a request that does not parse has no id to answer under.
+        c.send(req.clone());
+        let r = c.reply();
+        assert_eq!(r["event"], "failed", "{req}: {r}");
+        let reason = r["reason"].as_str().unwrap();
+        for n in needles {
+            assert!(reason.contains(n), "{req}: {reason}");
+        }
+    }
+    let out = d.served.herald(&["say", "--chime", "gong", "x"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("unknown chime 'gong'"),
+        "{stderr}"
+    );
+    let r = reply(&mut c, json!({"text": "Still here.", "id": "ok"}));
+    assert_eq!(r["event"], "finished", "{r}");
+    // The unusable file was reported when the daemon started, naming it.
+    assert!(
+        d.served.log().contains("/nonexistent/broken.opus"),
+        "{}",
+        d.served.log()
     );
 }

@@ -355,6 +355,7 @@ fn the_service_turns_presses_into_actions() {
             volume: None,
             expires_in_s: DEFAULT_PRESS_EXPIRY,
             to: None,
+            chime: None,
         })
     );
     sim.edge(17, H, at(400));
@@ -376,6 +377,7 @@ fn the_service_turns_presses_into_actions() {
             volume: Some("35".parse().unwrap()),
             expires_in_s: "5".parse().unwrap(),
             to: None,
+            chime: None,
         })
     );
     // Closing the source ends the service cleanly, with nothing else sent.

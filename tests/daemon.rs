@@ -464,7 +464,7 @@ fn every_bad_input_gets_a_failed_reply_and_the_daemon_serves_on() {
         ),
         (
             b"{\"text\":\"x\",\"format\":\"mp3\"}\n".to_vec(),
-            "expected `opus` or `pcm`",
+            "expected one of `opus`, `pcm`, `auto`",
         ),
         (b"{\"text\":\"x\",\"speed\":9}\n".to_vec(), "0.25 to 4.0"),
         (
@@ -573,9 +573,10 @@ fn herald_say_and_status_clients() {
     let out = d.herald(&["skip"]);
     assert!(out.status.success());
 
-    // A job the API refuses: non-zero exit and the API's reason.
+    // A job the API refuses: non-zero exit and the API's reason (without the local voice,
+    // which would speak it instead: tests/fallback.rs).
     let bad = null("fast,tone,fail=401,id=cli401", "");
-    let out = bad.herald(&["say", "Nobody hears this."]);
+    let out = bad.herald(&["say", "--no-fallback", "Nobody hears this."]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("API key was rejected (HTTP 401)"), "{err}");

@@ -210,7 +210,8 @@ fn fatal_faults_fail_with_a_clear_error_and_a_nonzero_exit() {
         ("fast,hang,id=fhang", "timed out"),
         ("fast,hang-body,id=fhangbody", "timed out"),
     ] {
-        let (out, _wav, _d) = speak(sc, quick, &[], TEXT);
+        // Without the local voice, which would speak instead (tests/fallback.rs).
+        let (out, _wav, _d) = speak(sc, quick, &["--no-fallback"], TEXT);
         let s = stderr(&out);
         assert!(
             !out.status.success(),
@@ -272,16 +273,28 @@ fn a_config_error_names_the_key_and_line() {
 fn a_missing_key_is_reported_without_a_request() {
     let dir = tmp();
     let base = emu().base_url("fast,id=nokey");
-    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["speak", "--api-base", &base, "--out"])
-        .arg(dir.path().join("x.wav"))
-        .arg(TEXT)
-        .env_remove("OPENAI_API_KEY")
-        .env("CREDENTIALS_DIRECTORY", dir.path())
-        .output()
-        .unwrap();
+    let speak = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["speak", "--api-base", &base, "--out"])
+            .arg(dir.path().join("x.wav"))
+            .args(extra)
+            .arg(TEXT)
+            .env_remove("OPENAI_API_KEY")
+            .env("CREDENTIALS_DIRECTORY", dir.path())
+            .output()
+            .unwrap()
+    };
+    let out = speak(&["--no-fallback"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("no API key"), "{}", stderr(&out));
+    // The local voice speaks it instead, saying why (tests/fallback.rs has the rest).
+    let out = speak(&[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("fallback voice (espeak-ng)") && stderr(&out).contains("no API key"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(emu().stats().requests_for("fast,id=nokey"), 0);
 }
 

@@ -138,9 +138,13 @@ fn package_is_named_herald_version_arch_and_depends_on_alsa_opus_and_systemd() {
         "libc6 (>=",
         "systemd",
         "init-system-helpers",
+        // The fallback voice is a program herald runs, so no shlibdeps line names it.
+        "espeak-ng (>=",
     ] {
         assert!(depends.contains(want), "Depends lacks {want}: {depends}");
     }
+    // Nothing links libespeak-ng (GPL-3.0): the fallback stays a separate program.
+    assert!(!depends.contains("libespeak-ng"), "{depends}");
 }
 
 /// `dpkg-deb -c` as (mode, owner, path) for files.
@@ -177,6 +181,8 @@ fn package_installs_binary_units_sysusers_tmpfiles_and_a_private_config() {
             "-rw-r--r--",
             "/usr/share/doc/herald/examples/alsa/max98357a.conf",
         ),
+        // The default chime the example config names.
+        ("-rw-r--r--", "/usr/share/herald/chimes/ding.wav"),
     ];
     for (mode, path) in expect {
         let found = files.iter().find(|(_, _, p)| p == path);
@@ -523,4 +529,26 @@ fn deploy_scripts_parse() {
             .unwrap();
         assert!(out.status.success(), "{script}: {}", text(&out));
     }
+}
+
+/// The packaged chime is the project's own: scripts/make-chime.py synthesises it, and the
+/// committed file is exactly what the script makes (so its licence is ours, and a change
+/// to the sound goes through the script).
+#[test]
+fn the_default_chime_is_what_the_script_makes() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("ding.wav");
+    let run = Command::new("python3")
+        .arg(root.join("scripts/make-chime.py"))
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", text(&run));
+    let made = std::fs::read(&out).unwrap();
+    let committed = std::fs::read(root.join("deploy/chimes/ding.wav")).unwrap();
+    assert!(
+        made == committed,
+        "deploy/chimes/ding.wav differs from what scripts/make-chime.py makes: re-run the script"
+    );
 }

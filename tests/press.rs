@@ -211,11 +211,12 @@ fn a_cached_preset_plays_sample_exact_from_disk_with_the_api_down() {
 }
 
 #[test]
-fn a_preset_that_cannot_be_rendered_is_reported_and_a_press_fails_clearly() {
+fn a_preset_that_cannot_be_rendered_is_reported_and_without_a_fallback_a_press_fails_clearly() {
     let sc = "fast,fail=401,id=press-401";
     let (_rt, emu) = emulator();
+    // Without the local voice, which would speak it instead (tests/fallback.rs).
     let extra = format!(
-        "{}\n[[buttons]]\npin = 17\npreset = \"dinner\"\n",
+        "{}\n[[buttons]]\npin = 17\npreset = \"dinner\"\n\n[fallback]\nengine = \"none\"\n",
         preset_config(DINNER)
     );
     let d = Daemon::start(&emu.base_url(sc), false, &extra);

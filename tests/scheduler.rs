@@ -355,6 +355,7 @@ async fn a_preset_press_follows_its_while_playing_rule() {
             volume: None,
             expires_in_s: None,
             to: None,
+            chime: None,
         })
     };
     rig.send(press("p1", None)).await;
@@ -397,6 +398,7 @@ async fn a_preset_press_follows_its_while_playing_rule() {
         volume: None,
         expires_in_s: None,
         to: None,
+        chime: None,
     }))
     .await;
     let r = rig

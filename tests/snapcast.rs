@@ -229,7 +229,7 @@ fn an_unreachable_snapserver_fails_the_job_naming_the_output_and_server_or_plays
     let end = terminal(&r);
     assert_eq!(end["event"], "finished", "{end}");
     assert_eq!(end["output"], "local", "{end}");
-    let why = end["fallback"].as_str().unwrap();
+    let why = end["output_fallback"].as_str().unwrap();
     assert!(
         why.contains("output 'house' unavailable") && why.contains(&format!("127.0.0.1:{port}")),
         "{why}"

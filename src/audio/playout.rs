@@ -584,11 +584,21 @@ impl Playout {
     /// Starts a new utterance lasting about `expected` (estimated from its text). One still
     /// in flight is faded out and dropped (its report is discarded).
     pub fn begin(&mut self, expected: Duration) {
+        self.begin_with(expected, self.next_plan);
+    }
+
+    /// [`begin`](Self::begin) for audio from memory (a chime): it starts by the fixed rules
+    /// whatever was learned about the network, and leaves the plan to the next `begin`.
+    pub fn begin_local(&mut self, expected: Duration) {
+        self.begin_with(expected, None);
+    }
+
+    fn begin_with(&mut self, expected: Duration, plan: Option<StartPlan>) {
         self.gen += 1;
         let utt = Utterance {
             expected,
             stats: ArrivalStats::new(self.format.rate),
-            plan: self.next_plan,
+            plan,
             open: true,
             ended: false,
         };

@@ -547,7 +547,9 @@ impl AudioThread {
             return self.enough_buffered(avail, all_in);
         }
         match self.until_planned_start() {
-            Some(wait) => wait.is_zero() && self.enough_buffered(avail, all_in),
+            // Once all of it is in, no network can make it late: waiting adds nothing (a
+            // cached preset, a chime).
+            Some(wait) => (wait.is_zero() || all_in) && self.enough_buffered(avail, all_in),
             // Warm but no audio yet.
             None => all_in && avail > 0,
         }

@@ -140,6 +140,9 @@ pub struct ButtonConfig {
     /// this box's device).
     #[serde(default)]
     pub to: Option<String>,
+    /// Chime before its presses (default: the preset's, else `daemon.chime`).
+    #[serde(default)]
+    pub chime: Option<crate::chimes::ChimeChoice>,
 }
 
 /// A button configuration error; the message names the pin and what is allowed.

@@ -272,6 +272,8 @@ pub enum ButtonAction {
         expires_in_s: ExpiresIn,
         /// The button's output (`to`), if it has one (else the preset's).
         to: Option<String>,
+        /// The button's chime, if it has one.
+        chime: Option<crate::chimes::ChimeChoice>,
     },
     /// Stop everything (a long press configured as `stop`).
     Stop {
@@ -307,6 +309,7 @@ pub fn action_for(b: &ButtonConfig, ev: ButtonEvent) -> ButtonAction {
         volume: b.volume,
         expires_in_s: b.expires_in_s,
         to: b.to.clone(),
+        chime: b.chime.clone(),
     };
     match ev {
         ButtonEvent::Short(_) => preset(&b.preset),
@@ -329,6 +332,7 @@ impl ButtonAction {
                 volume,
                 expires_in_s,
                 to,
+                chime,
                 ..
             } => Request::Preset(PresetRequest {
                 name,
@@ -337,6 +341,7 @@ impl ButtonAction {
                 volume,
                 expires_in_s: Some(expires_in_s),
                 to,
+                chime,
             }),
             ButtonAction::Stop { .. } => Request::Stop,
             ButtonAction::Skip { .. } => Request::Skip,

@@ -173,6 +173,18 @@ impl Device {
         })
     }
 
+    /// The lead-in for a job that starts with a chime: the device warms up with silence and
+    /// the chime waits until the returned moment (a freshly opened device) — the speech is
+    /// behind the chime anyway, so it is asked for at once.
+    pub fn lead_in_until(&self, lease: &mut Lease) -> Option<Instant> {
+        let lead_in = self.settings.lead_in;
+        if lead_in.is_zero() {
+            return None;
+        }
+        lease.playout.lead_in();
+        lease.fresh.then(|| lease.opened_at + lead_in)
+    }
+
     /// Takes the playout back after a job that left the device working.
     pub fn give_back(&mut self, mut lease: Lease) {
         lease.playout.cancel_lead_in();

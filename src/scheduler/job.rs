@@ -12,10 +12,17 @@ use super::queue::{Job, JobSource};
 use super::stats::{ms, preview, Current};
 use super::{Outcome, PinnedSource, Preempt, Scheduler, FADE_WAIT};
 use crate::audio::playout::{Playout, PlayoutError, PlayoutEvent};
-use crate::pipeline::{self, Limits, PipelineError, SpeakReport};
-use crate::protocol::{CancelledBy, Reply};
+use crate::pipeline::{self, ChimePlan, Limits, PipelineError, SpeakReport};
+use crate::protocol::{CancelledBy, Reply, SpokenBy};
 use crate::tts::SpeechSource;
 use crate::volume::Volume;
+
+/// What a job was given as it started: its volume and chime.
+pub(super) struct Applied {
+    volume: Volume,
+    chime: Option<String>,
+    chime_error: Option<String>,
+}
 
 impl Scheduler {
     /// Plays one job: takes the device, plays while serving commands, then settles the job
@@ -45,12 +52,53 @@ impl Scheduler {
             .volume_policy()
             .applied(job.volume, crate::volume::local_time_of_day());
         lease.playout.set_gain(volume.gain());
-        let source = self.device.lead_in(&mut lease, self.source_for(&job));
+        let (mut plan, chime_error) = self.chime_plan(&job);
+        let source = if plan.before.is_some() {
+            plan.not_before = self.device.lead_in_until(&mut lease);
+            self.source_for(&job)
+        } else {
+            self.device.lead_in(&mut lease, self.source_for(&job))
+        };
         self.net.used();
-        let (outcome, started) = self.play(&job, &mut lease.playout, source, t0).await;
+        let (outcome, started) = self.play(&job, &mut lease.playout, source, t0, &plan).await;
         self.stats.current = None;
-        self.settle(&job, lease, outcome, started, t0, volume).await;
+        let applied = Applied {
+            volume,
+            chime: plan.before.as_ref().map(|c| c.name.clone()),
+            chime_error,
+        };
+        self.settle(&job, lease, outcome, started, t0, applied)
+            .await;
         self.release_route().await;
+    }
+
+    /// The job's chimes from memory, and why one it asked for cannot play (its file is
+    /// unusable, or a reload removed it): then it plays without it.
+    fn chime_plan(&self, job: &Job) -> (ChimePlan, Option<String>) {
+        let mut errors = Vec::new();
+        let mut get = |name: &Option<String>| match name.as_deref().map(|n| (n, self.chimes.get(n)))
+        {
+            None => None,
+            Some((_, Some(Ok(c)))) => Some(c),
+            Some((_, Some(Err(e)))) => {
+                errors.push(e.to_string());
+                None
+            }
+            Some((n, None)) => {
+                errors.push(format!("chime '{n}' is no longer configured"));
+                None
+            }
+        };
+        let plan = ChimePlan {
+            before: get(&job.chime),
+            after: get(&job.chime_after),
+            gap: Duration::from_millis(u64::from(self.cfg.daemon.chime_gap_ms)),
+            not_before: None,
+        };
+        if !errors.is_empty() {
+            tracing::warn!(id = %job.id, "playing without its chime: {}", errors.join("; "));
+        }
+        (plan, (!errors.is_empty()).then(|| errors.join("; ")))
     }
 
     /// Where `job`'s audio comes from.
@@ -72,6 +120,7 @@ impl Scheduler {
         playout: &mut Playout,
         source: Arc<dyn SpeechSource>,
         t0: Instant,
+        chimes: &ChimePlan,
     ) -> (Outcome, Option<u64>) {
         let mut events = playout.subscribe();
         let limits = Limits {
@@ -81,7 +130,17 @@ impl Scheduler {
         let write_timeout = Duration::from_millis(self.cfg.audio.write_timeout_ms);
         let mut started = None;
         playout.plan_next(self.plan_for(job));
-        let fut = pipeline::speak(source, playout, &job.text, &job.voice, limits);
+        // The job keeps the voice it started with, even if a reload replaces it meanwhile.
+        let fallback = self.fallback.clone().filter(|_| job.fallback);
+        let fut = pipeline::announce(
+            source,
+            fallback.as_deref(),
+            playout,
+            &job.text,
+            &job.voice,
+            limits,
+            chimes,
+        );
         tokio::pin!(fut);
         let outcome = loop {
             // A hung device says nothing: look again when a device call in progress would
@@ -150,16 +209,18 @@ impl Scheduler {
         outcome: Outcome,
         started: Option<u64>,
         t0: Instant,
-        volume: Volume,
+        applied: Applied,
     ) {
         match outcome {
             Outcome::Done(Ok(report)) => {
                 self.device.give_back(lease);
-                self.end_finished(job, &report, started, t0, volume);
+                self.end_finished(job, &report, started, t0, applied);
             }
             Outcome::Done(Err(e)) => {
-                if let PipelineError::Tts { source, .. } = &e {
-                    self.net.failed(source.to_string());
+                match &e {
+                    PipelineError::Tts { source, .. } => self.net.failed(source.to_string()),
+                    PipelineError::Fallback { api, .. } => self.net.failed(api.to_string()),
+                    _ => {}
                 }
                 if device_lost(&e) {
                     let reason = format!("audio device failed: {e}");
@@ -189,7 +250,7 @@ impl Scheduler {
         report: &SpeakReport,
         started: Option<u64>,
         t0: Instant,
-        volume: Volume,
+        applied: Applied,
     ) {
         let start_to_audio = started.or_else(|| {
             report
@@ -205,7 +266,10 @@ impl Scheduler {
                 });
             }
         }
-        self.net.ok();
+        match &report.fallback {
+            Some(fb) => self.net.failed(fb.api_error.clone()),
+            None => self.net.ok(),
+        }
         self.stats.finished(report);
         self.learn(job, report);
         let request_to_audio = report.time_to_first_audio.map(ms);
@@ -219,10 +283,9 @@ impl Scheduler {
             bytes = report.bytes,
             segments = report.segments,
             attempts = report.attempts,
-            volume = volume.get(),
+            volume = applied.volume.get(),
             "job finished: {report}"
         );
-        let (output, fallback) = self.outputs.reply_fields();
         job.reply.send(Reply::Finished {
             id: job.id.clone(),
             start_to_audio_ms: start_to_audio,
@@ -236,9 +299,17 @@ impl Scheduler {
             attempts: report.attempts,
             stretched_ms: report.stretched_ms,
             warm: report.warm,
-            volume: volume.get(),
-            output,
-            fallback,
+            volume: applied.volume.get(),
+            chime: applied.chime,
+            chime_error: applied.chime_error,
+            voice: report.fallback.as_ref().map(|_| SpokenBy::Fallback),
+            engine: report.fallback.as_ref().map(|f| f.engine),
+            api_error: report.fallback.as_ref().map(|f| f.api_error.clone()),
+            fallback_to_audio_ms: report
+                .fallback
+                .as_ref()
+                .and_then(|f| fallback_to_audio(f, report)),
+            routed: self.outputs.routed(),
         });
     }
 
@@ -297,6 +368,13 @@ impl Scheduler {
             }
         }
     }
+}
+
+/// From the API's failure to the fallback's first audio at the device, when that was the
+/// job's first audio (`None` if the API's had been heard before it failed).
+fn fallback_to_audio(fb: &pipeline::FallbackUse, report: &SpeakReport) -> Option<u64> {
+    let started = report.started_at?;
+    (started >= fb.api_failed_at).then(|| ms(started - fb.api_failed_at))
 }
 
 /// Whether a pipeline error means the device (or its thread) is gone.

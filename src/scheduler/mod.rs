@@ -27,7 +27,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::sleep_until;
 
 use crate::audio::SinkOpener;
+use crate::chimes::{ChimeChoice, ChimeSet};
 use crate::config::Config;
+use crate::fallback::LocalVoice;
 use crate::netmodel::store::{self, ModelStore};
 use crate::pipeline::{PipelineError, SpeakReport, Voice};
 use crate::presets::Renderer;
@@ -135,6 +137,20 @@ pub struct Parts {
     pub model: ModelStore,
 }
 
+/// The configured local voice, warning once when its program is missing (jobs that need it
+/// then fail naming both errors).
+fn fallback_for(cfg: &Config) -> Option<Arc<dyn LocalVoice>> {
+    let settings = cfg.fallback();
+    if settings.engine == crate::fallback::Engine::EspeakNg && !crate::fallback::espeak::installed()
+    {
+        tracing::warn!(
+            "fallback.engine = \"espeak-ng\" but {} is not on PATH: announcements fail when the API can't be reached (install espeak-ng, or set fallback.engine = \"none\")",
+            crate::fallback::espeak::PROGRAM
+        );
+    }
+    crate::fallback::from_settings(&settings)
+}
+
 /// Opens through the cache with presets' audio pinned (never evicted while configured).
 struct PinnedSource(CachingSource);
 
@@ -186,6 +202,10 @@ pub struct Scheduler {
     model: ModelStore,
     /// Saving the model failed once already (warned; it stays in memory).
     model_unsaved: Arc<std::sync::atomic::AtomicBool>,
+    /// The configured chimes, decoded (or why they could not be).
+    chimes: ChimeSet,
+    /// The local voice for when the API can't be reached (`None`: `engine = "none"`).
+    fallback: Option<Arc<dyn LocalVoice>>,
 }
 
 impl Scheduler {
@@ -207,6 +227,8 @@ impl Scheduler {
             Err(e) => (None, Some(e)),
         };
         let s = Scheduler {
+            chimes: load_chimes(&cfg),
+            fallback: fallback_for(&cfg),
             device: Device::new(parts.opener, DeviceSettings::from_config(&cfg)),
             outputs: Outputs::from_config(&cfg),
             source: parts.source,
@@ -356,6 +378,7 @@ impl Scheduler {
             tracing::warn!("[cache] changes take effect at the next restart");
         }
         self.cfg = config;
+        self.fallback = fallback_for(&self.cfg);
         if let Some(src) = source {
             if let Some(p) = &self.presets {
                 let cache = p.renderer.source().cache().clone();
@@ -368,6 +391,7 @@ impl Scheduler {
             self.source = src;
         }
         self.preset_reqs = preset_requests(&self.cfg);
+        self.chimes = load_chimes(&self.cfg);
         if let Some(p) = &self.presets {
             let summary = p.renderer.update(&self.preset_reqs);
             tracing::info!(
@@ -473,6 +497,21 @@ impl Scheduler {
         if let Err(e) = crate::outputs::check_to(s.to.as_deref(), &self.cfg.outputs) {
             return self.refuse(&reply, s.id.clone(), format!("speak: {e}"));
         }
+        let d = &self.cfg.daemon;
+        let chimes = self
+            .chime_for("chime", s.chime.as_ref(), d.chime.as_deref())
+            .and_then(|c| {
+                let after = self.chime_for(
+                    "chime_after",
+                    s.chime_after.as_ref(),
+                    d.chime_after.as_deref(),
+                )?;
+                Ok((c, after))
+            });
+        let (chime, chime_after) = match chimes {
+            Ok(c) => c,
+            Err(reason) => return self.refuse(&reply, s.id.clone(), format!("speak: {reason}")),
+        };
         let source = if s.cache && self.presets.is_some() {
             JobSource::Cached { pinned: false }
         } else {
@@ -490,6 +529,9 @@ impl Scheduler {
             queued_at: Instant::now(),
             expires_in: s.expires_in_s.or(self.cfg.daemon.default_expiry_s),
             to: s.to,
+            chime,
+            chime_after,
+            fallback: s.fallback.unwrap_or(true),
         };
         self.admit(new, playing)
     }
@@ -553,6 +595,25 @@ impl Scheduler {
         if let Err(e) = crate::outputs::check_to(to.as_deref(), &self.cfg.outputs) {
             return self.refuse(&reply, p.id.clone(), format!("preset: {e}"));
         }
+        // The press's (a button's) chime, else the preset's, else the daemon's.
+        let d = &self.cfg.daemon;
+        let own = p
+            .chime
+            .as_ref()
+            .or(preset_cfg.and_then(|c| c.chime.as_ref()));
+        let own_after = preset_cfg.and_then(|c| c.chime_after.as_ref());
+        let chimes = self
+            .chime_for("chime", own, d.chime.as_deref())
+            .and_then(|c| {
+                Ok((
+                    c,
+                    self.chime_for("chime_after", own_after, d.chime_after.as_deref())?,
+                ))
+            });
+        let (chime, chime_after) = match chimes {
+            Ok(c) => c,
+            Err(reason) => return self.refuse(&reply, p.id.clone(), format!("preset: {reason}")),
+        };
         let priority = match queue::press(rule, &p.name, priority, playing, &self.queue) {
             Press::AlreadyThere(id) => {
                 tracing::info!(preset = %p.name, %id, "press ignored: the preset is playing or queued");
@@ -577,13 +638,33 @@ impl Scheduler {
             priority,
             reply,
             source,
+            // A press must be heard: an unrendered preset speaks locally when it must.
             preset: Some(p.name),
             volume,
             queued_at: Instant::now(),
             expires_in: p.expires_in_s.or(self.cfg.daemon.default_expiry_s),
             to,
+            chime,
+            chime_after,
+            fallback: true,
         };
         self.admit(new, playing)
+    }
+
+    /// The chime a job asks for (`field`: `chime` or `chime_after`), over `default`; an
+    /// unknown name is refused, naming the field and the configured chimes.
+    fn chime_for(
+        &self,
+        field: &str,
+        choice: Option<&ChimeChoice>,
+        default: Option<&str>,
+    ) -> Result<Option<String>, String> {
+        let Some(name) = ChimeChoice::resolve(choice, default) else {
+            return Ok(None);
+        };
+        crate::chimes::check_name(name, self.cfg.chimes.keys())
+            .map_err(|e| format!("{field}: {e}"))?;
+        Ok(Some(name.to_string()))
     }
 
     /// The `while_playing` rule of the button that plays preset `name` (default: ignore).
@@ -722,7 +803,8 @@ impl Scheduler {
     /// Learns how a finished job's audio arrived, when it came over the network (cached
     /// audio arrives at once and says nothing about it), and saves the model.
     fn learn(&mut self, job: &Job, report: &SpeakReport) {
-        if report.attempts == 0 {
+        // The cache's audio and the local voice's say nothing about the network.
+        if report.attempts == 0 || report.fallback.is_some() {
             return;
         }
         let key = store::key(&self.cfg.api.api_base, job.voice.format);
@@ -790,6 +872,16 @@ impl Scheduler {
 
 /// Every configured preset's request with the `[speech]` defaults applied. The config was
 /// validated when loaded (with the same function), so this fails only on a bug: logged.
+/// Decodes the configured chimes; an unusable file is a warning naming it, and its jobs
+/// play without it (and say so).
+fn load_chimes(cfg: &Config) -> ChimeSet {
+    let chimes = ChimeSet::load(&cfg.chimes, cfg.audio.rate);
+    for problem in chimes.problems() {
+        tracing::warn!("{problem}; jobs that ask for it play without it");
+    }
+    chimes
+}
+
 fn preset_requests(cfg: &Config) -> BTreeMap<String, SpeechRequest> {
     crate::presets::requests(&cfg.presets, &cfg.default_voice()).unwrap_or_else(|e| {
         tracing::error!("{e}");

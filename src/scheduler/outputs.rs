@@ -16,7 +16,7 @@ use crate::audio::snapcast::SnapcastOpener;
 use crate::audio::SinkRequest;
 use crate::config::Config;
 use crate::outputs::{Fallback, OutputConfig, OutputType, LOCAL};
-use crate::protocol::DeviceStatus;
+use crate::protocol::{DeviceStatus, Routed};
 
 /// An output connected for a job is closed right after it, so a snapserver restart between
 /// announcements never leaves a dead connection for the next one; a reconnect made by the
@@ -122,18 +122,22 @@ impl Outputs {
         }
     }
 
-    /// The reply's `output` and `fallback` for the job now playing.
-    pub fn reply_fields(&self) -> (Option<String>, Option<String>) {
-        match &self.route {
-            Route::Local => (None, None),
-            Route::Output(name) => (Some(name.clone()), None),
-            Route::Fallback { output, reason } => (
-                Some(LOCAL.to_string()),
-                Some(format!(
+    /// Where the job now playing plays, for its `finished` reply (`None`: this box, asked).
+    pub fn routed(&self) -> Option<Box<Routed>> {
+        let routed = match &self.route {
+            Route::Local => return None,
+            Route::Output(name) => Routed {
+                output: name.clone(),
+                output_fallback: None,
+            },
+            Route::Fallback { output, reason } => Routed {
+                output: LOCAL.to_string(),
+                output_fallback: Some(format!(
                     "output '{output}' unavailable, played on this box instead (fallback_to = \"local\"): {reason}"
                 )),
-            ),
-        }
+            },
+        };
+        Some(Box::new(routed))
     }
 }
 

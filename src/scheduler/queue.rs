@@ -48,6 +48,12 @@ pub struct Job<Id = String> {
     pub expires_in: Option<ExpiresIn>,
     /// The output it plays on (`None`: this box's device); checked against the config.
     pub to: Option<String>,
+    /// The chime before its speech (a configured name), if any.
+    pub chime: Option<String>,
+    /// The chime after its speech, if any.
+    pub chime_after: Option<String>,
+    /// The local voice may speak it when the API can't (`"fallback": false` says no).
+    pub fallback: bool,
 }
 
 impl<Id> Job<Id> {
@@ -75,6 +81,9 @@ impl NewJob {
             queued_at: self.queued_at,
             expires_in: self.expires_in,
             to: self.to,
+            chime: self.chime,
+            chime_after: self.chime_after,
+            fallback: self.fallback,
         }
     }
 }
@@ -279,6 +288,9 @@ mod tests {
             queued_at: Instant::now(),
             expires_in: None,
             to: None,
+            chime: None,
+            chime_after: None,
+            fallback: true,
         }
     }
 

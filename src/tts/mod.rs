@@ -290,6 +290,32 @@ pub enum TtsError {
     },
 }
 
+impl TtsError {
+    /// Whether this means speech can't be had from the API at all (network, timeouts,
+    /// 5xx after the retries, key, access, quota, a 200 that is not audio), so a local voice
+    /// may speak the text instead. Not for a request the API refused as invalid (400 and
+    /// other 4xx: the caller's to fix) or one refused before sending. The one rule for
+    /// which errors fall back (docs/FALLBACK.md); no wildcard, so a new kind must choose.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            TtsError::Invalid(_) => false,
+            // 408 is the server giving up waiting (retried like a 5xx); the rest are ours.
+            TtsError::Rejected { status, .. } => *status == 408,
+            TtsError::NoKey
+            | TtsError::Unauthorized { .. }
+            | TtsError::Forbidden { .. }
+            | TtsError::RateLimited { .. }
+            | TtsError::QuotaExhausted { .. }
+            | TtsError::Server { .. }
+            | TtsError::NotAudio { .. }
+            | TtsError::Connect { .. }
+            | TtsError::NoAudio { .. }
+            | TtsError::Timeout { .. }
+            | TtsError::Broken { .. } => true,
+        }
+    }
+}
+
 impl SpeechRequest {
     /// Checks the request against the endpoint's limits, so nothing invalid is ever sent.
     pub fn validate(&self) -> Result<(), TtsError> {
@@ -438,6 +464,50 @@ mod tests {
         match r.validate() {
             Err(TtsError::Invalid(msg)) => msg,
             other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn outages_fall_back_and_refusals_of_the_request_do_not() {
+        let msg = || "m".to_string();
+        let outages = [
+            TtsError::NoKey,
+            TtsError::Unauthorized { message: msg() },
+            TtsError::Forbidden { message: msg() },
+            TtsError::QuotaExhausted { message: msg() },
+            TtsError::RateLimited {
+                attempts: 2,
+                message: msg(),
+            },
+            TtsError::Server {
+                status: 503,
+                attempts: 2,
+                message: msg(),
+            },
+            TtsError::Rejected {
+                status: 408,
+                message: msg(),
+            },
+            TtsError::Broken {
+                received: 10,
+                detail: msg(),
+            },
+        ];
+        for e in outages {
+            assert!(e.is_outage(), "{e}");
+        }
+        for e in [
+            TtsError::Invalid(msg()),
+            TtsError::Rejected {
+                status: 400,
+                message: msg(),
+            },
+            TtsError::Rejected {
+                status: 404,
+                message: msg(),
+            },
+        ] {
+            assert!(!e.is_outage(), "{e}");
         }
     }
 
