@@ -75,12 +75,18 @@ fn request(served: &Served, v: Value) -> Vec<(Instant, Value)> {
 /// What herald plays for `text`, from its own WAV output (mono, 48 kHz): the reference
 /// each room's capture must match sample for sample.
 fn reference(served: &Served, text: &str) -> Vec<i16> {
+    reference_with(served, text, &[])
+}
+
+/// [`reference`] with more `herald speak` options (e.g. `--volume 50`).
+fn reference_with(served: &Served, text: &str, options: &[&str]) -> Vec<i16> {
     let wav = served.dir.path().join("reference.wav");
     let out = Command::new(env!("CARGO_BIN_EXE_herald"))
         .arg("--config")
         .arg(&served.config)
-        .args(["speak", "--out"])
+        .args(["speak", "--no-chime", "--out"])
         .arg(&wav)
+        .args(options)
         .arg(text)
         .env("OPENAI_API_KEY", KEY)
         .output()
@@ -329,8 +335,10 @@ fn through_a_meta_stream_the_announcement_interrupts_the_music_whole_and_gives_i
     std::thread::sleep(Duration::from_millis(1500));
     let r = request(&served, json!({"text": PHRASE, "to": "house"}));
     assert_eq!(terminal(&r)["event"], "finished", "{r:?}");
-    // The music comes back once the announcement stream has gone idle (≤ 520 ms).
-    std::thread::sleep(Duration::from_millis(1500));
+    // The music comes back once herald has stopped sending (the announcement's silence runs
+    // until the rooms have played it: latency_ms + 20 ms) and the announcement stream has
+    // gone idle (≤ 520 ms later).
+    std::thread::sleep(Duration::from_millis(2000));
     let cap = room.played();
     drop(music);
     let (left, _) = channels(&cap);
@@ -355,10 +363,10 @@ fn through_a_meta_stream_the_announcement_interrupts_the_music_whole_and_gives_i
         is_music(&left[before..before + 24_000]),
         "no music before the announcement"
     );
-    let after = start + reference.len() + 48_000;
+    let after = start + reference.len() + 62_400;
     assert!(
         left.len() > after + 4800 && is_music(&left[after..after + 4800]),
-        "the music did not come back within 1 s of the announcement's end"
+        "the music did not come back within 1.3 s of the announcement's end"
     );
 }
 
@@ -400,4 +408,78 @@ fn a_skipped_house_announcement_fades_out_in_the_rooms_without_failing_the_outpu
     assert_eq!(terminal(&r)["event"], "finished", "{r:?}");
     let log = served.log();
     assert!(!log.contains("audio device error"), "{log}");
+}
+
+#[test]
+fn a_house_announcement_keeps_its_volume_and_chime() {
+    if !snapcast_installed() {
+        return;
+    }
+    let server = SnapServer::start(true);
+    let room = Room::start(&server, 0);
+    server.wait_clients(1);
+    let chime = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/chimes/ding.wav");
+    let extra = format!("\n[chimes.ding]\nfile = \"{}\"\n", chime.display());
+    let served = serve("fast,tone,id=chime", server.source_port, &extra);
+    let quiet = reference_with(&served, PHRASE, &["--volume", "50"]);
+    let r = request(
+        &served,
+        json!({"text": PHRASE, "to": "house", "volume": 50, "chime": "ding"}),
+    );
+    let end = terminal(&r);
+    assert_eq!(end["event"], "finished", "{end}");
+    assert_eq!(
+        (end["volume"].as_u64(), end["chime"].as_str()),
+        (Some(50), Some("ding")),
+        "{end}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let cap = room.played();
+    let (left, _) = channels(&cap);
+    // The speech at volume 50, sample for sample (herald's own output at --volume 50).
+    let start = locate_after_chime(&left, &quiet).expect("the announcement was not heard");
+    let heard = &left[start..(start + quiet.len()).min(left.len())];
+    let wrong = heard
+        .iter()
+        .zip(&quiet)
+        .filter(|(a, b)| (i32::from(**a) - i32::from(**b)).abs() > 2)
+        .count();
+    let worst = heard
+        .iter()
+        .zip(&quiet)
+        .map(|(a, b)| (i32::from(*a) - i32::from(*b)).abs())
+        .max();
+    let peaks = (
+        heard.iter().map(|v| v.unsigned_abs()).max(),
+        quiet.iter().map(|v| v.unsigned_abs()).max(),
+    );
+    assert_eq!(
+        (heard.len(), wrong),
+        (quiet.len(), 0),
+        "the quiet speech differs (worst {worst:?}, peaks {peaks:?})"
+    );
+    // The chime (at volume 50 too) in the two seconds before the speech.
+    let before = &left[start.saturating_sub(96_000)..start];
+    assert!(
+        before.iter().filter(|v| v.unsigned_abs() > 200).count() > 4800,
+        "no chime before the speech"
+    );
+}
+
+/// Where `reference` starts after the chime: past the chime's loud stretch and the quiet
+/// (≥ 50 ms) that follows it, aligned like [`locate`].
+fn locate_after_chime(room: &[i16], reference: &[i16]) -> Option<usize> {
+    let loud = |s: &i16| s.unsigned_abs() > 64;
+    let chime = room.iter().position(loud)?;
+    let mut quiet = 0;
+    let mut after = None;
+    for (i, s) in room.iter().enumerate().skip(chime) {
+        quiet = if loud(s) { 0 } else { quiet + 1 };
+        if quiet == 2400 {
+            after = Some(i);
+            break;
+        }
+    }
+    let from = after?;
+    Some(from + locate(&room[from..], reference)?)
 }

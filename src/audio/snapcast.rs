@@ -23,7 +23,8 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// whole `chunk_ms` chunks (default 20 ms) and its flac encoder holds a block (~24 ms), and
 /// snapclient 0.26 plays nothing of a last request it cannot fill (its ALSA buffer, 80 ms by
 /// default), so without a tail the end of the speech would wait for the next announcement
-/// or be dropped. `finished` does not wait for the tail (it is sent while waiting anyway).
+/// or be dropped. The drain sends silence while it waits for snapserver's buffer anyway;
+/// this is the least it sends when that buffer is shorter.
 pub const TAIL: Duration = Duration::from_millis(250);
 
 /// Added to the wait for the rooms, so `finished` is never early: snapserver stamps a
@@ -104,8 +105,8 @@ pub struct SnapcastSink {
     clock: Clock,
     /// One period as bytes; allocated once, so a write never allocates.
     bytes: Vec<u8>,
-    /// Frames of silence sent after each utterance.
-    tail_frames: u64,
+    /// The last call was a drain: the clock may run past what was sent without an underrun.
+    drained: bool,
     xruns: u64,
     connected_at: Instant,
 }
@@ -153,7 +154,7 @@ impl SnapcastSink {
             ahead,
             clock: Clock::default(),
             bytes: vec![0; period * usize::from(target.channels) * 2],
-            tail_frames: (TAIL.as_secs_f64() * f64::from(target.rate)) as u64,
+            drained: false,
             xruns: 0,
             connected_at: Instant::now(),
         })
@@ -175,7 +176,7 @@ impl SnapcastSink {
         let rate = self.format.rate;
         let now = Instant::now();
         if self.clock.since.is_none() || self.clock.played(now, rate) > self.clock.written {
-            if self.clock.since.is_some() {
+            if self.clock.since.is_some() && !self.drained {
                 self.xruns += 1;
             }
             self.clock = Clock {
@@ -191,6 +192,7 @@ impl SnapcastSink {
             }
         }
         self.clock.written += frames;
+        self.drained = false;
     }
 
     /// Sends the first `frames` frames of the byte buffer, paced.
@@ -230,26 +232,34 @@ impl Sink for SnapcastSink {
         self.send((period.len() / channels) as u64)
     }
 
-    /// Sends the tail of silence, then waits until the last audio sample has played in
-    /// the rooms (its time on the clock plus snapserver's buffer).
+    /// Keeps the stream going with silence until the last audio sample has played in the
+    /// rooms (its time on the clock plus snapserver's buffer), and at least [`TAIL`] of it.
+    /// Going quiet instead would make snapserver's read come up empty and resync the
+    /// stream's timing, and the next utterance of the same job (after a chime, say) would
+    /// reach the rooms with a dropout.
     fn drain(&mut self) -> Result<(), SinkError> {
-        let Some(end) = self.clock.at(self.clock.written, self.format.rate) else {
+        let rate = self.format.rate;
+        let Some(audio_end) = self.clock.at(self.clock.written, rate) else {
             return Ok(());
         };
-        let end = end + self.target.latency + FINISH_MARGIN;
+        let end = audio_end + self.target.latency + FINISH_MARGIN;
+        let silence_end = end.max(audio_end + TAIL);
         self.bytes.fill(0);
         let period = self.format.period_frames as u64;
-        let mut left = self.tail_frames;
-        while left > 0 {
-            let n = left.min(period);
-            self.send(n)?;
-            left -= n;
+        while self
+            .clock
+            .at(self.clock.written, rate)
+            .is_some_and(|t| t < silence_end)
+        {
+            self.send(period)?;
         }
         let wait = end.saturating_duration_since(Instant::now());
         if !wait.is_zero() {
             thread::sleep(wait);
         }
-        self.clock = Clock::default();
+        // The stream stays continuous into a next utterance written at once; one that
+        // comes later restarts the clock, which is not an underrun.
+        self.drained = true;
         Ok(())
     }
 
@@ -377,11 +387,10 @@ mod tests {
         );
         drop(sink);
         let (_, all) = reader.join().unwrap();
-        assert_eq!(
-            all.len(),
-            (10 * 960 + 12_000) * 4,
-            "audio then the 250 ms tail"
-        );
+        // The audio, then silence until the rooms have played it (300 + 20 ms here).
+        let frames = all.len() / 4;
+        assert!(frames >= 10 * 960 + 320 * 48, "{frames} frames");
+        assert!(all[10 * 960 * 4..].iter().all(|b| *b == 0));
     }
 
     #[test]
