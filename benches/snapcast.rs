@@ -7,7 +7,9 @@
 //! emulator at its default pacing (first byte after 300 ms, 4× real time; the tone voice so
 //! each announcement can be found in what the rooms played). For N announcements in a row
 //! it prints request → first sample in each room, the onset spread between the rooms, and
-//! herald's CPU while streaming. Results and the command are in docs/BENCHMARKS.md.
+//! herald's CPU while streaming. `VERBOSE=1` prints every announcement's spread and each
+//! room's gaps; `PAUSE_MS=N` waits N ms between announcements (default: back to back).
+//! Results and the command are in docs/BENCHMARKS.md.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -18,7 +20,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::daemon::Served;
-use support::snapcast::{at, channels, locate, Room, SnapServer, Streams};
+use support::snapcast::{at, channels, frame_at, locate, Room, SnapServer, Streams};
 
 const KEY: &str = "sk-bench-snapcast-0123456789";
 const TEXT: &str = "The bus is here, the bus is here.";
@@ -110,12 +112,25 @@ fn main() {
         let (t, fin) = announce(&served, &format!("a{i}"));
         audio_s += fin["duration_ms"].as_f64().unwrap_or(0.0) / 1000.0;
         sent.push(t);
+        if let Some(ms) = std::env::var("PAUSE_MS").ok().and_then(|v| v.parse().ok()) {
+            std::thread::sleep(Duration::from_millis(ms));
+        }
     }
     let cpu = cpu_seconds(pid) - cpu0;
     let wall = wall0.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(500));
     let [a, b] = rooms;
     let caps = [a.played(), b.played()];
+    if std::env::var_os("VERBOSE").is_some() {
+        for c in &caps {
+            eprintln!(
+                "gaps {} late ticks {} {:?}",
+                c.gaps.len(),
+                c.late_ticks,
+                c.gaps
+            );
+        }
+    }
 
     let mut first = [Vec::new(), Vec::new()];
     let mut spread = Vec::new();
@@ -123,8 +138,7 @@ fn main() {
         let mut onsets = Vec::new();
         for (r, cap) in caps.iter().enumerate() {
             let (left, _) = channels(cap);
-            let from = ((t.saturating_duration_since(cap.started_at.unwrap())).as_secs_f64()
-                * 48_000.0) as usize;
+            let from = frame_at(cap, *t);
             let start = from
                 + locate(&left[from.min(left.len())..], &reference)
                     .expect("an announcement was not heard");
@@ -134,6 +148,9 @@ fn main() {
         }
         let d = onsets[0].max(onsets[1]) - onsets[0].min(onsets[1]);
         spread.push(d.as_secs_f64() * 1e6);
+        if std::env::var_os("VERBOSE").is_some() {
+            eprintln!("spread {:.0} µs", d.as_secs_f64() * 1e6);
+        }
     }
     println!("house-wide announcements: {n}, snapserver buffer 1000 ms (flac), lead-in 600 ms, emulator TTFB 300 ms");
     for (r, v) in first.iter().enumerate() {

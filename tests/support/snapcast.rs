@@ -273,9 +273,45 @@ impl Drop for Room {
     }
 }
 
-/// When frame `i` of a capture reached the "DAC".
+/// When frame `i` of a capture reached the "DAC": the clock counts a gap (snapclient not
+/// writing, e.g. between announcements) as played, while the samples do not hold it.
 pub fn at(cap: &Capture, i: usize) -> Instant {
-    cap.started_at.unwrap() + Duration::from_secs_f64(i as f64 / f64::from(cap.rate))
+    let rate = f64::from(cap.rate);
+    let frames = i as f64 + gap_frames_before(cap, i) as f64;
+    cap.started_at.unwrap() + Duration::from_secs_f64(frames / rate)
+}
+
+/// The frame of a capture that reached the "DAC" at `t` (the first after it, in a gap).
+pub fn frame_at(cap: &Capture, t: Instant) -> usize {
+    let rate = f64::from(cap.rate);
+    let played = (t
+        .saturating_duration_since(cap.started_at.unwrap())
+        .as_secs_f64()
+        * rate) as u64;
+    let mut gaps = 0u64;
+    for g in &cap.gaps {
+        let start = (g.at.as_secs_f64() * rate) as u64;
+        if start >= played {
+            break;
+        }
+        gaps += g.frames.min(played - start);
+    }
+    (played - gaps) as usize
+}
+
+/// Gap frames the clock counted before sample frame `i`.
+fn gap_frames_before(cap: &Capture, i: usize) -> u64 {
+    let rate = f64::from(cap.rate);
+    let mut gaps = 0u64;
+    for g in &cap.gaps {
+        // Where the gap falls among the samples: its clock position less earlier gaps.
+        let index = ((g.at.as_secs_f64() * rate) as u64).saturating_sub(gaps);
+        if index > i as u64 {
+            break;
+        }
+        gaps += g.frames;
+    }
+    gaps
 }
 
 /// Where `reference` starts in a room's capture (frame index), found by aligning its
