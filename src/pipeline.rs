@@ -390,7 +390,18 @@ impl Feeder {
         bytes: Option<&[u8]>,
         playout: &mut Playout,
     ) -> Result<(), FeedError> {
-        let arrived = Instant::now();
+        self.feed_arrived(dec, bytes, playout, Instant::now()).await
+    }
+
+    /// [`feed`](Self::feed) for bytes that came off the network at `arrived` (earlier, when
+    /// they waited behind a chime): the start rule judges the stream by when it really came.
+    async fn feed_arrived(
+        &mut self,
+        dec: &mut dyn StreamDecoder,
+        bytes: Option<&[u8]>,
+        playout: &mut Playout,
+        arrived: Instant,
+    ) -> Result<(), FeedError> {
         self.pcm.clear();
         match bytes {
             Some(b) => dec.push(b, &mut self.pcm)?,
@@ -401,7 +412,7 @@ impl Feeder {
         };
         self.first_audio_at.get_or_insert(arrived);
         if fmt.channels == self.device_channels {
-            playout.push(&self.pcm).await?;
+            playout.push_arrived(&self.pcm, arrived).await?;
         } else {
             self.mapped.clear();
             map_channels(
@@ -410,7 +421,7 @@ impl Feeder {
                 self.device_channels,
                 &mut self.mapped,
             );
-            playout.push(&self.mapped).await?;
+            playout.push_arrived(&self.mapped, arrived).await?;
         }
         Ok(())
     }
@@ -435,8 +446,11 @@ impl From<PlayoutError> for FeedError {
 
 /// Messages from a segment's fetch task.
 enum Fetched {
-    Opened { attempts: u32 },
-    Chunk(Bytes),
+    Opened {
+        attempts: u32,
+    },
+    /// Body bytes, and when they came off the network.
+    Chunk(Bytes, Instant),
     Failed(TtsError),
 }
 
@@ -462,7 +476,7 @@ fn spawn_fetch(source: Arc<dyn SpeechSource>, req: SpeechRequest) -> mpsc::Recei
         }
         while let Some(item) = stream.body.next().await {
             let msg = match item {
-                Ok(b) => Fetched::Chunk(b),
+                Ok(b) => Fetched::Chunk(b, Instant::now()),
                 Err(e) => Fetched::Failed(e),
             };
             let failed = matches!(msg, Fetched::Failed(_));
@@ -573,11 +587,10 @@ pub async fn announce(
         chime_gap(playout, chimes.gap).await;
         play_chime(playout, c, None).await?;
     }
+    // What waited behind the chime keeps the time it came off the network (`Fetched`), so
+    // the start rule and the network model see the network, not the chime.
     if let Some(at) = chime_at {
         report.chime_started_at = at;
-        // Audio that waited behind the chime arrived in one burst: it says nothing about
-        // how this network delivers, so it is not learned from.
-        report.bursts.clear();
     }
     Ok(report)
 }
@@ -760,13 +773,15 @@ async fn play_segment(
             of,
             source,
         })?;
+    let mut last_at = Instant::now();
     while let Some(msg) = next_fetched(rx, playout).await? {
         match msg {
             Fetched::Opened { attempts } => report.attempts += attempts,
-            Fetched::Chunk(b) => {
+            Fetched::Chunk(b, at) => {
                 report.bytes += b.len() as u64;
+                last_at = at;
                 feeder
-                    .feed(dec.as_mut(), Some(&b), playout)
+                    .feed_arrived(dec.as_mut(), Some(&b), playout, at)
                     .await
                     .map_err(|e| lift(e, seg, of))?;
             }
@@ -779,8 +794,9 @@ async fn play_segment(
             }
         }
     }
+    // The decoder's tail came with the last bytes.
     feeder
-        .feed(dec.as_mut(), None, playout)
+        .feed_arrived(dec.as_mut(), None, playout, last_at)
         .await
         .map_err(|e| lift(e, seg, of))
 }

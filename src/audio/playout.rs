@@ -616,6 +616,16 @@ impl Playout {
     /// Queues interleaved samples at the device's rate and channel count, waiting for ring
     /// space when the buffer is full. Fails if the audio thread died (device error).
     pub async fn push(&mut self, samples: &[i16]) -> Result<(), PlayoutError> {
+        self.push_arrived(samples, Instant::now()).await
+    }
+
+    /// [`push`](Self::push) of audio that arrived at `arrived` (its bytes waited, e.g.
+    /// behind a chime): the start rule and the stall watch count from when it came.
+    pub async fn push_arrived(
+        &mut self,
+        samples: &[i16],
+        arrived: Instant,
+    ) -> Result<(), PlayoutError> {
         self.pump();
         self.check_alive()?;
         let ch = usize::from(self.format.channels);
@@ -632,14 +642,15 @@ impl Playout {
             return Ok(());
         }
         let now = Instant::now();
-        utt.stats.record((samples.len() / ch) as u64, now);
+        let arrived = arrived.min(now);
+        utt.stats.record((samples.len() / ch) as u64, arrived);
         if let Some(first) = utt.stats.first_at() {
             let ns = self.shared.ns_of(first);
             self.shared.first_at_ns.store(ns, Ordering::Release);
         }
         self.shared
             .last_push_ns
-            .store(self.shared.ns_of(now), Ordering::Release);
+            .store(self.shared.ns_of(arrived), Ordering::Release);
         utt.publish_targets(&self.shared, &self.policy, self.min_tempo, now);
 
         let mut rest = samples;
