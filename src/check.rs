@@ -92,9 +92,43 @@ pub fn check(config: &Config, path: Option<&Path>, warnings: &[String]) -> bool 
         Ok(None) => println!("network: no WiFi interface with power saving on"),
         Err(e) => println!("network: cannot check WiFi power saving: {e}"),
     }
+    // Warnings, not failures: without them the daemon still speaks.
+    chimes(config);
+    fallback(config);
     // Learning is an optimisation: whatever the file's state, a line and never a failure.
     network_model(config);
     ok
+}
+
+/// Each configured chime: decoded, or why its jobs will play without it.
+fn chimes(config: &Config) {
+    let set = crate::chimes::ChimeSet::load(&config.chimes, config.audio.rate);
+    for name in set.names() {
+        match set.get(name) {
+            Some(Ok(c)) => println!(
+                "chime: '{name}' ({}) plays, {} ms",
+                config.chimes[name].file.display(),
+                c.duration_ms()
+            ),
+            Some(Err(e)) => println!("chime: warning: {e}; jobs that ask for it play without it"),
+            None => {}
+        }
+    }
+}
+
+/// The local voice for when the API can't be reached, and whether it can run.
+fn fallback(config: &Config) {
+    match config.fallback.engine {
+        crate::fallback::Engine::None => println!(
+            "fallback voice: none (fallback.engine = \"none\": announcements fail when the API can't be reached)"
+        ),
+        crate::fallback::Engine::EspeakNg if crate::fallback::espeak::installed() => {
+            println!("fallback voice: espeak-ng found (voice {}, {} words per minute)", config.fallback.voice, config.fallback.rate)
+        }
+        crate::fallback::Engine::EspeakNg => println!(
+            "fallback voice: warning: espeak-ng is not on PATH (install the espeak-ng package): announcements fail when the API can't be reached"
+        ),
+    }
 }
 
 /// What the daemon learned about the network for the configured endpoint and format, read

@@ -518,4 +518,18 @@ fn chime_choices_and_bad_chimes_get_clear_answers_and_the_daemon_serves_on() {
         "{}",
         d.served.log()
     );
+    // `herald check` says the same before anyone relies on it, and what stands in when the
+    // API can't be reached.
+    let out = d.served.herald(&["check"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("chime: 'ding'") && text.contains("plays, 900 ms"),
+        "{text}"
+    );
+    assert!(
+        text.contains("chime: warning: chime 'broken'")
+            && text.contains("/nonexistent/broken.opus"),
+        "{text}"
+    );
+    assert!(text.contains("fallback voice: espeak-ng found"), "{text}");
 }
