@@ -123,6 +123,18 @@ impl Conn {
         }
     }
 
+    /// Sends `req` and checks that the next reply refuses it with every one of `needles` in
+    /// its reason (the next reply: a request that does not parse has no id to answer under).
+    fn refused(&mut self, req: &Value, needles: &[&str]) {
+        self.send(req.clone());
+        let r = self.reply();
+        assert_eq!(r["event"], "failed", "{req}: {r}");
+        let reason = r["reason"].as_str().unwrap();
+        for n in needles {
+            assert!(reason.contains(n), "{req}: {reason}");
+        }
+    }
+
     /// The terminal reply of job `id` (every reply before it is skipped).
     fn terminal(&mut self, id: &str) -> Value {
         loop {
@@ -338,13 +350,7 @@ fn bad_volumes_and_expiries_are_refused_naming_the_field_and_nothing_else_is_los
             &["preset:", "volume -1"],
         ),
     ] {
-        c.send(req.clone());
-        let r = c.reply();
-        assert_eq!(r["event"], "failed", "{req}: {r}");
-        let reason = r["reason"].as_str().unwrap();
-        for n in needles {
-            assert!(reason.contains(n), "{req}: {reason}");
-        }
+        c.refused(&req, needles);
     }
     c.send(json!({"text": "Still here.", "id": "ok", "volume": 0}));
     let r = c.terminal("ok");
@@ -495,14 +501,7 @@ fn chime_choices_and_bad_chimes_get_clear_answers_and_the_daemon_serves_on() {
         ),
         (json!({"text": "x", "id": "t", "chime": 5}), vec!["chime"]),
     ] {
-        // The next reply: a request that does not parse has no id to answer under.
-        c.send(req.clone());
-        let r = c.reply();
-        assert_eq!(r["event"], "failed", "{req}: {r}");
-        let reason = r["reason"].as_str().unwrap();
-        for n in needles {
-            assert!(reason.contains(n), "{req}: {reason}");
-        }
+        c.refused(&req, &needles);
     }
     let out = d.served.herald(&["say", "--chime", "gong", "x"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
