@@ -152,6 +152,20 @@ pub fn check_name<'a>(
     Err(format!("unknown chime '{name}' ({allowed})"))
 }
 
+/// The chime a request, preset or button asks for (`choice` over `default`), checked
+/// against the configured names (`known`): `None` for no chime.
+pub fn pick<'a, 'k>(
+    choice: Option<&'a ChimeChoice>,
+    default: Option<&'a str>,
+    known: impl Iterator<Item = &'k String>,
+) -> Result<Option<&'a str>, String> {
+    let name = ChimeChoice::resolve(choice, default);
+    if let Some(n) = name {
+        check_name(n, known)?;
+    }
+    Ok(name)
+}
+
 /// Every configured chime, decoded, or why it could not be.
 #[derive(Debug, Clone, Default)]
 pub struct ChimeSet {
@@ -172,6 +186,16 @@ impl ChimeSet {
     /// The chime `name`: `None` if it is not configured, `Some(Err)` if its file is unusable.
     pub fn get(&self, name: &str) -> Option<Result<Arc<Chime>, ChimeError>> {
         self.chimes.get(name).cloned()
+    }
+
+    /// The chime `name` ready to play, or why its job plays without it (its file is
+    /// unusable, or a reload removed it).
+    pub fn playable(&self, name: &str) -> Result<Arc<Chime>, String> {
+        match self.chimes.get(name) {
+            Some(Ok(c)) => Ok(c.clone()),
+            Some(Err(e)) => Err(e.to_string()),
+            None => Err(format!("chime '{name}' is no longer configured")),
+        }
     }
 
     /// Why each unusable chime is unusable.

@@ -426,19 +426,13 @@ fn cli_chimes(config: &Config, v: &VoiceArgs) -> Result<pipeline::ChimePlan> {
                choice: Option<ChimeChoice>,
                default: Option<&str>|
      -> Result<Option<Arc<herald::chimes::Chime>>> {
-        let Some(name) = ChimeChoice::resolve(choice.as_ref(), default) else {
-            return Ok(None);
-        };
-        herald::chimes::check_name(name, config.chimes.keys())
+        let name = herald::chimes::pick(choice.as_ref(), default, config.chimes.keys())
             .map_err(|e| anyhow::anyhow!("--{field}: {e}"))?;
-        match set.get(name) {
-            Some(Ok(c)) => Ok(Some(c)),
-            Some(Err(e)) => {
-                tracing::warn!("{e}; playing without it");
-                Ok(None)
-            }
-            None => Ok(None),
-        }
+        let Some(name) = name else { return Ok(None) };
+        Ok(set
+            .playable(name)
+            .map_err(|e| tracing::warn!("{e}; playing without it"))
+            .ok())
     };
     Ok(pipeline::ChimePlan {
         before: get("chime", before, d.chime.as_deref())?,

@@ -656,20 +656,7 @@ async fn play_chime(
     if let Some(t) = not_before {
         tokio::time::sleep_until(t.into()).await;
     }
-    let f = playout.format();
-    let samples =
-        crate::chimes::to_rate(chime.samples.to_vec(), chime.rate, f.rate, chime.channels)
-            .map_err(|reason| PipelineError::Chime {
-                name: chime.name.clone(),
-                reason,
-            })?;
-    let mut mapped = Vec::new();
-    let samples = if chime.channels == f.channels {
-        samples
-    } else {
-        map_channels(&samples, chime.channels, f.channels, &mut mapped);
-        std::mem::take(&mut mapped)
-    };
+    let samples = chime_for_device(chime, playout.format())?;
     playout.begin_local(Duration::ZERO);
     let pushed = playout.push(&samples).await;
     if let Err(e) = pushed {
@@ -678,6 +665,29 @@ async fn play_chime(
     }
     playout.end();
     Ok(playout.finished().await?.started_at)
+}
+
+/// The chime's samples in the device's rate and channels: as kept in memory (the usual
+/// case: decoded at `audio.rate`), else converted for this device.
+fn chime_for_device(
+    chime: &Chime,
+    f: crate::audio::DeviceFormat,
+) -> Result<std::borrow::Cow<'_, [i16]>, PipelineError> {
+    if chime.rate == f.rate && chime.channels == f.channels {
+        return Ok(std::borrow::Cow::Borrowed(&chime.samples[..]));
+    }
+    let resampled =
+        crate::chimes::to_rate(chime.samples.to_vec(), chime.rate, f.rate, chime.channels)
+            .map_err(|reason| PipelineError::Chime {
+                name: chime.name.clone(),
+                reason,
+            })?;
+    if chime.channels == f.channels {
+        return Ok(resampled.into());
+    }
+    let mut mapped = Vec::new();
+    map_channels(&resampled, chime.channels, f.channels, &mut mapped);
+    Ok(mapped.into())
 }
 
 /// The silence between a chime and the speech: the device is fed silence meanwhile (as

@@ -76,18 +76,9 @@ impl Scheduler {
     /// unusable, or a reload removed it): then it plays without it.
     fn chime_plan(&self, job: &Job) -> (ChimePlan, Option<String>) {
         let mut errors = Vec::new();
-        let mut get = |name: &Option<String>| match name.as_deref().map(|n| (n, self.chimes.get(n)))
-        {
-            None => None,
-            Some((_, Some(Ok(c)))) => Some(c),
-            Some((_, Some(Err(e)))) => {
-                errors.push(e.to_string());
-                None
-            }
-            Some((n, None)) => {
-                errors.push(format!("chime '{n}' is no longer configured"));
-                None
-            }
+        let mut get = |name: &Option<String>| {
+            let chime = self.chimes.playable(name.as_deref()?);
+            chime.map_err(|e| errors.push(e)).ok()
         };
         let plan = ChimePlan {
             before: get(&job.chime),

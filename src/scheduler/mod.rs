@@ -659,12 +659,9 @@ impl Scheduler {
         choice: Option<&ChimeChoice>,
         default: Option<&str>,
     ) -> Result<Option<String>, String> {
-        let Some(name) = ChimeChoice::resolve(choice, default) else {
-            return Ok(None);
-        };
-        crate::chimes::check_name(name, self.cfg.chimes.keys())
-            .map_err(|e| format!("{field}: {e}"))?;
-        Ok(Some(name.to_string()))
+        crate::chimes::pick(choice, default, self.cfg.chimes.keys())
+            .map(|n| n.map(str::to_string))
+            .map_err(|e| format!("{field}: {e}"))
     }
 
     /// The `while_playing` rule of the button that plays preset `name` (default: ignore).
