@@ -6,17 +6,15 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use support::conn::Conn;
 use support::daemon::Served;
 use support::{Capture, FifoClock};
 
 const KEY: &str = "sk-announce-0123456789abcdefSECRET";
-const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 /// About 1.3 s of the emulator's tone (60 ms per character).
 const PHRASE: &str = "Volume check, one two.";
 /// About 2.8 s of tone.
@@ -83,70 +81,6 @@ impl Daemon {
         let mut c = self.conn();
         c.send(json!({"cmd": "status"}));
         c.until("status").pop().unwrap()
-    }
-}
-
-struct Conn {
-    w: UnixStream,
-    r: BufReader<UnixStream>,
-}
-
-impl Conn {
-    fn open(sock: &Path) -> Conn {
-        let w = UnixStream::connect(sock).unwrap();
-        w.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
-        let r = BufReader::new(w.try_clone().unwrap());
-        Conn { w, r }
-    }
-
-    fn send(&mut self, v: Value) {
-        self.w.write_all(format!("{v}\n").as_bytes()).unwrap();
-    }
-
-    fn reply(&mut self) -> Value {
-        let mut line = String::new();
-        let n = self.r.read_line(&mut line).expect("no reply in time");
-        assert!(n > 0, "the daemon closed the connection");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad reply {line:?}: {e}"))
-    }
-
-    /// Replies until one with `event` == `ev`; returns all read.
-    fn until(&mut self, ev: &str) -> Vec<Value> {
-        let mut seen = Vec::new();
-        loop {
-            let r = self.reply();
-            let done = r["event"] == ev;
-            seen.push(r);
-            if done {
-                return seen;
-            }
-        }
-    }
-
-    /// Sends `req` and checks that the next reply refuses it with every one of `needles` in
-    /// its reason (the next reply: a request that does not parse has no id to answer under).
-    fn refused(&mut self, req: &Value, needles: &[&str]) {
-        self.send(req.clone());
-        let r = self.reply();
-        assert_eq!(r["event"], "failed", "{req}: {r}");
-        let reason = r["reason"].as_str().unwrap();
-        for n in needles {
-            assert!(reason.contains(n), "{req}: {reason}");
-        }
-    }
-
-    /// The terminal reply of job `id` (every reply before it is skipped).
-    fn terminal(&mut self, id: &str) -> Value {
-        loop {
-            let r = self.reply();
-            let terminal = matches!(
-                r["event"].as_str(),
-                Some("finished" | "failed" | "cancelled" | "interrupted" | "expired")
-            );
-            if terminal && r["id"] == id {
-                return r;
-            }
-        }
     }
 }
 

@@ -6,7 +6,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -14,12 +14,12 @@ use std::time::{Duration, Instant};
 
 use herald_emulator::EmulatorHandle;
 use serde_json::{json, Value};
+use support::conn::{is_terminal, Conn, REPLY_TIMEOUT};
 use support::daemon::Served;
 use support::{FifoClock, FifoPcm};
 
 const KEY: &str = "sk-daemon-0123456789abcdefSECRET";
 /// Hang guard for any one reply.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 /// About 3 s of audio with the emulator's `tone` (60 ms per character).
 const LONG: &str = "This announcement runs for about three seconds.";
 
@@ -118,74 +118,6 @@ impl Daemon {
 }
 
 /// One client connection, reading JSON replies.
-struct Conn {
-    w: UnixStream,
-    r: BufReader<UnixStream>,
-}
-
-impl Conn {
-    fn open(sock: &Path) -> Conn {
-        let w = UnixStream::connect(sock).unwrap();
-        w.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
-        let r = BufReader::new(w.try_clone().unwrap());
-        Conn { w, r }
-    }
-
-    fn send_raw(&mut self, bytes: &[u8]) {
-        self.w.write_all(bytes).unwrap();
-    }
-
-    fn send(&mut self, v: Value) {
-        self.send_raw(format!("{v}\n").as_bytes());
-    }
-
-    fn speak(&mut self, id: &str, text: &str, priority: &str) {
-        self.send(json!({"cmd": "speak", "text": text, "id": id, "priority": priority}));
-    }
-
-    /// The next reply (panics on timeout or EOF: a hang guard).
-    fn reply(&mut self) -> Value {
-        let mut line = String::new();
-        let n = self.r.read_line(&mut line).expect("no reply in time");
-        assert!(n > 0, "the daemon closed the connection");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad reply {line:?}: {e}"))
-    }
-
-    /// Replies until one with `event` == `ev` arrives; returns all read.
-    fn until(&mut self, ev: &str) -> Vec<Value> {
-        let mut seen = Vec::new();
-        loop {
-            let r = self.reply();
-            let done = r["event"] == ev;
-            seen.push(r);
-            if done {
-                return seen;
-            }
-        }
-    }
-
-    /// Replies until `n` terminal replies for jobs arrived; returns all read.
-    fn terminals(&mut self, n: usize) -> Vec<Value> {
-        let mut seen = Vec::new();
-        let mut count = 0;
-        while count < n {
-            let r = self.reply();
-            if is_terminal(&r) {
-                count += 1;
-            }
-            seen.push(r);
-        }
-        seen
-    }
-}
-
-fn is_terminal(r: &Value) -> bool {
-    matches!(
-        r["event"].as_str(),
-        Some("finished" | "failed" | "cancelled" | "interrupted")
-    )
-}
-
 /// (id, event) of the terminal replies, in order.
 fn ends(replies: &[Value]) -> Vec<(String, String)> {
     replies

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod alsa_env;
+pub mod conn;
 pub mod daemon;
 pub mod emulator;
 pub mod fifo_clock;
