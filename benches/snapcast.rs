@@ -86,22 +86,7 @@ fn main() {
         server.source_port
     );
     let served = Served::start(dir, sock, &config, KEY, &[], Duration::from_secs(20));
-    let wav = served.dir.path().join("reference.wav");
-    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .arg("--config")
-        .arg(&served.config)
-        .args(["speak", "--out"])
-        .arg(&wav)
-        .arg(TEXT)
-        .env("OPENAI_API_KEY", KEY)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let (_, reference) = support::reference::read_wav(&wav);
+    let reference = served.render(KEY, TEXT, &[]);
 
     let pid = served.child.id();
     let cpu0 = cpu_seconds(pid);

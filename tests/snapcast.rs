@@ -12,7 +12,6 @@ mod support;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -80,25 +79,8 @@ fn reference(served: &Served, text: &str) -> Vec<i16> {
 
 /// [`reference`] with more `herald speak` options (e.g. `--volume 50`).
 fn reference_with(served: &Served, text: &str, options: &[&str]) -> Vec<i16> {
-    let wav = served.dir.path().join("reference.wav");
-    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .arg("--config")
-        .arg(&served.config)
-        .args(["speak", "--no-chime", "--out"])
-        .arg(&wav)
-        .args(options)
-        .arg(text)
-        .env("OPENAI_API_KEY", KEY)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let (spec, samples) = support::reference::read_wav(&wav);
-    assert_eq!((spec.channels, spec.sample_rate), (1, 48_000));
-    samples
+    let options: Vec<&str> = ["--no-chime"].iter().chain(options).copied().collect();
+    served.render(KEY, text, &options)
 }
 
 fn emulator_requests(scenario: &str) -> u64 {

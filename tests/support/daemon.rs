@@ -115,6 +115,30 @@ impl Served {
             .unwrap()
     }
 
+    /// What `herald speak --out` (with `key`, this daemon's config and `options`) makes of
+    /// `text`, 48 kHz mono: the reference a device's capture must match sample for sample.
+    pub fn render(&self, key: &str, text: &str, options: &[&str]) -> Vec<i16> {
+        let wav = self.dir.path().join("reference.wav");
+        let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .arg("--config")
+            .arg(&self.config)
+            .args(["speak", "--out"])
+            .arg(&wav)
+            .args(options)
+            .arg(text)
+            .env("OPENAI_API_KEY", key)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (spec, samples) = super::reference::read_wav(&wav);
+        assert_eq!((spec.channels, spec.sample_rate), (1, 48_000));
+        samples
+    }
+
     /// Waits until the log contains `needle`; panics with the log after `timeout`.
     pub fn wait_log(&self, needle: &str, timeout: Duration) {
         let until = Instant::now() + timeout;
