@@ -536,25 +536,12 @@ pub async fn speak(
     .await
 }
 
-/// [`speak`]; and when the API can't be had, `fallback` (if any) speaks the text from the
-/// segment that failed on, through the same playout. Audio of that segment already played
-/// stays played: the local voice starts the segment again (docs/FALLBACK.md).
-pub async fn speak_with_fallback(
-    source: Arc<dyn SpeechSource>,
-    fallback: Option<&dyn LocalVoice>,
-    playout: &mut Playout,
-    text: &str,
-    voice: &Voice,
-    limits: Limits,
-) -> Result<SpeakReport, PipelineError> {
-    let none = ChimePlan::default();
-    announce(source, fallback, playout, text, voice, limits, &none).await
-}
-
-/// [`speak`] with chimes: the speech is asked for at once and the chime plays while it
-/// comes, so the chime hides the fetch instead of adding to it; the speech follows the
-/// chime after `gap` if it is ready, else as soon as the start rule allows. With a
-/// `fallback`, as in [`speak_with_fallback`].
+/// [`speak`] with chimes and a local voice. The speech is asked for at once and the chime
+/// plays while it comes, so the chime hides the fetch instead of adding to it; the speech
+/// follows the chime after `gap` if it is ready, else as soon as the start rule allows.
+/// When the API can't be had, `fallback` (if any) speaks the text from the segment that
+/// failed on, through the same playout; audio of that segment already played stays played:
+/// the local voice starts the segment again (docs/FALLBACK.md).
 pub async fn announce(
     source: Arc<dyn SpeechSource>,
     fallback: Option<&dyn LocalVoice>,
