@@ -83,6 +83,9 @@ struct ClockedSink {
     fail_on_write: Option<usize>,
     /// The audio thread's allocation count when the previous sink call returned.
     allocs_after_last_call: Option<u64>,
+    /// Report the queue as ALSA's delay does (false: always 0, as the `null` slave under
+    /// alsa-lib's file plugin and some USB/Bluetooth bridges report).
+    reports_delay: bool,
 }
 
 impl ClockedSink {
@@ -105,6 +108,7 @@ impl ClockedSink {
             writes: 0,
             fail_on_write: None,
             allocs_after_last_call: None,
+            reports_delay: true,
         };
         (sink, rec)
     }
@@ -201,6 +205,9 @@ impl Sink for ClockedSink {
     }
 
     fn queued_frames(&mut self) -> Option<u64> {
+        if !self.reports_delay {
+            return Some(0);
+        }
         let (start, written) = self.running?;
         Some(written.saturating_sub(Self::played(start, Instant::now())))
     }
@@ -452,8 +459,20 @@ async fn stream_pause_gives_one_faded_stall_with_silence_between() {
 /// burst comes long before the device would run out, so nothing may be inserted.
 #[tokio::test]
 async fn ring_running_short_while_the_device_still_plays_is_not_a_stall() {
+    ring_short_while_the_device_plays(true).await
+}
+
+/// The same with a device that reports no delay at all: the wall clock still shows what it
+/// cannot have played yet, so nothing may be inserted either.
+#[tokio::test]
+async fn a_device_that_reports_no_delay_is_not_taken_for_empty() {
+    ring_short_while_the_device_plays(false).await
+}
+
+async fn ring_short_while_the_device_plays(reports_delay: bool) {
     guarded(async {
-        let (sink, rec) = ClockedSink::with_buffer(1, 40 * PERIOD);
+        let (mut sink, rec) = ClockedSink::with_buffer(1, 40 * PERIOD);
+        sink.reports_delay = reports_delay;
         let cfg = PlayoutConfig {
             min_prebuffer_ms: 50,
             jitter_reserve_ms: 0,

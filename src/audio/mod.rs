@@ -3,6 +3,7 @@
 
 pub mod alsa;
 pub mod channels;
+pub mod clock;
 pub mod playout;
 pub mod policy;
 pub mod snapcast;

@@ -12,6 +12,7 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use super::clock::WallClock;
 use super::{DeviceFormat, Sink, SinkError, SinkOpener, SinkRequest};
 
 /// How long opening waits for snapserver to accept the connection.
@@ -71,29 +72,6 @@ impl SinkOpener for SnapcastOpener {
     }
 }
 
-/// The real-time clock of what has been sent: started by the first write after a drain
-/// (or after running dry), like a DAC starting on its first period.
-#[derive(Debug, Default)]
-struct Clock {
-    since: Option<Instant>,
-    written: u64,
-}
-
-impl Clock {
-    /// Frames the rooms' clock has reached since `since`.
-    fn played(&self, now: Instant, rate: u32) -> u64 {
-        self.since.map_or(0, |s| {
-            (now.saturating_duration_since(s).as_secs_f64() * f64::from(rate)) as u64
-        })
-    }
-
-    /// When the frame at `frames` from the start is due.
-    fn at(&self, frames: u64, rate: u32) -> Option<Instant> {
-        self.since
-            .map(|s| s + Duration::from_secs_f64(frames as f64 / f64::from(rate)))
-    }
-}
-
 /// A connection to a snapserver tcp source, writing 16-bit little-endian interleaved PCM.
 pub struct SnapcastSink {
     stream: TcpStream,
@@ -102,7 +80,9 @@ pub struct SnapcastSink {
     format: DeviceFormat,
     /// Frames the sink may be ahead of its clock (the "device buffer" on this side).
     ahead: u64,
-    clock: Clock,
+    /// What has been sent against real time: started by the first write after a drain
+    /// (or after running dry), like a DAC starting on its first period.
+    clock: WallClock,
     /// One period as bytes; allocated once, so a write never allocates.
     bytes: Vec<u8>,
     /// The last call was a drain: the clock may run past what was sent without an underrun.
@@ -152,7 +132,7 @@ impl SnapcastSink {
                 buffer_frames: usize::try_from(ahead + latency_frames).unwrap_or(usize::MAX),
             },
             ahead,
-            clock: Clock::default(),
+            clock: WallClock::default(),
             bytes: vec![0; period * usize::from(target.channels) * 2],
             drained: false,
             xruns: 0,
@@ -175,23 +155,17 @@ impl SnapcastSink {
     fn pace(&mut self, frames: u64) {
         let rate = self.format.rate;
         let now = Instant::now();
-        if self.clock.since.is_none() || self.clock.played(now, rate) > self.clock.written {
-            if self.clock.since.is_some() && !self.drained {
-                self.xruns += 1;
-            }
-            self.clock = Clock {
-                since: Some(now),
-                written: 0,
-            };
+        if self.clock.start_if_dry(now, rate) && !self.drained {
+            self.xruns += 1;
         }
-        let limit = (self.clock.written + frames).saturating_sub(self.ahead);
+        let limit = (self.clock.written() + frames).saturating_sub(self.ahead);
         if let Some(due) = self.clock.at(limit, rate) {
             let wait = due.saturating_duration_since(Instant::now());
             if !wait.is_zero() {
                 thread::sleep(wait);
             }
         }
-        self.clock.written += frames;
+        self.clock.add(frames);
         self.drained = false;
     }
 
@@ -239,7 +213,7 @@ impl Sink for SnapcastSink {
     /// reach the rooms with a dropout.
     fn drain(&mut self) -> Result<(), SinkError> {
         let rate = self.format.rate;
-        let Some(audio_end) = self.clock.at(self.clock.written, rate) else {
+        let Some(audio_end) = self.clock.at(self.clock.written(), rate) else {
             return Ok(());
         };
         let end = audio_end + self.target.latency + FINISH_MARGIN;
@@ -248,7 +222,7 @@ impl Sink for SnapcastSink {
         let period = self.format.period_frames as u64;
         while self
             .clock
-            .at(self.clock.written, rate)
+            .at(self.clock.written(), rate)
             .is_some_and(|t| t < silence_end)
         {
             self.send(period)?;
@@ -270,8 +244,7 @@ impl Sink for SnapcastSink {
     /// What is sent but not yet due on the clock: when this runs short, snapserver's next
     /// read comes up empty.
     fn queued_frames(&mut self) -> Option<u64> {
-        let played = self.clock.played(Instant::now(), self.format.rate);
-        Some(self.clock.written.saturating_sub(played))
+        Some(self.clock.ahead(Instant::now(), self.format.rate))
     }
 }
 

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use rtrb::{Consumer, Producer};
 
+use super::clock::WallClock;
 use super::stretch::Stretcher;
 use super::{DeviceFormat, Sink, SinkError};
 
@@ -214,8 +215,7 @@ struct LeadIn {
 /// clocking us, and we wait instead.
 #[derive(Debug, Default)]
 struct Pace {
-    since: Option<Instant>,
-    written: u64,
+    clock: WallClock,
 }
 
 impl Pace {
@@ -223,16 +223,17 @@ impl Pace {
     /// ahead of the wall clock (`None`: write now).
     fn wait_before(&mut self, frames: u64, limit: u64, rate: u32) -> Option<Duration> {
         let now = Instant::now();
-        let since = *self.since.get_or_insert(now);
-        let played = (now.saturating_duration_since(since).as_secs_f64() * f64::from(rate)) as u64;
-        if played > self.written {
+        if self.clock.start_if_dry(now, rate) {
             // Ran dry or sat idle: the device's clock starts again with this write.
-            self.since = Some(now);
-            self.written = 0;
             return None;
         }
-        let ahead = self.written + frames - played;
+        let ahead = self.clock.ahead(now, rate) + frames;
         (ahead > limit).then(|| Duration::from_secs_f64((ahead - limit) as f64 / f64::from(rate)))
+    }
+
+    /// Counts `frames` of silence written.
+    fn wrote(&mut self, frames: u64) {
+        self.clock.add(frames);
     }
 }
 
@@ -262,6 +263,9 @@ pub(super) struct AudioThread {
     fade_in: Option<usize>,
     lead: LeadIn,
     pace: Pace,
+    /// Every period written since the device last started: what it holds at least, for
+    /// devices whose delay leaves part of their queue out (`queued`).
+    device_clock: WallClock,
     buffer_frames: u64,
     /// Device queue (frames) at or below which a short ring means a stall: a period plus
     /// `DRY_MARGIN`.
@@ -321,6 +325,7 @@ impl AudioThread {
             fade_in: None,
             lead: LeadIn::default(),
             pace: Pace::default(),
+            device_clock: WallClock::default(),
             buffer_frames: format.buffer_frames as u64,
             dry_threshold: format.period_frames as u64
                 + (DRY_MARGIN.as_secs_f64() * f64::from(format.rate)) as u64,
@@ -597,10 +602,24 @@ impl AudioThread {
     /// How long to wait for data before the device gets close to running out (`None`:
     /// it is that close already, or cannot say how much it holds). A push unparks earlier.
     fn device_still_busy(&mut self) -> Option<Duration> {
-        let queued = self.sink.queued_frames()?.min(self.buffer_frames);
+        let queued = self.queued();
         (queued > self.dry_threshold).then(|| {
             Duration::from_secs_f64((queued - self.dry_threshold) as f64 / f64::from(self.rate))
         })
+    }
+
+    /// Frames the device still holds, at least: the more of what it reports (ALSA's delay,
+    /// at most its buffer) and what the wall clock says it cannot have played yet. The
+    /// second covers devices whose delay leaves a queue out — a FIFO behind alsa-lib's file
+    /// plugin, USB and Bluetooth bridges that report only their own buffer — so a short
+    /// ring there waits for data instead of inserting silence ahead of audio still playing.
+    fn queued(&mut self) -> u64 {
+        let reported = self
+            .sink
+            .queued_frames()
+            .unwrap_or(0)
+            .min(self.buffer_frames);
+        reported.max(self.device_clock.ahead(Instant::now(), self.rate))
     }
 
     /// The start policy's test, for starting and for resuming after a stall: the target is
@@ -636,7 +655,7 @@ impl AudioThread {
         while let Some(wait) = self.pace.wait_before(frames, limit, self.rate) {
             thread::park_timeout(wait);
         }
-        self.pace.written += frames;
+        self.pace.wrote(frames);
         self.buf.fill(0);
         self.device_write(self.period)?;
         self.stall_frames_now += self.period as u64;
@@ -711,6 +730,8 @@ impl AudioThread {
         } else {
             audio * self.channels
         };
+        self.device_clock.start_if_dry(Instant::now(), self.rate);
+        self.device_clock.add((samples / self.channels) as u64);
         self.shared.stamp_device_call();
         let r = self.sink.write(&self.buf[..samples]);
         self.shared.clear_device_call();
@@ -722,6 +743,7 @@ impl AudioThread {
         self.shared.stamp_device_call();
         let r = self.sink.drain();
         self.shared.clear_device_call();
+        self.device_clock.stop();
         r
     }
 
@@ -830,7 +852,8 @@ impl AudioThread {
 
     /// Warm start: playback is less far behind the first audio than the plan's target
     /// (so slowed playback should gain the rest). Played position = what left the ring,
-    /// less what waits in the stretcher and a full device buffer.
+    /// less what waits in the stretcher and a full device buffer (or more, where the wall
+    /// clock shows the device holds more than its buffer).
     fn behind_plan(&self) -> bool {
         let target = self.shared.delay_target_ns.load(Ordering::Acquire);
         let first = self.shared.first_at_ns.load(Ordering::Acquire);
@@ -838,7 +861,10 @@ impl AudioThread {
             return false;
         }
         let consumed = self.consumed.saturating_sub(self.utt_start);
-        let queued = self.stretched_ready() as u64 + self.buffer_frames;
+        let device = self
+            .buffer_frames
+            .max(self.device_clock.ahead(Instant::now(), self.rate));
+        let queued = self.stretched_ready() as u64 + device;
         let played = consumed.saturating_sub(queued);
         let played_ns = played.saturating_mul(1_000_000_000) / u64::from(self.rate.max(1));
         let delay = self
