@@ -99,6 +99,18 @@ fn field(summary: &str, before: &str, after: &str) -> Option<f64> {
     rest[..rest.find(after)?].trim().parse().ok()
 }
 
+/// The device herald plays into: the FIFO behind the `file` PCM, which reports no delay and
+/// holds up to an ALSA buffer back from the pipe (the DESIGN rig), or with `DAC=delay` the
+/// same FIFO through the test plugin, which reports the pipe's fill as its delay and holds
+/// nothing back, as a sound card does.
+fn dac_pcm(fifo: &support::FifoPcm) -> &str {
+    if std::env::var("DAC").is_ok_and(|v| v == "delay") {
+        &fifo.delay_pcm
+    } else {
+        &fifo.pcm
+    }
+}
+
 fn speak(base: &str, format: &str, config: &std::path::Path, fifo: &support::FifoPcm) -> Run {
     speak_with(base, format, config, fifo, &[])
 }
@@ -122,7 +134,7 @@ fn speak_with(
         "--api-base",
         base,
         "--device",
-        &fifo.pcm,
+        dac_pcm(fifo),
         "--format",
         format,
         TEXT,

@@ -8,7 +8,8 @@
 //! each announcement can be found in what the rooms played). For N announcements in a row
 //! it prints request → first sample in each room, the onset spread between the rooms, and
 //! herald's CPU while streaming. `VERBOSE=1` prints every announcement's spread and each
-//! room's gaps; `PAUSE_MS=N` waits N ms between announcements (default: back to back).
+//! room's gaps; `PAUSE_MS=N` waits N ms between announcements (default: back to back);
+//! `DAC=nodelay` plays into FIFO devices that report no delay (default: ones that do).
 //! Results and the command are in docs/BENCHMARKS.md.
 
 #[path = "../tests/support/mod.rs"]
@@ -20,7 +21,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::daemon::Served;
-use support::snapcast::{at, channels, frame_at, locate, Room, SnapServer, Streams};
+use support::snapcast::{at, channels, frame_at, locate, Dac, Room, SnapServer, Streams};
 
 const KEY: &str = "sk-bench-snapcast-0123456789";
 const TEXT: &str = "The bus is here, the bus is here.";
@@ -72,7 +73,15 @@ fn main() {
         return;
     }
     let server = SnapServer::with(Streams::Announcements, "flac", 1000);
-    let rooms = [Room::start(&server, 0), Room::start(&server, 1)];
+    let dac = if std::env::var("DAC").is_ok_and(|v| v == "nodelay") {
+        Dac::NoDelay
+    } else {
+        Dac::ReportsDelay
+    };
+    let rooms = [
+        Room::start_on(&server, 0, dac),
+        Room::start_on(&server, 1, dac),
+    ];
     server.wait_clients(2);
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("herald.sock");
@@ -137,7 +146,7 @@ fn main() {
             eprintln!("spread {:.0} µs", d.as_secs_f64() * 1e6);
         }
     }
-    println!("house-wide announcements: {n}, snapserver buffer 1000 ms (flac), lead-in 600 ms, emulator TTFB 300 ms");
+    println!("house-wide announcements: {n}, snapserver buffer 1000 ms (flac), lead-in 600 ms, emulator TTFB 300 ms, rooms' DAC {dac:?}");
     for (r, v) in first.iter().enumerate() {
         println!(
             "  room {r}: request → first sample  p50 {:.0} ms  p90 {:.0} ms  max {:.0} ms",

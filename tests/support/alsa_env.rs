@@ -19,7 +19,8 @@
 //! | `herald_reject_period` | a driver that advertises 1920-byte periods but fails `hw_params` with them |
 //! | `herald_reject_small_periods` | a driver that fails `hw_params` for any period up to 8192 bytes |
 //! | `herald_xrun` | a device that underruns every 4800 frames (recovery must keep going) |
-//! | `herald_fifo0..7` | a real-time device: raw frames into a FIFO read by a [`super::FifoClock`] |
+//! | `herald_fifo0..7` | a real-time device: raw frames into a FIFO read by a [`super::FifoClock`]; like many simple drivers it reports no delay (`null` under the `file` plugin) |
+//! | `herald_fifo0..7_delay` | the same FIFO through the test plugin, reporting the pipe's fill as its delay, as a sound card reports its buffer |
 
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
@@ -46,6 +47,8 @@ pub struct FifoPcm {
     pub pcm: String,
     /// The FIFO the PCM writes raw frames into.
     pub path: PathBuf,
+    /// The same FIFO as a device that reports its delay, e.g. `herald_fifo3_delay`.
+    pub delay_pcm: String,
 }
 
 static ENV: OnceLock<AlsaTestEnv> = OnceLock::new();
@@ -67,6 +70,7 @@ pub fn claim_fifo() -> FifoPcm {
     FifoPcm {
         pcm: format!("herald_fifo{index}"),
         path: env.fifos[index].clone(),
+        delay_pcm: format!("herald_fifo{index}_delay"),
     }
 }
 
@@ -214,6 +218,11 @@ fn conf_text(plugin: &Path, fifos: &[PathBuf], s32_capture: &Path) -> String {
             "pcm.herald_fifo{i} {{ type file slave.pcm \"null\" file \"{}\" format \"raw\" {} }}\n",
             f.display(),
             hint("herald test: real-time FIFO")
+        );
+        s += &format!(
+            "pcm.herald_fifo{i}_delay {{ type herald_test fifo \"{}\" channels_min 1 channels_max 2 {} }}\n",
+            f.display(),
+            hint("herald test: real-time FIFO that reports its delay")
         );
     }
     s

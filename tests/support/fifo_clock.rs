@@ -83,6 +83,13 @@ impl FifoClock {
     /// Opens the read end of `path` (before the writer opens it) and starts reading at
     /// `rate` frames/s of `channels` S16 samples.
     pub fn start(path: &Path, rate: u32, channels: u16) -> FifoClock {
+        Self::start_with_tick(path, rate, channels, TICK)
+    }
+
+    /// [`FifoClock::start`] reading every `tick`. A device that reports its delay is only
+    /// as exact as its pointer: the pipe's fill is up to one tick short of what is still to
+    /// be heard, so a sync test reads often (a sound card's pointer moves in ~1 ms steps).
+    pub fn start_with_tick(path: &Path, rate: u32, channels: u16, tick: Duration) -> FifoClock {
         let c = CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
         // SAFETY: c is a valid path; the returned fd is checked and owned below.
         let raw = unsafe {
@@ -117,7 +124,7 @@ impl FifoClock {
         let s = Arc::clone(&shared);
         let handle = std::thread::Builder::new()
             .name("fifo-clock".into())
-            .spawn(move || run(fd, rate, channels, pipe_capacity, &s))
+            .spawn(move || run(fd, rate, channels, tick, pipe_capacity, &s))
             .unwrap();
         FifoClock {
             shared,
@@ -203,9 +210,16 @@ fn read_some(fd: &OwnedFd, buf: &mut [u8]) -> Read {
     }
 }
 
-fn run(fd: OwnedFd, rate: u32, channels: u16, pipe_capacity: usize, shared: &Shared) -> Capture {
+fn run(
+    fd: OwnedFd,
+    rate: u32,
+    channels: u16,
+    tick: Duration,
+    pipe_capacity: usize,
+    shared: &Shared,
+) -> Capture {
     let bpf = 2 * u64::from(channels.max(1)); // bytes per frame
-    let tick_frames = u64::from(rate) * TICK.as_micros() as u64 / 1_000_000;
+    let tick_frames = u64::from(rate) * tick.as_micros() as u64 / 1_000_000;
     let mut raw: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut cap = Capture {
@@ -232,10 +246,10 @@ fn run(fd: OwnedFd, rate: u32, channels: u16, pipe_capacity: usize, shared: &Sha
         if next > now {
             std::thread::sleep(next - now);
         }
-        next += TICK;
+        next += tick;
         let now = Instant::now();
         if next < now {
-            next = now + TICK;
+            next = now + tick;
         }
 
         if let Some((asked, idle)) = *shared.finish.lock().unwrap() {

@@ -14,9 +14,17 @@
  *   reject_period_bytes_max N  advertise them, but fail hw_params for periods of <= N bytes
  *   open_errno N         fail every open with -N (e.g. 16 = EBUSY: a device another program holds)
  *   xrun_after_frames N  report an underrun (-EPIPE) once N frames were played since prepare
+ *   fifo "PATH"          a real-time "DAC" whose buffer is the FIFO's pipe: frames go straight
+ *                        into the FIFO (a write blocks while the pipe is full, so the reader's
+ *                        clock paces the writer), the hardware pointer is what the reader has
+ *                        taken, and so snd_pcm_delay reports the frames still in the pipe, as a
+ *                        sound card reports what is in its buffer. (The `file` PCM over `null`
+ *                        writes the same FIFO but reports no delay and holds up to a buffer back.)
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/ioctl.h>
+#include <time.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,7 +39,19 @@ typedef struct {
 	long reject_period_bytes_max;
 	long xrun_after_frames;
 	int xrun_fired;
+	int fifo_fd;		/* -1 unless `fifo` is set; then also the poll fd */
+	unsigned int frame_bytes;
+	snd_pcm_uframes_t written;	/* frames put into the FIFO since prepare */
 } herald_test_t;
+
+/* Bytes waiting in the FIFO's pipe (FIONREAD works on either end of a Linux pipe). */
+static int ht_fifo_fill(herald_test_t *t)
+{
+	int n = 0;
+	if (ioctl(t->fifo_fd, FIONREAD, &n) < 0)
+		return -errno;
+	return n;
+}
 
 static int ht_close(snd_pcm_ioplug_t *io)
 {
@@ -49,13 +69,26 @@ static int ht_prepare(snd_pcm_ioplug_t *io)
 	herald_test_t *t = io->private_data;
 	t->hw_ptr = 0;
 	t->xrun_fired = 0;
+	t->written = 0;
 	return 0;
 }
 
-/* Everything written is consumed at once: the hardware pointer follows the application. */
+/* Everything written is consumed at once: the hardware pointer follows the application.
+ * With a FIFO, the pointer is what the reader has taken: written less what is in the pipe. */
 static snd_pcm_sframes_t ht_pointer(snd_pcm_ioplug_t *io)
 {
 	herald_test_t *t = io->private_data;
+	if (t->fifo_fd >= 0) {
+		int fill = ht_fifo_fill(t);
+		snd_pcm_uframes_t queued;
+		if (fill < 0)
+			return fill;
+		queued = t->frame_bytes ? (snd_pcm_uframes_t)fill / t->frame_bytes : 0;
+		/* Bytes a previous writer left in the pipe are not ours. */
+		if (queued > t->written)
+			queued = t->written;
+		return (t->written - queued) % io->buffer_size;
+	}
 	if (t->xrun_after_frames > 0 && !t->xrun_fired &&
 	    t->hw_ptr >= (snd_pcm_uframes_t)t->xrun_after_frames) {
 		t->xrun_fired = 1;
@@ -68,10 +101,37 @@ static snd_pcm_sframes_t ht_transfer(snd_pcm_ioplug_t *io, const snd_pcm_channel
 				     snd_pcm_uframes_t offset, snd_pcm_uframes_t size)
 {
 	herald_test_t *t = io->private_data;
-	(void)areas;
-	(void)offset;
+	if (t->fifo_fd >= 0) {
+		/* Interleaved: the frames are contiguous from the first channel's address. */
+		const char *p = (const char *)areas[0].addr + (areas[0].first + offset * areas[0].step) / 8;
+		size_t left = size * t->frame_bytes;
+		while (left > 0) {
+			ssize_t n = write(t->fifo_fd, p, left);
+			if (n < 0 && errno == EINTR)
+				continue;
+			if (n < 0)
+				return -EIO; /* the reader went away */
+			p += n;
+			left -= (size_t)n;
+		}
+		t->written += size;
+		return size;
+	}
 	t->hw_ptr += size;
 	return size;
+}
+
+/* Draining waits, as a sound card does, until the pipe has been read empty (at most 2 s). */
+static int ht_drain(snd_pcm_ioplug_t *io)
+{
+	herald_test_t *t = io->private_data;
+	struct timespec tick = { 0, 2000000 };
+	int i;
+	if (t->fifo_fd < 0)
+		return 0;
+	for (i = 0; i < 1000 && ht_fifo_fill(t) > 0; i++)
+		nanosleep(&tick, NULL);
+	return 0;
 }
 
 static int ht_hw_params(snd_pcm_ioplug_t *io, snd_pcm_hw_params_t *params)
@@ -86,7 +146,8 @@ static int ht_hw_params(snd_pcm_ioplug_t *io, snd_pcm_hw_params_t *params)
 	    snd_pcm_hw_params_get_format(params, &format) < 0 ||
 	    snd_pcm_hw_params_get_channels(params, &channels) < 0)
 		return -EINVAL;
-	bytes = (long)period * channels * snd_pcm_format_physical_width(format) / 8;
+	t->frame_bytes = channels * (unsigned int)snd_pcm_format_physical_width(format) / 8;
+	bytes = (long)period * t->frame_bytes;
 	if (t->reject_period_bytes > 0 && bytes == t->reject_period_bytes)
 		return -EINVAL;
 	if (bytes <= t->reject_period_bytes_max)
@@ -102,6 +163,7 @@ static const snd_pcm_ioplug_callback_t ht_callback = {
 	.close = ht_close,
 	.prepare = ht_prepare,
 	.hw_params = ht_hw_params,
+	.drain = ht_drain,
 };
 
 SND_PCM_PLUGIN_DEFINE_FUNC(herald_test)
@@ -109,6 +171,7 @@ SND_PCM_PLUGIN_DEFINE_FUNC(herald_test)
 	snd_config_iterator_t i, next;
 	long rate = 0, cmin = 1, cmax = 8, period_bytes = 0, reject = 0, reject_max = 0, xrun = 0, open_errno = 0;
 	const char *fmt = "S16_LE";
+	const char *fifo = NULL;
 	snd_pcm_format_t format;
 	herald_test_t *t;
 	int err;
@@ -125,6 +188,13 @@ SND_PCM_PLUGIN_DEFINE_FUNC(herald_test)
 		if (!strcmp(id, "format")) {
 			if (snd_config_get_string(n, &fmt) < 0) {
 				SNDERR("format must be a string");
+				return -EINVAL;
+			}
+			continue;
+		}
+		if (!strcmp(id, "fifo")) {
+			if (snd_config_get_string(n, &fifo) < 0) {
+				SNDERR("fifo must be a string");
 				return -EINVAL;
 			}
 			continue;
@@ -158,13 +228,29 @@ SND_PCM_PLUGIN_DEFINE_FUNC(herald_test)
 	t->reject_period_bytes = reject;
 	t->reject_period_bytes_max = reject_max;
 	t->xrun_after_frames = xrun;
+	t->fifo_fd = -1;
+	if (fifo) {
+		/* Non-blocking open fails (ENXIO) instead of hanging when no reader is there. */
+		int fl;
+		t->fifo_fd = open(fifo, O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+		if (t->fifo_fd < 0 || (fl = fcntl(t->fifo_fd, F_GETFL)) < 0 ||
+		    fcntl(t->fifo_fd, F_SETFL, fl & ~O_NONBLOCK) < 0) {
+			err = -errno;
+			SNDERR("cannot open the FIFO %s for writing", fifo);
+			if (t->fifo_fd >= 0)
+				close(t->fifo_fd);
+			free(t);
+			return err;
+		}
+	}
 	t->io.version = SND_PCM_IOPLUG_VERSION;
 	t->io.name = "herald test PCM";
 	t->io.mmap_rw = 0;
 	t->io.callback = &ht_callback;
 	t->io.private_data = t;
-	/* /dev/null is always writable, so waiting for room never blocks (room is always there). */
-	t->io.poll_fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
+	/* /dev/null is always writable, so waiting for room never blocks (room is always there).
+	 * A FIFO is writable once the reader has freed a page of its pipe. */
+	t->io.poll_fd = t->fifo_fd >= 0 ? t->fifo_fd : open("/dev/null", O_WRONLY | O_CLOEXEC);
 	t->io.poll_events = POLLOUT;
 	if (t->io.poll_fd < 0) {
 		err = -errno;

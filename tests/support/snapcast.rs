@@ -17,12 +17,29 @@ use super::{Capture, FifoClock};
 /// test binary stays quick; the mechanism is the same.
 pub const TEST_BUFFER_MS: u32 = 400;
 
-/// How far behind snapclient's idea of "now playing" this rig's "DAC" hears a sample: the
-/// FIFO PCM's `null` slave reports no delay (`snd_pcm_delay` 0), while the file plugin holds
-/// one ALSA buffer (snapclient's default 80 ms) and the pipe 8192 bytes (2048 stereo frames,
-/// 42.7 ms), less the clock's 10 ms read-ahead. A real DAC reports its delay; for one that
-/// does not, snapclient's `--latency` is the documented fix, and it is used the same way here.
+/// How far behind snapclient's idea of "now playing" the [`Dac::NoDelay`] rig's "DAC" hears
+/// a sample: the `null` slave under the `file` plugin reports no delay (`snd_pcm_delay` 0),
+/// while the file plugin holds one ALSA buffer (snapclient's default 80 ms) and the pipe
+/// 8192 bytes (2048 stereo frames, 42.7 ms), less the clock's 10 ms read-ahead. For a DAC
+/// that does not report its delay, snapclient's `--latency` is the documented fix, and it is
+/// used the same way here. How much the file plugin holds varies by up to a period, so this
+/// rig cannot keep rooms within a few ms.
 pub const RIG_LATENCY_MS: u32 = 113;
+
+/// How often a room's clock reads its FIFO when the device reports its delay: the pipe's
+/// fill is up to one tick short of what is still to be heard (a sound card's pointer moves
+/// in steps of about a millisecond).
+pub const DELAY_TICK: Duration = Duration::from_millis(1);
+
+/// The kind of "DAC" a room plays into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dac {
+    /// Reports what it holds as its delay, as a sound card does: the test plugin writing
+    /// into the FIFO, its pipe's fill reported by `snd_pcm_delay`.
+    ReportsDelay,
+    /// The `file` PCM over `null`: reports no delay, made up for with `--latency`.
+    NoDelay,
+}
 
 pub fn have(bin: &str) -> bool {
     Command::new(bin)
@@ -228,10 +245,27 @@ pub struct Room {
 }
 
 impl Room {
+    /// A room on a device that reports its delay ([`Dac::ReportsDelay`]).
     pub fn start(server: &SnapServer, n: usize) -> Room {
+        Room::start_on(server, n, Dac::ReportsDelay)
+    }
+
+    /// A room playing into `dac`.
+    pub fn start_on(server: &SnapServer, n: usize, dac: Dac) -> Room {
         let fifo = super::claim_fifo();
-        // The reader first: the file PCM opens the FIFO for writing when snapclient opens it.
-        let clock = FifoClock::start(&fifo.path, 48_000, 2);
+        // The reader first: the PCM opens the FIFO for writing when snapclient opens it.
+        let (clock, pcm, latency_ms) = match dac {
+            Dac::ReportsDelay => (
+                FifoClock::start_with_tick(&fifo.path, 48_000, 2, DELAY_TICK),
+                fifo.delay_pcm,
+                0,
+            ),
+            Dac::NoDelay => (
+                FifoClock::start(&fifo.path, 48_000, 2),
+                fifo.pcm,
+                RIG_LATENCY_MS,
+            ),
+        };
         let (var, value) = super::alsa_env().env_var();
         let log = server.dir.path().join(format!("room{n}.log"));
         let out = std::fs::File::create(&log).unwrap();
@@ -239,8 +273,8 @@ impl Room {
             .args(["-h", "127.0.0.1", "-p"])
             .arg(server.stream_port.to_string())
             .args(["--hostID", &format!("room{n}"), "--player", "alsa"])
-            .args(["-s", &fifo.pcm, "--logsink", "stderr"])
-            .args(["--latency", &RIG_LATENCY_MS.to_string()])
+            .args(["-s", &pcm, "--logsink", "stderr"])
+            .args(["--latency", &latency_ms.to_string()])
             .env(var, value)
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
