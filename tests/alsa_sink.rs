@@ -493,3 +493,40 @@ fn a_stall_on_a_device_that_never_blocks_is_timed_by_the_clock_not_spun() {
         p.shutdown().unwrap();
     });
 }
+
+/// The delay-reporting FIFO device (a stand-in for a sound card, which this machine does not
+/// have): it plays what it is given exactly and gaplessly, reports as its delay what is still
+/// in the pipe, and drains only once the reader has taken everything. The file PCM on the
+/// same FIFO reports nothing queued at all.
+#[test]
+fn the_delay_reporting_fifo_device_reports_what_its_pipe_still_holds() {
+    let fifo = claim_fifo();
+    let clock = FifoClock::start(&fifo.path, 48_000, 1);
+    let written = {
+        let mut sink = open(&fifo.delay_pcm, &SinkRequest::default());
+        let periods = pattern(sink.format(), 50, 9); // one second
+        clock.pause();
+        // Three periods into a paused "DAC": all of them are still queued.
+        for p in &periods[..3] {
+            sink.write(p).unwrap();
+        }
+        let period = sink.format().period_frames as u64;
+        assert_eq!(sink.queued_frames(), Some(3 * period));
+        clock.resume();
+        for p in &periods[3..] {
+            sink.write(p).unwrap();
+        }
+        let queued = sink.queued_frames().unwrap();
+        // The 8 KiB pipe holds at most 4096 mono frames.
+        assert!(queued > 0 && queued <= 4096, "queued {queued}");
+        sink.drain().unwrap();
+        assert!(
+            clock.consumed_bytes() >= (periods.concat().len() * 2) as u64,
+            "drain returned before the reader had everything"
+        );
+        periods.concat()
+    };
+    let cap = clock.finish(IDLE);
+    assert!(cap.samples == written, "captured samples differ");
+    assert!(cap.gaps.is_empty(), "gaps: {:?}", cap.gaps);
+}
