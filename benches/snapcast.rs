@@ -60,6 +60,12 @@ fn percentile(v: &[f64], p: f64) -> f64 {
 }
 
 fn main() {
+    // `cargo test --all-targets` builds and runs benches too: figures come from `cargo bench`
+    // (release build, nothing else running), and CI's Snapcast checks are tests/snapcast.rs.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("snapcast benchmark: run it with `cargo bench --bench snapcast`");
+        return;
+    }
     let n: usize = std::env::args()
         .skip(1)
         .find_map(|a| a.parse().ok())
