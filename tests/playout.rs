@@ -890,6 +890,56 @@ async fn a_learned_plan_starts_at_its_moment_after_the_first_audio() {
     .await
 }
 
+/// Issue 9, "pauses and steady parts first": catching up on a learned start's credit slows
+/// held sounds, but a sound whose loudness changes every period (onsets, plosives) plays at
+/// its own speed, sample for sample, because that is where stretching is heard.
+#[tokio::test]
+async fn catching_up_on_a_learned_start_leaves_changing_sounds_unstretched() {
+    guarded(async {
+        let run = |input: Vec<i16>| async move {
+            let (sink, rec) = ClockedSink::new(1);
+            let cfg = PlayoutConfig {
+                min_prebuffer_ms: 100,
+                max_slowdown: 0.9,
+                ..config()
+            };
+            let mut p = Playout::spawn(Box::new(sink), cfg).unwrap();
+            let mut rx = p.subscribe();
+            // Learned: 200 ms of jitter, so the start takes credit that slowing earns back.
+            p.plan_next(Some(StartPlan {
+                jitter_ms: 200,
+                rate: 2.0,
+            }));
+            p.begin(ms(3000));
+            p.push(&input[..frames_of(600)]).await.unwrap();
+            wait_started(&mut p, &mut rx).await;
+            // The rest arrives in time: the buffer is never short, only the credit is owed.
+            p.push(&input[frames_of(600)..]).await.unwrap();
+            tokio::time::sleep(ms(1500)).await;
+            p.end();
+            let report = p.finished().await.unwrap();
+            let rec = rec.lock().unwrap();
+            assert_whole_periods(&rec, 1);
+            (report, rec.samples.clone())
+        };
+        let held = tone(frames_of(3000));
+        let (report, _) = run(held).await;
+        assert!(report.warm && report.stalls == 0, "{report:?}");
+        assert!(report.stretched_ms >= 200, "held sound: {report:?}");
+        // The same tone, its level jumping by ±6 dB every period.
+        let changing: Vec<i16> = tone(frames_of(3000))
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| if (i / PERIOD) % 2 == 0 { s } else { s / 2 })
+            .collect();
+        let (report, out) = run(changing.clone()).await;
+        assert!(report.warm && report.stalls == 0, "{report:?}");
+        assert_eq!(report.stretched_ms, 0, "changing sound: {report:?}");
+        assert_played_exactly(&out, &changing);
+    })
+    .await
+}
+
 /// `s` at `gain`, as the audio thread scales it.
 fn at_gain(s: i16, gain: f32) -> i16 {
     (f32::from(s) * gain).round() as i16

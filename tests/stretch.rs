@@ -7,6 +7,7 @@
 //! until a period is buffered, then pull one period.
 
 use herald::audio::stretch::{StretchConfig, Stretcher, DEFAULT_MIN_TEMPO};
+use herald::audio::stretch_gate::{tempo_for, BlockClassifier, Slowing};
 
 const RATE: u32 = 48_000;
 /// 10 ms periods: the audio thread's period and `max_push_frames`.
@@ -535,5 +536,114 @@ fn nothing_allocates_after_new_not_even_libsonic() {
         (calls, reallocs),
         (0, 0),
         "the loop called the allocator {calls} times ({reallocs} reallocs)"
+    );
+}
+
+/// A gliding 130 Hz pulse of ten harmonics at `level(block)` per 10 ms block.
+fn pulse(frames: usize, level: impl Fn(usize) -> f64) -> Vec<i16> {
+    let mut phase = 0.0f64;
+    (0..frames)
+        .map(|i| {
+            let t = i as f64 / f64::from(RATE);
+            phase += std::f64::consts::TAU * (130.0 + 20.0 * (std::f64::consts::TAU * t).sin())
+                / f64::from(RATE);
+            let x: f64 = (1..=10).map(|k| (k as f64 * phase).sin() / k as f64).sum();
+            (level(i / PERIOD) * 6_000.0 * x) as i16
+        })
+        .collect()
+}
+
+/// Plays `input` like the audio thread with a stretch gate: each pushed period gets the
+/// tempo `tempo_for` gives its block under `slowing`.
+fn drive_gated(s: &mut Stretcher, input: &[i16], slowing: Slowing) -> Vec<i16> {
+    let mut gate = BlockClassifier::new(RATE, 1);
+    let mut out = Vec::new();
+    let mut buf = vec![0i16; PERIOD];
+    for block in input.chunks(PERIOD) {
+        let kind = gate.classify(&[block]);
+        s.set_tempo(tempo_for(slowing, kind, s.min_tempo()));
+        let mut rest = block;
+        while !rest.is_empty() {
+            let n = s.push(rest).unwrap();
+            rest = &rest[n..];
+            let got = s.pull(&mut buf);
+            out.extend_from_slice(&buf[..got]);
+        }
+        while s.buffered_frames() >= PERIOD {
+            let got = s.pull(&mut buf);
+            out.extend_from_slice(&buf[..got]);
+        }
+    }
+    s.flush().unwrap();
+    loop {
+        let got = s.pull(&mut buf);
+        if got == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..got]);
+    }
+    out
+}
+
+/// Lengths (ms) of the sounds in `x`: runs split by at least 5 ms of near-silence.
+fn sounds_ms(x: &[i16]) -> Vec<f64> {
+    let quiet = RATE as usize / 200;
+    let mut runs = Vec::new();
+    let (mut start, mut last_loud) = (None, 0);
+    for (i, &v) in x.iter().enumerate() {
+        if v.unsigned_abs() > 30 {
+            if start.is_some() && i - last_loud > quiet {
+                runs.push((start.unwrap_or(0), last_loud));
+                start = None;
+            }
+            start.get_or_insert(i);
+            last_loud = i;
+        }
+    }
+    runs.extend(start.map(|s| (s, last_loud)));
+    runs.iter()
+        .map(|(a, b)| (b + 1 - a) as f64 * 1000.0 / f64::from(RATE))
+        .collect()
+}
+
+/// Issue 9: "stretching pauses and steady parts first". While slowing only earns back a
+/// learned start's credit, a word whose loudness changes from block to block (onsets,
+/// plosives) keeps its length and the held vowel and the pauses take the stretch; when the
+/// buffer is about to run out, everything is slowed.
+#[test]
+fn gentle_slowing_stretches_pauses_and_held_sounds_and_leaves_changing_ones_alone() {
+    let ms = |n: usize| n * RATE as usize / 1000;
+    let mut input = Vec::new();
+    for _ in 0..3 {
+        // A "word": 300 ms whose level jumps ±9.5 dB every block; a pause; a held "vowel".
+        input.extend(pulse(ms(300), |b| if b % 2 == 0 { 1.0 } else { 0.33 }));
+        input.extend(vec![0; ms(200)]);
+        input.extend(pulse(ms(300), |_| 0.8));
+        input.extend(vec![0; ms(200)]);
+    }
+    let gentle = drive_gated(&mut stretcher(1), &input, Slowing::Gentle);
+    let urgent = drive_gated(&mut stretcher(1), &input, Slowing::Urgent);
+    let (g, u) = (sounds_ms(&gentle), sounds_ms(&urgent));
+    eprintln!("gentle {g:.1?} ({} ms)", gentle.len() / ms(1));
+    eprintln!("urgent {u:.1?} ({} ms)", urgent.len() / ms(1));
+    assert_eq!((g.len(), u.len()), (6, 6), "six sounds each: {g:?} {u:?}");
+    for (i, (&g, &u)) in g.iter().zip(&u).enumerate() {
+        if i % 2 == 0 {
+            assert!(
+                (g - 300.0).abs() <= 10.0,
+                "gentle: word {i} lasts {g:.1} ms"
+            );
+            assert!(u >= 320.0, "urgent: word {i} lasts only {u:.1} ms");
+        } else {
+            assert!(g >= 320.0, "gentle: vowel {i} lasts only {g:.1} ms");
+            assert!(u >= 320.0, "urgent: vowel {i} lasts only {u:.1} ms");
+        }
+    }
+    // The pauses took their share: gentle output is longer than the sounds' own growth.
+    let sounds_added: f64 = g.iter().sum::<f64>() - 6.0 * 300.0;
+    let added = (gentle.len() - input.len()) as f64 * 1000.0 / f64::from(RATE);
+    assert!(
+        added >= sounds_added + 100.0,
+        "added {added:.0} ms of which {sounds_added:.0} in the sounds"
     );
 }

@@ -8,6 +8,7 @@ pub mod playout;
 pub mod policy;
 pub mod snapcast;
 pub mod stretch;
+pub mod stretch_gate;
 mod thread;
 pub mod wav;
 

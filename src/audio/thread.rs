@@ -16,6 +16,7 @@ use rtrb::{Consumer, Producer};
 
 use super::clock::WallClock;
 use super::stretch::Stretcher;
+use super::stretch_gate::{tempo_for, BlockClassifier, Slowing};
 use super::{DeviceFormat, Sink, SinkError};
 
 /// Real-time status before the thread has tried.
@@ -272,6 +273,10 @@ pub(super) struct AudioThread {
     dry_threshold: u64,
     /// Slows playback while the buffer is short (`None`: `max_slowdown` = 1.0).
     stretch: Option<Stretcher>,
+    /// Why the next blocks should play slower (`choose_tempo`), and what each block is:
+    /// together they set the tempo of each push into the stretcher.
+    slowing: Slowing,
+    gate: BlockClassifier,
     /// Ring position where the current utterance starts (its frames consumed = the
     /// difference).
     utt_start: u64,
@@ -331,6 +336,8 @@ impl AudioThread {
                 + (DRY_MARGIN.as_secs_f64() * f64::from(format.rate)) as u64,
             // A file has no clock to fall behind: nothing to stretch for.
             stretch: stretch.filter(|_| clocked),
+            slowing: Slowing::No,
+            gate: BlockClassifier::new(format.rate, channels),
             utt_start: 0,
             gain: 1.0,
             gain_step: 1.0 / params.gain_ramp.max(1) as f32,
@@ -463,6 +470,8 @@ impl AudioThread {
             st.set_tempo(1.0);
             st.reset_stats();
         }
+        self.slowing = Slowing::No;
+        self.gate.reset();
         self.xruns_at_begin = self.sink.xruns();
         // The utterance's first sample is already at its gain: no ramp from the last one's.
         self.gain = self.target_gain();
@@ -783,6 +792,11 @@ impl AudioThread {
                     break;
                 };
                 let (a, b) = chunk.as_slices();
+                // Each block's own tempo: pauses and steady parts first (stretch_gate).
+                let block = self.gate.classify(&[a, b]);
+                let tempo = st.set_tempo(tempo_for(self.slowing, block, st.min_tempo()));
+                let milli = (tempo * 1000.0).round() as u32;
+                self.report.lowest_tempo_milli = self.report.lowest_tempo_milli.min(milli);
                 taken = st.push(a).unwrap_or(0);
                 if taken * ch == a.len() && !b.is_empty() {
                     taken += st.push(b).unwrap_or(0);
@@ -811,6 +825,7 @@ impl AudioThread {
     /// a stall, the end, an interrupt: the frame counts are then exact). Returns whether
     /// that made more audio ready.
     fn settle_stretch(&mut self) -> bool {
+        self.slowing = Slowing::No;
         let Some(st) = self.stretch.as_mut() else {
             return false;
         };
@@ -821,25 +836,27 @@ impl AudioThread {
         st.buffered_frames() > before
     }
 
-    /// Sets the tempo for the next period: slowed while more is to come and the buffer is
-    /// low (`slow_below_frames`), the next burst is overdue, or (warm) playback is not yet
-    /// as far behind the first audio as the plan's target.
+    /// Decides whether the next period plays slower, and how urgently: urgent while more is
+    /// to come and the buffer is low (`slow_below_frames`) or the next burst is overdue;
+    /// gentle while (warm) playback is not yet as far behind the first audio as the plan's
+    /// target. `pop_stretched` turns that into each block's tempo.
     fn choose_tempo(&mut self, avail: usize, all_in: bool) {
         let level = avail as u64;
         let short = level < self.shared.slow_below_frames.load(Ordering::Acquire);
         let horizon = self.shared.stall_horizon_frames.load(Ordering::Acquire);
         let stalling = level < horizon && self.stream_overdue();
-        // Once everything is in, the buffer draining is the end, not a shortage.
-        let slow = !all_in && (short || stalling || self.behind_plan());
-        let Some(st) = self.stretch.as_mut() else {
-            return;
+        // Once everything is in, the buffer draining is the end, not a shortage. Slowing is
+        // always to the slowest tempo allowed: half the slow-down for speech stretched
+        // twice as much audio for the same gain in the bench.
+        self.slowing = if all_in {
+            Slowing::No
+        } else if short || stalling {
+            Slowing::Urgent
+        } else if self.behind_plan() {
+            Slowing::Gentle
+        } else {
+            Slowing::No
         };
-        // Always the slowest tempo allowed when slowing: half the slow-down for speech
-        // (pauses first) stretched twice as much audio for the same gain in the bench.
-        let tempo = if slow { st.min_tempo() } else { 1.0 };
-        let tempo = st.set_tempo(tempo);
-        let milli = (tempo * 1000.0).round() as u32;
-        self.report.lowest_tempo_milli = self.report.lowest_tempo_milli.min(milli);
     }
 
     /// The next burst is overdue (a stall is under way): slowing now gains a tenth of the
