@@ -968,10 +968,11 @@ impl AudioThread {
             self.apply_fade_in(k);
             self.apply_gain(k);
             let ch = self.channels;
-            for (j, frame) in self.buf[..k * ch].chunks_exact_mut(ch).enumerate() {
-                let pos = done + j;
-                if pos >= fade_from {
-                    let gain = (frames - 1 - pos) as f32 / fade as f32;
+            // Only the periods that reach into the fade are touched.
+            let start = fade_from.saturating_sub(done);
+            if start < k {
+                for (j, frame) in self.buf[start * ch..k * ch].chunks_exact_mut(ch).enumerate() {
+                    let gain = (frames - 1 - (done + start + j)) as f32 / fade as f32;
                     for s in frame {
                         *s = scale(*s, gain);
                     }

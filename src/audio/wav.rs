@@ -94,12 +94,17 @@ impl Sink for WavSink {
         let Some(writer) = self.writer.as_mut() else {
             return Err(self.error("an earlier write failed; the file is incomplete".to_string()));
         };
-        for s in period {
-            if let Err(e) = writer.write_sample(*s) {
-                // hound cannot continue after a failed write (e.g. disk full, 4 GiB limit).
-                self.writer = None;
-                return Err(self.error(e.to_string()));
-            }
+        // One buffered write per period (hound's 16-bit writer, its buffer reused), not
+        // one call per sample: this sink is also what `herald play --out` and the CPU
+        // benchmark measure the pipeline with. The spec is always 16-bit int (`open`).
+        let mut block = writer.get_i16_writer(period.len() as u32);
+        for &s in period {
+            block.write_sample(s);
+        }
+        if let Err(e) = block.flush() {
+            // hound cannot continue after a failed write (e.g. disk full).
+            self.writer = None;
+            return Err(self.error(e.to_string()));
         }
         Ok(())
     }
