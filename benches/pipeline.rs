@@ -175,85 +175,163 @@ fn bare_decode_cpu(file: &[u8]) -> (f64, f64) {
     }
     let mut dec = opus::Decoder::new(48_000, opus::Channels::Mono).unwrap();
     let mut buf = vec![0i16; 5760];
-    let cpu = || {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: clock_gettime writes the struct we own.
-        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-        ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
-    };
-    let start = cpu();
+    let start = thread_cpu();
     let mut frames = 0usize;
     for p in &packets[2..] {
         frames += dec.decode(p, &mut buf, false).unwrap();
     }
-    (cpu() - start, frames as f64 / 48_000.0)
+    (thread_cpu() - start, frames as f64 / 48_000.0)
+}
+
+/// Thread CPU seconds per second of audio of slowing `file`'s decoded speech the way the
+/// audio thread does (960-frame blocks through the stretch gate, then libsonic), with
+/// every block slowed to 0.9: the cost of one stretched second.
+fn stretch_cpu(file: &[u8]) -> f64 {
+    use herald::audio::stretch::{StretchConfig, Stretcher};
+    use herald::audio::stretch_gate::{tempo_for, BlockClassifier, Slowing};
+    const PERIOD: usize = 960;
+    let mut reader = ogg::PacketReader::new(Cursor::new(file));
+    let mut dec = opus::Decoder::new(48_000, opus::Channels::Mono).unwrap();
+    let (mut buf, mut pcm) = (vec![0i16; 5760], Vec::new());
+    let mut index = 0;
+    while let Some(p) = reader.read_packet().unwrap() {
+        if index >= 2 {
+            let n = dec.decode(&p.data, &mut buf, false).unwrap();
+            pcm.extend_from_slice(&buf[..n]);
+        }
+        index += 1;
+    }
+    let mut st = Stretcher::new(StretchConfig::new(48_000, 1, PERIOD)).unwrap();
+    let mut gate = BlockClassifier::new(48_000, 1);
+    let mut out = vec![0i16; PERIOD];
+    let start = thread_cpu();
+    for block in pcm.chunks(PERIOD) {
+        let kind = gate.classify(&[block]);
+        st.set_tempo(tempo_for(Slowing::Urgent, kind, st.min_tempo()));
+        let mut rest = block;
+        while !rest.is_empty() {
+            rest = &rest[st.push(rest).unwrap()..];
+            while st.pull(&mut out) > 0 {}
+        }
+    }
+    (thread_cpu() - start) / (pcm.len() as f64 / 48_000.0)
+}
+
+fn thread_cpu() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the struct we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+/// One CPU measurement of `herald play --out wav` on `path`: (CPU seconds, peak RSS KiB,
+/// wall time).
+fn play_cpu(path: &std::path::Path, wav: &std::path::Path) -> (f64, i64, Duration) {
+    let t = Instant::now();
+    let args = ["play", "--out", wav.to_str().unwrap(), path.to_str().unwrap()];
+    let (err, rss, cpu, ok) = run_measured(&args, &[]);
+    assert!(ok, "herald play failed: {err}");
+    (cpu, rss, t.elapsed())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 /// CPU per second of audio of the pipeline, against bare libopus.
 fn cpu_figures(dir: &std::path::Path) {
+    const ROUNDS: usize = 7;
     let wav = dir.join("play.wav");
-    let mut runs = Vec::new();
-    // Long enough (≈ 4 min of speech) that CPU-time accounting granularity is noise; the
-    // best of three runs each, as for any CPU figure on a shared machine.
-    for text in [TEXT.to_string(), TEXT.repeat(30)] {
-        let pcm = synthesize(&text, "alloy", 1.0).unwrap();
-        let file = encode_ogg_opus(&pcm, &OggLayout::default()).unwrap();
-        let path = dir.join(format!("play-{}.opus", text.len()));
-        std::fs::write(&path, &file).unwrap();
-        let mut best: Option<(f64, i64, Duration)> = None;
-        for _ in 0..3 {
-            let t = Instant::now();
-            let args = [
-                "play",
-                "--out",
-                wav.to_str().unwrap(),
-                path.to_str().unwrap(),
-            ];
-            let (err, rss, cpu, ok) = run_measured(&args, &[]);
-            assert!(ok, "herald play failed: {err}");
-            if best.is_none_or(|b| cpu < b.0) {
-                best = Some((cpu, rss, t.elapsed()));
-            }
-        }
-        let (cpu, rss, wall) = best.unwrap();
-        runs.push((pcm.len() as f64 / 24_000.0, cpu, rss, wall, file));
+    // ≈ 4 min of speech, so CPU-time accounting granularity is noise, and 8 s to take the
+    // process start-up out.
+    let files: Vec<_> = [TEXT.to_string(), TEXT.repeat(30)]
+        .iter()
+        .map(|text| {
+            let pcm = synthesize(text, "alloy", 1.0).unwrap();
+            let file = encode_ogg_opus(&pcm, &OggLayout::default()).unwrap();
+            let path = dir.join(format!("play-{}.opus", text.len()));
+            std::fs::write(&path, &file).unwrap();
+            (pcm.len() as f64 / 24_000.0, path, file)
+        })
+        .collect();
+    let (short_audio, short_path, _) = &files[0];
+    let (audio, path, file) = &files[1];
+    // This machine's speed drifts by ±20 % from one second to the next (a shared VM), so
+    // every figure is taken in rounds, each measuring the pipeline, bare libopus and the
+    // stretcher back to back; the ratios are per round, and the median is reported.
+    let (mut whole, mut marginal, mut bare, mut stretched) = (vec![], vec![], vec![], vec![]);
+    let (mut ratio, mut ratio_stretch) = (vec![], vec![]);
+    let (mut rss, mut wall) = (0, Duration::ZERO);
+    for _ in 0..ROUNDS {
+        let (short_cpu, _, _) = play_cpu(short_path, &wav);
+        let (cpu, r, w) = play_cpu(path, &wav);
+        let (bare_cpu, bare_audio) = bare_decode_cpu(file);
+        let st = stretch_cpu(file);
+        let m = (cpu - short_cpu) / (audio - short_audio);
+        let b = bare_cpu / bare_audio;
+        (rss, wall) = (rss.max(r), wall.max(w));
+        whole.push(cpu / audio);
+        marginal.push(m);
+        bare.push(b);
+        stretched.push(st);
+        ratio.push(m / b);
+        ratio_stretch.push(st / b);
     }
-    let (short_audio, short_cpu, _, _, _) = &runs[0];
-    let (audio, cpu, rss, wall, file) = &runs[1];
-    let marginal = (cpu - short_cpu) / (audio - short_audio);
-    let (bare_cpu, bare_audio) = (0..3)
-        .map(|_| bare_decode_cpu(file))
-        .min_by(|a, b| a.0.total_cmp(&b.0))
-        .unwrap();
-    let bare = bare_cpu / bare_audio;
+    let range = |v: &[f64]| {
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(0.0, f64::max);
+        format!("{lo:.2}–{hi:.2}")
+    };
     println!();
     println!(
-        "CPU per second of audio ({:.1} s vs {:.1} s of speech, {} KiB Ogg Opus):",
+        "CPU per second of audio ({:.1} s vs {:.1} s of speech, {} KiB Ogg Opus), median of \
+         {ROUNDS} rounds (range):",
         audio,
         short_audio,
         file.len() / 1024
     );
     println!(
-        "  herald play, whole process             {:>7.2} ms/s  (wall {:.2} s, peak RSS {:.1} MiB)",
-        cpu * 1000.0 / audio,
+        "  herald play, whole process             {:>7.2} ms/s  (wall ≤ {:.2} s, peak RSS {:.1} MiB)",
+        median(whole) * 1000.0,
         wall.as_secs_f64(),
-        *rss as f64 / 1024.0
+        rss as f64 / 1024.0
     );
     println!(
         "  herald play, per extra second of audio {:>7.2} ms/s  (start-up removed)",
-        marginal * 1000.0
+        median(marginal) * 1000.0
     );
     println!(
         "  bare libopus decode of the same packets {:>7.2} ms/s",
-        bare * 1000.0
+        median(bare) * 1000.0
     );
     println!(
-        "  ratio (per extra second / bare)         {:>7.2}x",
-        marginal / bare
+        "  gate + libsonic per slowed second      {:>7.2} ms/s  (every block at 0.90)",
+        median(stretched) * 1000.0
     );
+    println!(
+        "  ratio (per extra second / bare)         {:>7.2}x  ({})",
+        median(ratio.clone()),
+        range(&ratio)
+    );
+    // herald play never slows (a file is all in at once), so the stretcher's cost is
+    // measured on its own, on the same speech, and added at the share of audio slowed.
+    for share in [0.25, 0.30, 1.0] {
+        let with: Vec<f64> = ratio
+            .iter()
+            .zip(&ratio_stretch)
+            .map(|(r, s)| r + share * s)
+            .collect();
+        println!(
+            "  ratio, stretching included, {:>3.0} % slowed {:>6.2}x  ({})",
+            share * 100.0,
+            median(with.clone()),
+            range(&with)
+        );
+    }
 }
 
 fn main() {
