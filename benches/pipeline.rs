@@ -231,7 +231,12 @@ fn thread_cpu() -> f64 {
 /// wall time).
 fn play_cpu(path: &std::path::Path, wav: &std::path::Path) -> (f64, i64, Duration) {
     let t = Instant::now();
-    let args = ["play", "--out", wav.to_str().unwrap(), path.to_str().unwrap()];
+    let args = [
+        "play",
+        "--out",
+        wav.to_str().unwrap(),
+        path.to_str().unwrap(),
+    ];
     let (err, rss, cpu, ok) = run_measured(&args, &[]);
     assert!(ok, "herald play failed: {err}");
     (cpu, rss, t.elapsed())

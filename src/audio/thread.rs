@@ -971,7 +971,10 @@ impl AudioThread {
             // Only the periods that reach into the fade are touched.
             let start = fade_from.saturating_sub(done);
             if start < k {
-                for (j, frame) in self.buf[start * ch..k * ch].chunks_exact_mut(ch).enumerate() {
+                for (j, frame) in self.buf[start * ch..k * ch]
+                    .chunks_exact_mut(ch)
+                    .enumerate()
+                {
                     let gain = (frames - 1 - (done + start + j)) as f32 / fade as f32;
                     for s in frame {
                         *s = scale(*s, gain);
