@@ -10,14 +10,16 @@
 //! earliest gapless start computed from the emulator's send schedule.
 //! Results and the command are recorded in docs/BENCHMARKS.md.
 
+#[path = "common/cpu.rs"]
+mod cpu;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::io::Cursor;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cpu::thread_cpu;
 use herald_emulator::{encode_ogg_opus, synthesize, OggLayout};
 use support::{alsa_env, claim_fifo, FifoClock};
 
@@ -166,41 +168,26 @@ fn speak_with(
     }
 }
 
-/// CPU seconds per second of audio of bare libopus decoding of `file`'s packets.
-fn bare_decode_cpu(file: &[u8]) -> (f64, f64) {
-    let mut reader = ogg::PacketReader::new(Cursor::new(file));
-    let mut packets = Vec::new();
-    while let Some(p) = reader.read_packet().unwrap() {
-        packets.push(p.data);
-    }
+/// CPU seconds per second of audio of bare libopus decoding of `packets` (into one
+/// reused buffer: nothing but the decode is timed).
+fn bare_decode_cpu(packets: &[Vec<u8>]) -> f64 {
     let mut dec = opus::Decoder::new(48_000, opus::Channels::Mono).unwrap();
     let mut buf = vec![0i16; 5760];
     let start = thread_cpu();
     let mut frames = 0usize;
-    for p in &packets[2..] {
+    for p in packets {
         frames += dec.decode(p, &mut buf, false).unwrap();
     }
-    (thread_cpu() - start, frames as f64 / 48_000.0)
+    (thread_cpu() - start) / (frames as f64 / 48_000.0)
 }
 
-/// Thread CPU seconds per second of audio of slowing `file`'s decoded speech the way the
-/// audio thread does (960-frame blocks through the stretch gate, then libsonic), with
-/// every block slowed to 0.9: the cost of one stretched second.
-fn stretch_cpu(file: &[u8]) -> f64 {
+/// Thread CPU seconds per second of audio of slowing `pcm` (48 kHz mono) the way the audio
+/// thread does (960-frame blocks through the stretch gate, then libsonic), with every
+/// block slowed to 0.9: the cost of one stretched second.
+fn stretch_cpu(pcm: &[i16]) -> f64 {
     use herald::audio::stretch::{StretchConfig, Stretcher};
     use herald::audio::stretch_gate::{tempo_for, BlockClassifier, Slowing};
     const PERIOD: usize = 960;
-    let mut reader = ogg::PacketReader::new(Cursor::new(file));
-    let mut dec = opus::Decoder::new(48_000, opus::Channels::Mono).unwrap();
-    let (mut buf, mut pcm) = (vec![0i16; 5760], Vec::new());
-    let mut index = 0;
-    while let Some(p) = reader.read_packet().unwrap() {
-        if index >= 2 {
-            let n = dec.decode(&p.data, &mut buf, false).unwrap();
-            pcm.extend_from_slice(&buf[..n]);
-        }
-        index += 1;
-    }
     let mut st = Stretcher::new(StretchConfig::new(48_000, 1, PERIOD)).unwrap();
     let mut gate = BlockClassifier::new(48_000, 1);
     let mut out = vec![0i16; PERIOD];
@@ -215,16 +202,6 @@ fn stretch_cpu(file: &[u8]) -> f64 {
         }
     }
     (thread_cpu() - start) / (pcm.len() as f64 / 48_000.0)
-}
-
-fn thread_cpu() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the struct we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
 /// One CPU measurement of `herald play --out wav` on `path`: (CPU seconds, peak RSS KiB,
@@ -265,6 +242,8 @@ fn cpu_figures(dir: &std::path::Path) {
         .collect();
     let (short_audio, short_path, _) = &files[0];
     let (audio, path, file) = &files[1];
+    let packets = cpu::audio_packets(file);
+    let pcm = cpu::decode(&packets);
     // This machine's speed drifts by ±20 % from one second to the next (a shared VM), so
     // every figure is taken in rounds, each measuring the pipeline, bare libopus and the
     // stretcher back to back; the ratios are per round, and the median is reported.
@@ -274,10 +253,9 @@ fn cpu_figures(dir: &std::path::Path) {
     for _ in 0..ROUNDS {
         let (short_cpu, _, _) = play_cpu(short_path, &wav);
         let (cpu, r, w) = play_cpu(path, &wav);
-        let (bare_cpu, bare_audio) = bare_decode_cpu(file);
-        let st = stretch_cpu(file);
+        let b = bare_decode_cpu(&packets);
+        let st = stretch_cpu(&pcm);
         let m = (cpu - short_cpu) / (audio - short_audio);
-        let b = bare_cpu / bare_audio;
         (rss, wall) = (rss.max(r), wall.max(w));
         whole.push(cpu / audio);
         marginal.push(m);

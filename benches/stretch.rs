@@ -8,8 +8,10 @@
 //! slowest single period's push + pull in thread CPU time (what the real-time loop must
 //! absorb). Recorded in docs/STRETCH.md.
 
-use std::io::Cursor;
+#[path = "common/cpu.rs"]
+mod cpu;
 
+use cpu::{decode, thread_cpu};
 use herald::audio::stretch::{StretchConfig, Stretcher};
 use herald_emulator::{encode_ogg_opus, synthesize, OggLayout};
 
@@ -18,16 +20,6 @@ const TEXT: &str = "The train to the airport leaves from platform four in ten mi
 const RATE: u32 = 48_000;
 const PERIOD: usize = 960;
 const RUNS: usize = 5;
-
-fn thread_cpu() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the struct we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
-}
 
 /// Best-of-`RUNS` thread CPU seconds of `f`, and its last result.
 fn best<T>(mut f: impl FnMut() -> T) -> (f64, T) {
@@ -40,17 +32,6 @@ fn best<T>(mut f: impl FnMut() -> T) -> (f64, T) {
         last = Some(out);
     }
     (best, last.expect("RUNS > 0"))
-}
-
-fn decode(packets: &[Vec<u8>]) -> Vec<i16> {
-    let mut dec = opus::Decoder::new(RATE, opus::Channels::Mono).expect("opus decoder");
-    let mut buf = vec![0i16; 5760];
-    let mut pcm = Vec::new();
-    for p in packets {
-        let n = dec.decode(p, &mut buf, false).expect("decode");
-        pcm.extend_from_slice(&buf[..n]);
-    }
-    pcm
 }
 
 /// Plays `pcm` through a stretcher at `tempo`; returns the output frames and, when `time`
@@ -95,13 +76,7 @@ fn stretch(
 fn main() {
     let speech = synthesize(&TEXT.repeat(30), "alloy", 1.0).expect("espeak-ng speech");
     let file = encode_ogg_opus(&speech, &OggLayout::default()).expect("encode");
-    let mut reader = ogg::PacketReader::new(Cursor::new(&file));
-    let mut packets = Vec::new();
-    while let Some(p) = reader.read_packet().expect("ogg") {
-        packets.push(p.data);
-    }
-    // The first two packets are OpusHead and OpusTags.
-    let packets = &packets[2..];
+    let packets = &cpu::audio_packets(&file);
 
     let (decode_cpu, pcm) = best(|| decode(packets));
     let audio_s = pcm.len() as f64 / f64::from(RATE);
