@@ -335,24 +335,38 @@ impl Scheduler {
             let reason = self.device.stuck_reason(blocked);
             return self.device.fail(reason, Some(lease)).await;
         }
-        // A fade cannot finish while a device call hangs: give up once it counts as stuck.
-        let wait = self
-            .device
-            .stuck_at()
-            .map_or(FADE_WAIT, |at| at.saturating_duration_since(Instant::now()))
-            .min(self.device.fade_wait(FADE_WAIT));
-        match tokio::time::timeout(wait, lease.playout.interrupt()).await {
-            Ok(Ok(_)) | Ok(Err(PlayoutError::NoUtterance { .. })) => self.device.give_back(lease),
-            Ok(Err(e)) => {
+        let limit = self.device.fade_wait(FADE_WAIT);
+        let faded = {
+            let fade = lease.playout.interrupt();
+            tokio::pin!(fade);
+            let give_up = Instant::now() + limit;
+            loop {
+                // A fade cannot finish while a device call hangs: stop once one counts as
+                // stuck. A call that ends in time is the device taking audio at its rate
+                // (on a loaded machine, later than usual): keep waiting for the next one.
+                let until = self.device.stuck_at().map_or(give_up, |at| at.min(give_up));
+                let until = tokio::time::Instant::from_std(until);
+                match tokio::time::timeout_at(until, &mut fade).await {
+                    Ok(result) => break Some(result),
+                    Err(_) if self.device.stuck_for().is_none() && Instant::now() < give_up => {}
+                    Err(_) => break None,
+                }
+            }
+        };
+        match faded {
+            Some(Ok(_)) | Some(Err(PlayoutError::NoUtterance { .. })) => {
+                self.device.give_back(lease)
+            }
+            Some(Err(e)) => {
                 let reason = format!("audio device failed: {e}");
                 self.device.fail(reason, Some(lease)).await
             }
-            Err(_) => {
+            None => {
                 let reason = match self.device.stuck_for() {
                     Some(blocked) => self.device.stuck_reason(blocked),
                     None => format!(
                         "audio device did not finish a fade-out within {:.1} s",
-                        wait.as_secs_f64()
+                        limit.as_secs_f64()
                     ),
                 };
                 self.device.fail(reason, Some(lease)).await
