@@ -772,13 +772,14 @@ impl std::fmt::Display for LearnedNetwork {
             .map_or("-".to_string(), |r| format!("{r:.2}x real time"));
         write!(
             f,
-            "{}: {} utterance{}, start target {} ms (lateness p50 {} / p95 {} ms), generation {rate}",
+            "{}: {} utterance{}, start target {} ms (lateness p50 {} / p95 {} ms), generation {rate}, longest silence {} ms",
             self.key,
             m.utterances,
             if m.utterances == 1 { "" } else { "s" },
             m.target_ms,
             m.p50_ms,
-            m.p95_ms
+            m.p95_ms,
+            m.longest_silence_ms
         )
     }
 }

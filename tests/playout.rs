@@ -12,7 +12,7 @@ use herald::audio::playout::{
     Playout, PlayoutConfig, PlayoutError, PlayoutEvent, RealtimeStatus, UtteranceReport,
 };
 use herald::audio::{DeviceFormat, Sink, SinkError};
-use herald::netmodel::StartPlan;
+use herald::netmodel::{Silences, StartPlan};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 const RATE: u32 = 8000;
@@ -861,6 +861,8 @@ async fn a_learned_plan_starts_at_its_moment_after_the_first_audio() {
         let good = StartPlan {
             jitter_ms: 200,
             rate: 2.0,
+            silences: Silences::from_ms(&[600.0; 30]),
+            quantile: 0.95,
         };
         // 600 ms in: the fixed rule wants 0.6 s + 1 s; the plan 200 ms less what slowing
         // gains before the next burst (10 % of a 0.6 s wait).
@@ -873,19 +875,77 @@ async fn a_learned_plan_starts_at_its_moment_after_the_first_audio() {
             "started {warm:?} after the first audio"
         );
         assert!(report.warm && report.stalls == 0, "{report:?}");
-        // 3 s in at once: the fixed rule starts at once, a plan that knows 800 ms stalls waits.
+        // 3 s in at once: the fixed rule starts at once. So does a plan that knows 800 ms
+        // stalls and silences up to 1.3 s: 3 s played slowed outlast any of them, and any
+        // 1.5 times as long...
         let (cold, _) = start_after(None, 3000).await;
         assert!(cold.unwrap() < ms(60), "{cold:?}");
         let stalls = StartPlan {
             jitter_ms: 800,
             rate: 2.0,
+            silences: Silences::from_ms(&[[500.0; 27].as_slice(), &[1300.0; 3]].concat()),
+            quantile: 0.95,
         };
         let (warm, _) = start_after(Some(stalls), 3000).await;
+        assert!(warm.expect("never started") < ms(60), "{warm:?}");
+        // ...but where one silence in ten lasts 4 s, 3 s (3.33 s at 0.9×) do not: it waits
+        // for its moment, inside the usual 1 s wait.
+        let long = StartPlan {
+            jitter_ms: 800,
+            rate: 2.0,
+            silences: Silences::from_ms(&[[1000.0; 27].as_slice(), &[4000.0; 3]].concat()),
+            quantile: 0.95,
+        };
+        let (warm, _) = start_after(Some(long), 3000).await;
         let warm = warm.expect("never started");
         assert!(
-            (ms(650)..ms(820)).contains(&warm),
+            (ms(600)..ms(820)).contains(&warm),
             "started {warm:?} after the first audio"
         );
+    })
+    .await
+}
+
+/// A stall under way at a learned start's moment is one the plan did not count on: the
+/// start waits for the stream rather than play its one second into a stall that outlasts
+/// it (a gap the listener hears, then a second start).
+#[tokio::test]
+async fn a_learned_start_waits_out_a_stall_its_buffer_cannot_bridge() {
+    guarded(async {
+        let (sink, _rec) = ClockedSink::new(1);
+        let cfg = PlayoutConfig {
+            min_prebuffer_ms: 100,
+            max_slowdown: 0.9,
+            ..config()
+        };
+        let mut p = Playout::spawn(Box::new(sink), cfg).unwrap();
+        let mut rx = p.subscribe();
+        // Learned: start 2 s after the first audio; 500 ms between pages, stalls up to 4 s.
+        p.plan_next(Some(StartPlan {
+            jitter_ms: 2000,
+            rate: 2.0,
+            silences: Silences::from_ms(&[[500.0; 9].as_slice(), &[4000.0]].concat()),
+            quantile: 0.95,
+        }));
+        p.begin(ms(6000));
+        let input = tone(frames_of(6000));
+        let pushed = Instant::now();
+        p.push(&input[..frames_of(1000)]).await.unwrap();
+        // Then nothing for 3.4 s. The planned moment (~1.9 s) falls inside the stall, where
+        // 1 s of audio, even slowed, would run out at ~3 s: it cannot bridge the rest of
+        // a 4 s stall (or a longer one not yet seen), so the start waits for the stream.
+        let early = tokio::time::timeout(ms(2800), wait_started(&mut p, &mut rx)).await;
+        assert!(
+            early.is_err(),
+            "started {:?} after the first audio, inside the stall",
+            pushed.elapsed()
+        );
+        tokio::time::sleep(ms(600)).await;
+        p.push(&input[frames_of(1000)..]).await.unwrap();
+        p.end();
+        let report = p.finished().await.unwrap();
+        assert!(report.warm, "{report:?}");
+        assert_eq!(report.stalls, 0, "a gap after the start: {report:?}");
     })
     .await
 }
@@ -909,6 +969,8 @@ async fn catching_up_on_a_learned_start_leaves_changing_sounds_unstretched() {
             p.plan_next(Some(StartPlan {
                 jitter_ms: 200,
                 rate: 2.0,
+                silences: Silences::from_ms(&[600.0; 30]),
+                quantile: 0.95,
             }));
             p.begin(ms(3000));
             p.push(&input[..frames_of(600)]).await.unwrap();

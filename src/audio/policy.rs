@@ -25,7 +25,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::netmodel::{Burst, StartPlan};
+use crate::netmodel::{Burst, StartPlan, BUCKET_MS};
 
 /// Bursts remembered per utterance for the network model (a 10-minute announcement in 1 s
 /// pages, or 4 minutes of 100 ms PCM chunks); later ones are not recorded.
@@ -98,13 +98,14 @@ impl ArrivalStats {
         self.log
     }
 
-    fn log_burst(&mut self, at: Instant) {
+    fn log_burst(&mut self, at: Instant, silence: Duration) {
         let (Some(first), true) = (self.first_at, self.log.len() < MAX_LOGGED_BURSTS) else {
             return;
         };
         self.log.push(Burst {
             at_ms: at.saturating_duration_since(first).as_secs_f64() * 1000.0,
             audio_before_ms: self.received as f64 * 1000.0 / f64::from(self.rate),
+            silence_ms: silence.as_secs_f64() * 1000.0,
         });
     }
 
@@ -119,14 +120,14 @@ impl ArrivalStats {
                     self.bursts += 1;
                     self.burst_start_at = Some(at);
                     self.frames_before_burst = self.received;
-                    self.log_burst(at);
+                    self.log_burst(at, gap);
                 }
             }
             _ => {
                 self.first_at = Some(at);
                 self.burst_start_at = Some(at);
                 self.bursts = 1;
-                self.log_burst(at);
+                self.log_burst(at, Duration::ZERO);
             }
         }
         self.last_push_at = Some(at);
@@ -272,6 +273,118 @@ pub fn warm_start(
     (target.saturating_sub(Duration::from_secs_f64(gain)), target)
 }
 
+/// The silences (since the last push) in which a start may begin: up to `calm_until`,
+/// then again from `again_from` until `tail`. A silence is *bridged* when the chance that
+/// it outlasts the buffer is at most `1 − quantile` (`netmodel::Silences::outlasts`).
+/// Just after a burst that chance is low (most silences are short); in a silence longer
+/// than the usual wait it is high (it is a stall); near the longest learned it falls again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SilenceWindow {
+    /// Bridged from the last push until this long (zero: not even just after it).
+    pub calm_until: Duration,
+    /// Bridged again from this long on (`None`: not with this buffer).
+    pub again_from: Option<Duration>,
+    /// Past this the network has not been silent so long: nothing to go by, wait for data.
+    pub tail: Duration,
+}
+
+impl SilenceWindow {
+    /// Always open: nothing was learned about silences.
+    pub const OPEN: SilenceWindow = SilenceWindow {
+        calm_until: Duration::MAX,
+        again_from: None,
+        tail: Duration::MAX,
+    };
+    /// Never open.
+    pub const SHUT: SilenceWindow = SilenceWindow {
+        calm_until: Duration::ZERO,
+        again_from: None,
+        tail: Duration::ZERO,
+    };
+
+    /// Whether a start may begin `silence` after the last push.
+    pub fn allows(&self, silence: Duration) -> bool {
+        silence < self.calm_until
+            || self
+                .again_from
+                .is_some_and(|a| a <= silence && silence < self.tail)
+    }
+}
+
+/// Where a warm start may begin, by the silence under way (see [`start_windows`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartWindows {
+    /// For the plan's moment: the buffer as it is, slowed.
+    pub planned: SilenceWindow,
+    /// For a start before the moment, on the buffer alone.
+    pub early: SilenceWindow,
+}
+
+/// The window in which `lasts` (how much silence the buffer outlasts, slowed) bridges the
+/// silence under way.
+fn bridged_window(plan: &StartPlan, lasts: Duration) -> SilenceWindow {
+    let silences = &plan.silences;
+    if silences.is_empty() {
+        return SilenceWindow::OPEN;
+    }
+    let risk = 1.0 - plan.quantile;
+    let lasts_ms = lasts.as_secs_f64() * 1000.0;
+    let bridged = |e: u64| {
+        silences
+            .outlasts(e as f64, lasts_ms)
+            .is_some_and(|chance| chance <= risk + 1e-9)
+    };
+    let tail = silences.tail_ms().max(0.0) as u64;
+    let steps = || (0..tail).step_by(BUCKET_MS as usize);
+    let calm_until = steps().find(|&e| !bridged(e)).unwrap_or(tail);
+    let again_from = steps()
+        .skip_while(|&e| e < calm_until)
+        .find(|&e| bridged(e));
+    SilenceWindow {
+        calm_until: Duration::from_millis(calm_until),
+        again_from: again_from.map(Duration::from_millis),
+        tail: Duration::from_millis(tail),
+    }
+}
+
+/// [`StartWindows`] for an utterance so far. The plan's moment already counts on the
+/// audio to come (its credit and a deficit below real time), so its window is judged by
+/// the buffer as it is. A start before the moment also needs the buffer to be beyond what
+/// a stream below real time falls behind, and to hold at least what the plan starts a
+/// usual utterance with — one page (or the first burst, if smaller) plus the jitter
+/// target — since lateness also builds over several bursts (a slow spell), not only in
+/// one silence.
+pub fn start_windows(
+    plan: &StartPlan,
+    stats: &ArrivalStats,
+    expected: Duration,
+    p: &PolicyParams,
+    tempo: f32,
+) -> StartWindows {
+    let received = stats.received() as f64 / f64::from(p.rate.max(1));
+    let slowed =
+        |secs: f64| Duration::from_secs_f64(secs.max(0.0) / f64::from(tempo.clamp(MIN_TEMPO, 1.0)));
+    let remaining = (assumed_total(stats, expected, p) - received).max(0.0);
+    let r = plan.rate.max(0.01);
+    let deficit = if r < 1.0 {
+        remaining * (1.0 - r) / r
+    } else {
+        0.0
+    };
+    let spare = received - deficit;
+    let page =
+        (stats.first_burst_frames() as f64 / f64::from(p.rate.max(1))).min(MAX_PAGE.as_secs_f64());
+    let holds_a_usual_start = spare > 0.0 && spare >= page + f64::from(plan.jitter_ms) / 1000.0;
+    StartWindows {
+        planned: bridged_window(plan, slowed(received)),
+        early: if holds_a_usual_start && !plan.silences.is_empty() {
+            bridged_window(plan, slowed(spare))
+        } else {
+            SilenceWindow::SHUT
+        },
+    }
+}
+
 /// Frames to hold before playing (or before resuming after a stall) so that playback, once
 /// started, does not run dry; see the module doc for the reasoning.
 pub fn prebuffer_needed(
@@ -300,6 +413,7 @@ pub fn prebuffer_needed(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::netmodel::Silences;
 
     const RATE: u32 = 48_000;
 
@@ -504,6 +618,8 @@ mod tests {
         let plan = StartPlan {
             jitter_ms: 800,
             rate: 2.0,
+            silences: Silences::from_ms(&[500.0]),
+            quantile: 0.95,
         };
         let (start, target) = warm_start(&plan, &s, Duration::from_secs(10), &params(), 0.9);
         assert_eq!(target, ms(800));
@@ -513,9 +629,109 @@ mod tests {
         let slow = StartPlan {
             jitter_ms: 0,
             rate: 0.8,
+            silences: Silences::from_ms(&[1250.0]),
+            quantile: 0.95,
         };
         let (_, target) = warm_start(&slow, &s, Duration::from_secs(10), &params(), 1.0);
         assert!((2.24..2.26).contains(&target.as_secs_f64()), "{target:?}");
+    }
+
+    /// Silences of a 2× Opus stream with stalls: nineteen 500 ms page gaps for each stall
+    /// of 1.5, 2 or 3 s.
+    fn stalling() -> Silences {
+        let mut ms = vec![500.0; 57];
+        ms.extend([1500.0, 2000.0, 3000.0]);
+        Silences::from_ms(&ms)
+    }
+
+    fn plan_with(jitter_ms: u32, rate: f64, silences: Silences) -> StartPlan {
+        StartPlan {
+            jitter_ms,
+            rate,
+            silences,
+            quantile: 0.95,
+        }
+    }
+
+    #[test]
+    fn a_stall_under_way_holds_the_plan_until_the_buffer_bridges_it() {
+        let t0 = Instant::now();
+        let mut s = ArrivalStats::new(RATE);
+        page(&mut s, t0);
+        page(&mut s, t0 + ms(500));
+        let plan = plan_with(500, 2.0, stalling());
+        let w = start_windows(&plan, &s, Duration::from_secs(10), &params(), 0.9).planned;
+        // Two pages last 2.22 s at 0.9×. Just after a page, a silence outlasts that only
+        // if it is the 3 s stall or the unseen 4.5 s one: 2 in 61, within the 5 %. From
+        // 0.5 s on it is a stall, too likely to outlast the buffer until only the unseen
+        // one is left, and that is bridged (2.28 s in).
+        assert_eq!(w.calm_until, ms(500));
+        assert_eq!(w.again_from, Some(ms(2280)));
+        assert_eq!(w.tail, ms(4500));
+        assert!(w.allows(ms(300)) && !w.allows(ms(1000)) && w.allows(ms(2300)));
+        assert!(!w.allows(ms(4600)), "longer than anything learned");
+        // One page is less than a usual start holds (a page + 0.5 s): no early start.
+        let mut one = ArrivalStats::new(RATE);
+        page(&mut one, t0);
+        let w = start_windows(&plan, &one, Duration::from_secs(10), &params(), 0.9);
+        assert_eq!(w.early, SilenceWindow::SHUT);
+        // With nothing learned about silences, the plan's moment alone decides.
+        let blind = plan_with(500, 2.0, Silences::default());
+        let w = start_windows(&blind, &one, Duration::from_secs(10), &params(), 0.9);
+        assert_eq!(
+            (w.planned, w.early),
+            (SilenceWindow::OPEN, SilenceWindow::SHUT)
+        );
+    }
+
+    #[test]
+    fn a_backlog_starts_early_on_the_buffer_alone() {
+        let t0 = Instant::now();
+        // A 4 s backlog after a stall, decoded at once.
+        let mut s = ArrivalStats::new(RATE);
+        for k in 0..200u64 {
+            s.record(960, t0 + Duration::from_micros(500 * k));
+        }
+        let early = |plan: &StartPlan| {
+            start_windows(plan, &s, Duration::from_secs(10), &params(), 0.9).early
+        };
+        // 4 s at 0.9× (4.44 s) outlast any silence but the unseen one (1 in 61): at once.
+        assert!(early(&plan_with(1000, 2.0, stalling())).allows(Duration::ZERO));
+        // Where two stalls in three last 5 s, a silence just after a page outlasts 4.44 s
+        // 3 times in 31: too often.
+        let mut long = vec![500.0; 27];
+        long.extend([1500.0, 5000.0, 5000.0]);
+        let w = early(&plan_with(1000, 2.0, Silences::from_ms(&long)));
+        assert!(!w.allows(Duration::ZERO), "{w:?}");
+        // A plan that starts usual utterances 3.5 s in wants more than these 4 s hold.
+        assert_eq!(
+            early(&plan_with(3500, 2.0, stalling())),
+            SilenceWindow::SHUT
+        );
+    }
+
+    #[test]
+    fn below_real_time_the_buffer_starts_early_only_beyond_the_deficit() {
+        let t0 = Instant::now();
+        let plan = plan_with(0, 0.8, Silences::from_ms(&[1250.0; 10]));
+        let mut s = ArrivalStats::new(RATE);
+        let mut t = t0;
+        for _ in 0..2 {
+            t = page(&mut s, t) + ms(1200);
+        }
+        // 10 s expected, 2 s in: the other 8 s fall 2 s behind, all that is buffered.
+        let expected = Duration::from_secs(10);
+        let w = start_windows(&plan, &s, expected, &params(), 0.9);
+        assert_eq!(w.early, SilenceWindow::SHUT);
+        // The plan's own moment counts on slowing to earn the deficit back: 2 s bridge
+        // any 1.25 s silence.
+        assert!(w.planned.allows(ms(1000)));
+        // 4 s in: 1.5 s behind; the 2.5 s spare last 2.8 s at 0.9×, beyond any silence.
+        for _ in 0..2 {
+            t = page(&mut s, t) + ms(1200);
+        }
+        let w = start_windows(&plan, &s, expected, &params(), 0.9);
+        assert!(w.early.allows(Duration::ZERO), "{w:?}");
     }
 
     #[test]

@@ -71,6 +71,12 @@ pub(super) struct Shared {
     pub start_delay_ns: AtomicU64,
     /// Warm start: play slowed until playback runs this far (ns) behind the first audio.
     pub delay_target_ns: AtomicU64,
+    /// Warm start, by the silence since the last push (ns; see `policy::StartWindows`):
+    /// the planned moment holds up to `planned[0]`, and from `planned[1]` (`NO_PLAN`:
+    /// never) until `planned[2]`...
+    pub planned_window_ns: [AtomicU64; 3],
+    /// ...and a start on the buffer alone, before the moment, likewise.
+    pub early_window_ns: [AtomicU64; 3],
     /// The gain (linear amplitude, `f32` bits) to play at: a new utterance starts at it,
     /// one playing ramps to it.
     pub gain_bits: AtomicU32,
@@ -131,6 +137,16 @@ impl Shared {
             stall_horizon_frames: AtomicU64::new(0),
             first_at_ns: AtomicU64::new(0),
             start_delay_ns: AtomicU64::new(NO_PLAN),
+            planned_window_ns: [
+                AtomicU64::new(u64::MAX),
+                AtomicU64::new(NO_PLAN),
+                AtomicU64::new(u64::MAX),
+            ],
+            early_window_ns: [
+                AtomicU64::new(0),
+                AtomicU64::new(NO_PLAN),
+                AtomicU64::new(0),
+            ],
             delay_target_ns: AtomicU64::new(0),
             gain_bits: AtomicU32::new(1.0f32.to_bits()),
             lead_in: AtomicBool::new(false),
@@ -276,6 +292,9 @@ pub(super) struct AudioThread {
     /// Why the next blocks should play slower (`choose_tempo`), and what each block is:
     /// together they set the tempo of each push into the stretcher.
     slowing: Slowing,
+    /// Started on the buffer alone, before the planned moment: there is no start credit
+    /// to earn back by slowing.
+    started_early: bool,
     gate: BlockClassifier,
     /// Ring position where the current utterance starts (its frames consumed = the
     /// difference).
@@ -337,6 +356,7 @@ impl AudioThread {
             // A file has no clock to fall behind: nothing to stretch for.
             stretch: stretch.filter(|_| clocked),
             slowing: Slowing::No,
+            started_early: false,
             gate: BlockClassifier::new(format.rate, channels),
             utt_start: 0,
             gain: 1.0,
@@ -522,6 +542,7 @@ impl AudioThread {
         }
         let ready = !self.clocked && avail >= self.period;
         if ready || self.may_start(avail, all_in) {
+            self.started_early = self.until_planned_start().is_some_and(|w| !w.is_zero());
             self.report.prebuffer_frames = avail as u64;
             self.shared.lead_in.store(false, Ordering::Release);
             self.lead = LeadIn::default();
@@ -553,20 +574,43 @@ impl AudioThread {
         Some(Duration::from_nanos(at.saturating_sub(self.now_ns())))
     }
 
-    /// The start rule. Cold (no plan): the buffer target is met. Warm: the learned moment
-    /// after the first audio has come and the floor (`target_frames`) is buffered. Either
-    /// way, everything is in or the ring is full.
+    /// The start rule. Cold (no plan): the buffer target is met. Warm: the floor
+    /// (`target_frames`) is buffered and either the learned moment after the first audio
+    /// has come in a silence the buffer can take, or the buffer alone bridges the silence
+    /// under way. Either way, everything is in or the ring is full.
     fn may_start(&self, avail: usize, all_in: bool) -> bool {
         if self.shared.start_delay_ns.load(Ordering::Acquire) == NO_PLAN {
             return self.enough_buffered(avail, all_in);
         }
         match self.until_planned_start() {
             // Once all of it is in, no network can make it late: waiting adds nothing (a
-            // cached preset, a chime).
-            Some(wait) => (wait.is_zero() || all_in) && self.enough_buffered(avail, all_in),
+            // cached preset, a chime). A stall under way at the planned moment is one the
+            // plan did not count on: that start waits until the buffer bridges it.
+            Some(wait) => {
+                let planned = wait.is_zero() && self.silence_allows(false);
+                (planned || self.silence_allows(true) || all_in)
+                    && self.enough_buffered(avail, all_in)
+            }
             // Warm but no audio yet.
             None => all_in && avail > 0,
         }
+    }
+
+    /// Warm: whether the silence since the last push allows the planned start (`early`
+    /// false) or a start on the buffer alone (`early`); see `policy::SilenceWindow`.
+    fn silence_allows(&self, early: bool) -> bool {
+        let last = self.shared.last_push_ns.load(Ordering::Acquire);
+        if last == 0 {
+            return false;
+        }
+        let silence = self.now_ns().saturating_sub(last);
+        let w = if early {
+            &self.shared.early_window_ns
+        } else {
+            &self.shared.planned_window_ns
+        };
+        let [calm_until, again_from, tail] = [0, 1, 2].map(|i| w[i].load(Ordering::Acquire));
+        silence < calm_until || (again_from != NO_PLAN && again_from <= silence && silence < tail)
     }
 
     fn play_period(&mut self) -> Result<(), SinkError> {
@@ -874,7 +918,7 @@ impl AudioThread {
     fn behind_plan(&self) -> bool {
         let target = self.shared.delay_target_ns.load(Ordering::Acquire);
         let first = self.shared.first_at_ns.load(Ordering::Acquire);
-        if target == 0 || first == 0 {
+        if target == 0 || first == 0 || self.started_early {
             return false;
         }
         let consumed = self.consumed.saturating_sub(self.utt_start);

@@ -21,7 +21,15 @@
 //! late enough on their own; slowed playback is meant to cover the rest). Unlike NetEq's
 //! per-packet histogram, one late burst here is one gap, so the unit is the utterance. It
 //! also tracks the generation rate (audio seconds per wall second), which tells a slow
-//! stream from a stalled one. `store.rs` persists it, keyed by endpoint and format.
+//! stream from a stalled one.
+//!
+//! A third histogram holds the *silences*: every wait between one burst and the next. Its
+//! top (the [`SILENCE_QUANTILE`]) is the longest wait this network makes, which the start
+//! rule uses within an utterance: while a stall is under way it may not start on the plan
+//! unless the buffer outlasts what the stall can still take, and with a buffer that
+//! outlasts the longest wait it may start before the plan (after a stall that held the
+//! first audio back, the audio comes as one large backlog). `store.rs` persists the model,
+//! keyed by endpoint and format.
 
 pub mod store;
 
@@ -36,6 +44,10 @@ pub const BUCKETS: usize = 500;
 pub const FORGET: f64 = 0.95;
 /// The quantile of lateness the start target covers by default.
 pub const DEFAULT_QUANTILE: f64 = 0.95;
+/// The quantile of silences taken as the longest wait the network makes. Silences are
+/// counted one by one, not per utterance (an utterance has dozens), so this is in effect
+/// the longest of the recent ones, less a rare outlier.
+pub const SILENCE_QUANTILE: f64 = 0.99;
 
 /// Utterances learned before the model starts playback (fewer say too little: one unlucky
 /// or lucky utterance would set the target alone).
@@ -43,12 +55,107 @@ pub const MIN_WARM_UTTERANCES: u64 = 3;
 
 /// What the playout needs from the model to start an utterance: the learned jitter target
 /// and generation rate (see the module doc for how they combine).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StartPlan {
     /// Lateness against the stream's own schedule that the start covers, in ms.
     pub jitter_ms: u32,
     /// Learned generation rate (audio s per wall s).
     pub rate: f64,
+    /// The waits between bursts the network made.
+    pub silences: Silences,
+    /// The quantile the start covers: a silence under way may outlast the buffer with a
+    /// chance of at most `1 − quantile`.
+    pub quantile: f64,
+}
+
+/// How much longer than the longest silence learned one may yet come: the learned ones are a
+/// few dozen samples, and the next stall can be the longest so far.
+pub const SILENCE_TAIL: f64 = 1.5;
+
+/// The silences between bursts a network made, as the start rule reads them: the decayed
+/// weight of silences at least as long as each 20 ms bucket, plus one more silence, never
+/// seen, [`SILENCE_TAIL`] times the longest (a learned maximum is not the true one: with
+/// `n` stalls seen, the next is the longest yet one time in `n + 1`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Silences {
+    /// `at_least[b]`: the weight of silences in bucket `b` or beyond.
+    at_least: Vec<f64>,
+    /// The longest silence to expect (the [`SILENCE_QUANTILE`]), in ms.
+    longest_ms: u32,
+}
+
+impl Silences {
+    fn from_weights(weights: &[f64]) -> Silences {
+        let mut at_least = vec![0.0; weights.len()];
+        let mut acc = 0.0;
+        for (i, w) in weights.iter().enumerate().rev() {
+            acc += w;
+            at_least[i] = acc;
+        }
+        let mut s = Silences {
+            at_least,
+            longest_ms: 0,
+        };
+        s.longest_ms = s.quantile_ms(SILENCE_QUANTILE);
+        s
+    }
+
+    /// Silences of the given lengths (ms), one weight each.
+    pub fn from_ms(silences: &[f64]) -> Silences {
+        let mut weights = vec![0.0; BUCKETS];
+        for &ms in silences {
+            weights[bucket(ms)] += 1.0;
+        }
+        Silences::from_weights(&weights)
+    }
+
+    fn weight_from(&self, b: usize) -> f64 {
+        self.at_least.get(b).copied().unwrap_or(0.0)
+    }
+
+    /// Whether any silence was learned.
+    pub fn is_empty(&self) -> bool {
+        self.weight_from(0) <= 0.0
+    }
+
+    /// The silence (ms, a bucket's upper edge) that a fraction `q` of them did not exceed;
+    /// 0 when none was seen.
+    pub fn quantile_ms(&self, q: f64) -> u32 {
+        let total = self.weight_from(0);
+        if total <= 0.0 {
+            return 0;
+        }
+        let want = q.clamp(0.0, 1.0) * total;
+        (0..self.at_least.len())
+            .find(|&b| total - self.weight_from(b + 1) >= want - 1e-9)
+            .map_or(0, |b| b as u32 * BUCKET_MS)
+    }
+
+    /// The longest silence to expect (the [`SILENCE_QUANTILE`]), in ms.
+    pub fn longest_ms(&self) -> u32 {
+        self.longest_ms
+    }
+
+    /// The unseen silence's length, in ms: beyond it nothing is known.
+    pub fn tail_ms(&self) -> f64 {
+        f64::from(self.longest_ms) * SILENCE_TAIL
+    }
+
+    /// The usual wait between bursts (the median silence), in ms.
+    pub fn usual_ms(&self) -> u32 {
+        self.quantile_ms(0.5)
+    }
+
+    /// The chance that a silence which has lasted `elapsed_ms` goes on for `more_ms`
+    /// beyond it, the unseen one included; `None` past the unseen one (or with nothing
+    /// learned): nothing to go by.
+    pub fn outlasts(&self, elapsed_ms: f64, more_ms: f64) -> Option<f64> {
+        let unseen = |ms: f64| if ms < self.tail_ms() { 1.0 } else { 0.0 };
+        let lasted = self.weight_from(bucket(elapsed_ms) + 1) + unseen(elapsed_ms);
+        let end = elapsed_ms + more_ms;
+        (lasted > 0.0 && !self.is_empty())
+            .then(|| (self.weight_from(bucket(end) + 1) + unseen(end)) / lasted)
+    }
 }
 
 impl StartPlan {
@@ -74,6 +181,8 @@ pub struct Burst {
     pub at_ms: f64,
     /// Audio that had arrived before this burst, in ms.
     pub audio_before_ms: f64,
+    /// The silence before this burst: from the end of the one before, in ms (0: the first).
+    pub silence_ms: f64,
 }
 
 impl Burst {
@@ -96,6 +205,9 @@ pub struct Summary {
     pub p95_ms: u32,
     /// Audio seconds generated per wall second (1.0 = real time), if measured.
     pub generation_rate: Option<f64>,
+    /// The longest wait between bursts to expect, in ms (0 before any was seen).
+    #[serde(default)]
+    pub longest_silence_ms: u32,
 }
 
 /// The learned lateness histogram and generation rate for one endpoint and format.
@@ -107,6 +219,10 @@ pub struct DelayModel {
     utterances: u64,
     /// Decayed mean of the generation rate (audio s per wall s).
     rate: Option<f64>,
+    /// Decayed weight per 20 ms bucket of silence between bursts (one per silence). Files
+    /// written before it existed read as nothing learned yet.
+    #[serde(default = "no_silences")]
+    silences: Vec<f64>,
     /// When this model last learned, in the store's own count (which models to keep).
     #[serde(default)]
     pub(crate) learned_at: u64,
@@ -118,9 +234,14 @@ impl Default for DelayModel {
             weights: vec![0.0; BUCKETS],
             utterances: 0,
             rate: None,
+            silences: no_silences(),
             learned_at: 0,
         }
     }
+}
+
+fn no_silences() -> Vec<f64> {
+    vec![0.0; BUCKETS]
 }
 
 impl DelayModel {
@@ -159,11 +280,15 @@ impl DelayModel {
             .iter()
             .map(|b| b.at_ms - b.audio_before_ms / pace)
             .fold(0.0, f64::max);
-        for w in &mut self.weights {
+        for w in self.weights.iter_mut().chain(&mut self.silences) {
             *w *= FORGET;
         }
         // Weight 1 per utterance; the total converges to 1 / (1 − FORGET) = 20.
         self.weights[bucket(need)] += 1.0;
+        // Every silence after the first burst; the first burst's own wait is the TTFB.
+        for b in &bursts[1..] {
+            self.silences[bucket(b.silence_ms)] += 1.0;
+        }
         self.utterances += 1;
         true
     }
@@ -177,26 +302,24 @@ impl DelayModel {
         Some(StartPlan {
             jitter_ms: self.quantile_ms(q)?,
             rate: self.rate.unwrap_or(1.0),
+            silences: Silences::from_weights(&self.silences),
+            quantile: q.clamp(0.0, 1.0),
         })
     }
 
     /// The lateness (ms) that a fraction `q` of the learned bursts did not exceed; `None`
     /// while cold. A start with this much audio buffered rides out that fraction.
     pub fn quantile_ms(&self, q: f64) -> Option<u32> {
-        let total: f64 = self.weights.iter().sum();
-        if self.is_cold() || total <= 0.0 {
+        if self.is_cold() {
             return None;
         }
-        let want = q.clamp(0.0, 1.0) * total;
-        let mut acc = 0.0;
-        for (i, w) in self.weights.iter().enumerate() {
-            acc += w;
-            if acc >= want - 1e-9 {
-                // The bucket's upper edge: lateness up to it is covered (bucket 0: on time).
-                return Some(i as u32 * BUCKET_MS);
-            }
-        }
-        Some((BUCKETS - 1) as u32 * BUCKET_MS)
+        quantile_of(&self.weights, q)
+    }
+
+    /// The longest wait between bursts to expect (the [`SILENCE_QUANTILE`] of silences),
+    /// in ms; 0 while none was seen.
+    pub fn longest_silence_ms(&self) -> u32 {
+        Silences::from_weights(&self.silences).longest_ms()
     }
 
     /// What was learned, with the start target at quantile `q`.
@@ -207,16 +330,37 @@ impl DelayModel {
             p50_ms: self.quantile_ms(0.5).unwrap_or(0),
             p95_ms: self.quantile_ms(0.95).unwrap_or(0),
             generation_rate: self.rate,
+            longest_silence_ms: self.longest_silence_ms(),
         }
     }
 
     /// Whether the model is well formed (a file of another version or a hand-edited one
     /// may not be).
     fn is_valid(&self) -> bool {
-        self.weights.len() == BUCKETS
-            && self.weights.iter().all(|w| w.is_finite() && *w >= 0.0)
+        let fine = |v: &[f64]| v.len() == BUCKETS && v.iter().all(|w| w.is_finite() && *w >= 0.0);
+        fine(&self.weights)
+            && fine(&self.silences)
             && self.rate.is_none_or(|r| r.is_finite() && r > 0.0)
     }
+}
+
+/// The upper edge (ms) of the bucket where a fraction `q` of `weights` is reached; `None`
+/// when there is no weight.
+fn quantile_of(weights: &[f64], q: f64) -> Option<u32> {
+    let total: f64 = weights.iter().sum();
+    if total <= 0.0 {
+        return None;
+    }
+    let want = q.clamp(0.0, 1.0) * total;
+    let mut acc = 0.0;
+    for (i, w) in weights.iter().enumerate() {
+        acc += w;
+        if acc >= want - 1e-9 {
+            // The bucket's upper edge: up to it is covered (bucket 0: nothing).
+            return Some(i as u32 * BUCKET_MS);
+        }
+    }
+    Some((BUCKETS - 1) as u32 * BUCKET_MS)
 }
 
 /// The bucket of a lateness: 0 for on time or early, the last for anything beyond.
@@ -242,9 +386,12 @@ mod tests {
                     delay += ms;
                 }
             }
+            let at_ms = i as f64 * page_ms / speed + delay;
+            let silence_ms = out.last().map_or(0.0, |b: &Burst| at_ms - b.at_ms);
             out.push(Burst {
-                at_ms: i as f64 * page_ms / speed + delay,
+                at_ms,
                 audio_before_ms: i as f64 * page_ms,
+                silence_ms,
             });
         }
         out
@@ -255,6 +402,7 @@ mod tests {
         let b = Burst {
             at_ms: 1500.0,
             audio_before_ms: 1000.0,
+            silence_ms: 500.0,
         };
         assert_eq!(b.lateness_ms(), 500.0);
         assert_eq!(bucket(-3.0), 0);
@@ -351,6 +499,65 @@ mod tests {
         // Page 2 at 0.5 + 0.8 s with 2 s before it: not late; at 2× the jitter is lateness.
         assert_eq!(plan.jitter_ms, 0);
         assert!(plan.delay(std::time::Duration::from_secs(30)).is_zero());
+    }
+
+    #[test]
+    fn learns_the_longest_silence_and_forgets_it_when_the_network_gets_better() {
+        let mut m = DelayModel::default();
+        assert_eq!(m.longest_silence_ms(), 0);
+        // 1 s pages at 2× (500 ms apart); one utterance in three stalls 2 s before page 4.
+        for k in 0..30 {
+            let stall = (k % 3 == 0).then_some((3, 2000.0));
+            m.learn(&bursts(8, 1000.0, 2.0, stall), 8000.0);
+        }
+        // The stall plus the page's own 500 ms; one silence in 21, yet it is the longest.
+        assert_eq!(m.longest_silence_ms(), 2500);
+        assert_eq!(m.summary(0.95).longest_silence_ms, 2500);
+        for _ in 0..80 {
+            m.learn(&bursts(8, 1000.0, 2.0, None), 8000.0);
+        }
+        let plan = m.plan(0.95).unwrap();
+        assert_eq!(plan.silences.longest_ms(), 500);
+        assert_eq!(plan.silences.usual_ms(), 500);
+    }
+
+    #[test]
+    fn tells_how_likely_a_silence_under_way_is_to_go_on() {
+        // Nine page gaps of 500 ms for each stall of 1.5 to 2.5 s.
+        let mut ms = vec![500.0; 27];
+        ms.extend([1500.0, 2000.0, 2500.0]);
+        let s = Silences::from_ms(&ms);
+        assert_eq!((s.usual_ms(), s.longest_ms()), (500, 2500));
+        // Just after a page: 4 silences in 31 (the 3 stalls and the unseen 3.75 s one)
+        // go on for more than a second.
+        let fresh = s.outlasts(0.0, 1000.0).unwrap();
+        assert!((fresh - 4.0 / 31.0).abs() < 1e-9, "{fresh}");
+        // 600 ms in, it is a stall: 1 s more leaves the 2, 2.5 and unseen ones.
+        let stalled = s.outlasts(600.0, 1000.0).unwrap();
+        assert!((stalled - 3.0 / 4.0).abs() < 1e-9, "{stalled}");
+        // Past the longest learned, only the unseen one remains; past that, nothing.
+        assert_eq!(s.outlasts(600.0, 1900.0), Some(0.25));
+        assert_eq!(s.outlasts(600.0, 3200.0), Some(0.0));
+        assert_eq!(s.outlasts(3800.0, 0.0), None);
+        assert_eq!(Silences::default().outlasts(0.0, 0.0), None);
+    }
+
+    #[test]
+    fn a_model_saved_before_silences_were_learned_still_loads() {
+        let mut m = DelayModel::default();
+        for _ in 0..MIN_WARM_UTTERANCES {
+            m.learn(&bursts(4, 1000.0, 2.0, Some((2, 800.0))), 4000.0);
+        }
+        let mut v = serde_json::to_value(&m).unwrap();
+        v.as_object_mut().unwrap().remove("silences");
+        let old: DelayModel = serde_json::from_value(v).unwrap();
+        assert!(old.is_valid());
+        // Nothing known about silences: no start on the buffer alone, the plan as before.
+        assert_eq!(old.longest_silence_ms(), 0);
+        assert_eq!(
+            old.plan(0.95).unwrap().jitter_ms,
+            m.plan(0.95).unwrap().jitter_ms
+        );
     }
 
     #[test]
