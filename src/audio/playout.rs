@@ -30,8 +30,8 @@ use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
 use super::policy::{
-    prebuffer_needed, resume_needed, start_windows, warm_floor, warm_start, ArrivalStats,
-    PolicyParams, SilenceWindow,
+    overdue_after, prebuffer_needed, resume_needed, start_windows, warm_floor, warm_start,
+    ArrivalStats, PolicyParams, SilenceWindow,
 };
 use super::stretch::{StretchConfig, Stretcher, MIN_TEMPO_FLOOR};
 use super::thread::{
@@ -297,13 +297,7 @@ impl Utterance {
         let cold = prebuffer_needed(stats, expected, p, now);
         let resume = resume_needed(stats, expected, p, min_tempo, now);
         sh.resume_frames.store(resume, Ordering::Release);
-        // Half as long again as the usual wait between bursts (and never under 100 ms,
-        // the jitter of a steady stream of small chunks) means the stream has stalled.
-        let overdue = stats
-            .typical_wait()
-            .mul_f64(1.5)
-            .max(Duration::from_millis(100));
-        let overdue = u64::try_from(overdue.as_nanos()).unwrap_or(u64::MAX);
+        let overdue = u64::try_from(overdue_after(stats).as_nanos()).unwrap_or(u64::MAX);
         sh.overdue_after_ns.store(overdue, Ordering::Release);
         // The longest stall to prepare for: what was learned, or the fixed reserve.
         let horizon = match &self.plan {

@@ -320,6 +320,16 @@ pub struct StartWindows {
     pub early: SilenceWindow,
 }
 
+/// How long without a push means the stream has stalled: half as long again as the usual
+/// wait between bursts, and never under 100 ms (the jitter of a steady stream of small
+/// chunks). Slowing for a stall goes by it.
+pub fn overdue_after(stats: &ArrivalStats) -> Duration {
+    stats
+        .typical_wait()
+        .mul_f64(1.5)
+        .max(Duration::from_millis(100))
+}
+
 /// The window in which `lasts` (how much silence the buffer outlasts, slowed) bridges the
 /// silence under way.
 fn bridged_window(plan: &StartPlan, lasts: Duration) -> SilenceWindow {
