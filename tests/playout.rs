@@ -821,6 +821,29 @@ async fn slowed_playback_rides_out_a_stall_that_gaps_at_normal_speed() {
     .await
 }
 
+/// A playout into a clocked mono sink (the DAC stand-in) that slows to 0.9× and starts its
+/// next utterance by `plan`, with `jitter_reserve_ms` as the fixed rule's reserve.
+fn learned_playout(
+    plan: Option<StartPlan>,
+    jitter_reserve_ms: u32,
+) -> (
+    Playout,
+    UnboundedReceiver<PlayoutEvent>,
+    Arc<Mutex<Recording>>,
+) {
+    let (sink, rec) = ClockedSink::new(1);
+    let cfg = PlayoutConfig {
+        min_prebuffer_ms: 100,
+        jitter_reserve_ms,
+        max_slowdown: 0.9,
+        ..config()
+    };
+    let mut p = Playout::spawn(Box::new(sink), cfg).unwrap();
+    let rx = p.subscribe();
+    p.plan_next(plan);
+    (p, rx, rec)
+}
+
 /// A learned plan replaces the fixed reserve: the start comes at the learned moment after
 /// the first audio — earlier than the fixed rule on a network known to be good, later on
 /// one known to stall even when the first burst is large.
@@ -828,16 +851,7 @@ async fn slowed_playback_rides_out_a_stall_that_gaps_at_normal_speed() {
 async fn a_learned_plan_starts_at_its_moment_after_the_first_audio() {
     guarded(async {
         let start_after = |plan: Option<StartPlan>, burst_ms: usize| async move {
-            let (sink, _rec) = ClockedSink::new(1);
-            let cfg = PlayoutConfig {
-                min_prebuffer_ms: 100,
-                jitter_reserve_ms: 1000,
-                max_slowdown: 0.9,
-                ..config()
-            };
-            let mut p = Playout::spawn(Box::new(sink), cfg).unwrap();
-            let mut rx = p.subscribe();
-            p.plan_next(plan);
+            let (mut p, mut rx, _rec) = learned_playout(plan, 1000);
             p.begin(ms(6000));
             let input = tone(frames_of(6000));
             let pushed = Instant::now();
@@ -912,21 +926,14 @@ async fn a_learned_plan_starts_at_its_moment_after_the_first_audio() {
 #[tokio::test]
 async fn a_learned_start_waits_out_a_stall_its_buffer_cannot_bridge() {
     guarded(async {
-        let (sink, _rec) = ClockedSink::new(1);
-        let cfg = PlayoutConfig {
-            min_prebuffer_ms: 100,
-            max_slowdown: 0.9,
-            ..config()
-        };
-        let mut p = Playout::spawn(Box::new(sink), cfg).unwrap();
-        let mut rx = p.subscribe();
         // Learned: start 2 s after the first audio; 500 ms between pages, stalls up to 4 s.
-        p.plan_next(Some(StartPlan {
+        let plan = StartPlan {
             jitter_ms: 2000,
             rate: 2.0,
             silences: Silences::from_ms(&[[500.0; 9].as_slice(), &[4000.0]].concat()),
             quantile: 0.95,
-        }));
+        };
+        let (mut p, mut rx, _rec) = learned_playout(Some(plan), config().jitter_reserve_ms);
         p.begin(ms(6000));
         let input = tone(frames_of(6000));
         let pushed = Instant::now();
@@ -957,21 +964,14 @@ async fn a_learned_start_waits_out_a_stall_its_buffer_cannot_bridge() {
 async fn catching_up_on_a_learned_start_leaves_changing_sounds_unstretched() {
     guarded(async {
         let run = |input: Vec<i16>| async move {
-            let (sink, rec) = ClockedSink::new(1);
-            let cfg = PlayoutConfig {
-                min_prebuffer_ms: 100,
-                max_slowdown: 0.9,
-                ..config()
-            };
-            let mut p = Playout::spawn(Box::new(sink), cfg).unwrap();
-            let mut rx = p.subscribe();
             // Learned: 200 ms of jitter, so the start takes credit that slowing earns back.
-            p.plan_next(Some(StartPlan {
+            let plan = StartPlan {
                 jitter_ms: 200,
                 rate: 2.0,
                 silences: Silences::from_ms(&[600.0; 30]),
                 quantile: 0.95,
-            }));
+            };
+            let (mut p, mut rx, rec) = learned_playout(Some(plan), config().jitter_reserve_ms);
             p.begin(ms(3000));
             p.push(&input[..frames_of(600)]).await.unwrap();
             wait_started(&mut p, &mut rx).await;
