@@ -708,6 +708,9 @@ async fn play_speech(
             let Some(mut rx) = fetches.pending.pop_front() else {
                 break;
             };
+            if seg > 0 {
+                playout.next_request();
+            }
             let format = fetches.requests[seg].format;
             play_segment(playout, &mut feeder, &mut rx, format, &mut report, seg, of).await?;
         }

@@ -1436,6 +1436,7 @@ fn check_shows_the_learned_model_without_credentials_and_a_bad_file_is_one_line(
             at_ms: f64::from(i) * 50.0 + if i >= 3 { 900.0 } else { 0.0 },
             audio_before_ms: f64::from(i) * 200.0,
             silence_ms: if i == 3 { 950.0 } else { 50.0 },
+            first_request: true,
         })
         .collect();
     let key = store::key(

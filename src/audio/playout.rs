@@ -627,6 +627,15 @@ impl Playout {
         self.push_arrived(samples, Instant::now()).await
     }
 
+    /// Audio pushed from now on comes from a later request than the utterance's first (the
+    /// pipeline's next segment; `auto`'s Opus part): the network model learns the silences
+    /// a start must bridge from the first request only.
+    pub fn next_request(&mut self) {
+        if let Some(utt) = self.utt.as_mut() {
+            utt.stats.next_request();
+        }
+    }
+
     /// [`push`](Self::push) of audio that arrived at `arrived` (its bytes waited, e.g.
     /// behind a chime): the start rule and the stall watch count from when it came.
     pub async fn push_arrived(

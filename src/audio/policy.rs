@@ -73,6 +73,8 @@ pub struct ArrivalStats {
     bursts: u32,
     frames_before_burst: u64,
     max_gap: Duration,
+    /// Audio now comes from a later request than the first (see [`Burst::first_request`]).
+    later_request: bool,
     /// Each burst's start, for the network model (this side may allocate).
     log: Vec<Burst>,
 }
@@ -89,8 +91,14 @@ impl ArrivalStats {
             bursts: 0,
             frames_before_burst: 0,
             max_gap: Duration::ZERO,
+            later_request: false,
             log: Vec::new(),
         }
+    }
+
+    /// What arrives from now on comes from a later request than the utterance's first.
+    pub fn next_request(&mut self) {
+        self.later_request = true;
     }
 
     /// Every burst: when it began (after the first) and how much audio came before.
@@ -106,6 +114,7 @@ impl ArrivalStats {
             at_ms: at.saturating_duration_since(first).as_secs_f64() * 1000.0,
             audio_before_ms: self.received as f64 * 1000.0 / f64::from(self.rate),
             silence_ms: silence.as_secs_f64() * 1000.0,
+            first_request: !self.later_request,
         });
     }
 

@@ -183,6 +183,9 @@ pub struct Burst {
     pub audio_before_ms: f64,
     /// The silence before this burst: from the end of the one before, in ms (0: the first).
     pub silence_ms: f64,
+    /// It came in the utterance's first request, the one its start falls in (with `auto`,
+    /// the PCM lead): only those silences say what a start must bridge.
+    pub first_request: bool,
 }
 
 impl Burst {
@@ -285,8 +288,9 @@ impl DelayModel {
         }
         // Weight 1 per utterance; the total converges to 1 / (1 − FORGET) = 20.
         self.weights[bucket(need)] += 1.0;
-        // Every silence after the first burst; the first burst's own wait is the TTFB.
-        for b in &bursts[1..] {
+        // Every silence after the first burst (its own wait is the TTFB) in the request a
+        // start falls in: `auto`'s Opus page gaps come only once its PCM lead has played.
+        for b in bursts[1..].iter().filter(|b| b.first_request) {
             self.silences[bucket(b.silence_ms)] += 1.0;
         }
         self.utterances += 1;
@@ -392,6 +396,7 @@ mod tests {
                 at_ms,
                 audio_before_ms: i as f64 * page_ms,
                 silence_ms,
+                first_request: true,
             });
         }
         out
@@ -403,6 +408,7 @@ mod tests {
             at_ms: 1500.0,
             audio_before_ms: 1000.0,
             silence_ms: 500.0,
+            first_request: true,
         };
         assert_eq!(b.lateness_ms(), 500.0);
         assert_eq!(bucket(-3.0), 0);
@@ -540,6 +546,36 @@ mod tests {
         assert_eq!(s.outlasts(600.0, 3200.0), Some(0.0));
         assert_eq!(s.outlasts(3800.0, 0.0), None);
         assert_eq!(Silences::default().outlasts(0.0, 0.0), None);
+    }
+
+    #[test]
+    fn only_the_first_request_teaches_what_a_start_must_bridge() {
+        // `auto`: 100 ms PCM chunks 87 ms apart, then 1 s Opus pages 870 ms apart. A start
+        // always falls in the PCM lead, where a page gap never comes.
+        let mut bursts: Vec<Burst> = (0..20)
+            .map(|i| Burst {
+                at_ms: f64::from(i) * 87.0,
+                audio_before_ms: f64::from(i) * 100.0,
+                silence_ms: 87.0,
+                first_request: true,
+            })
+            .collect();
+        bursts.extend((0..6).map(|i| Burst {
+            at_ms: 1740.0 + f64::from(i) * 870.0,
+            audio_before_ms: 2000.0 + f64::from(i) * 1000.0,
+            silence_ms: 870.0,
+            first_request: false,
+        }));
+        let mut m = DelayModel::default();
+        for _ in 0..MIN_WARM_UTTERANCES {
+            m.learn(&bursts, 8000.0);
+        }
+        let plan = m.plan(0.95).unwrap();
+        // The 87 ms chunk wait, to its bucket's upper edge; the page gaps are not there.
+        assert_eq!(plan.silences.longest_ms(), 100);
+        // So a PCM start with 200 ms buffered bridges what may come (page gaps would make
+        // one in four silences outlast it).
+        assert_eq!(plan.silences.outlasts(0.0, 200.0), Some(0.0));
     }
 
     #[test]

@@ -286,6 +286,7 @@ mod tests {
                 at_ms: f64::from(i) * 50.0 + if i >= 3 { 900.0 } else { 0.0 },
                 audio_before_ms: f64::from(i) * 200.0,
                 silence_ms: if i == 3 { 950.0 } else { 50.0 },
+                first_request: true,
             })
             .collect()
     }
