@@ -20,7 +20,7 @@
 //! plus at most one period being written, plus the fade.
 
 use std::os::unix::net::UnixStream as StdUnixStream;
-use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -321,7 +321,7 @@ impl Utterance {
             None => {
                 sh.target_frames.store(cold, Ordering::Release);
                 sh.delay_target_ns.store(0, Ordering::Release);
-                publish_window(&sh.early_window_ns, &SilenceWindow::SHUT);
+                sh.early_window.store(&SilenceWindow::SHUT);
                 sh.start_delay_ns.store(NO_PLAN, Ordering::Release);
             }
             Some(plan) => {
@@ -332,20 +332,12 @@ impl Utterance {
                 sh.target_frames.store(floor, Ordering::Release);
                 sh.delay_target_ns.store(ns(target), Ordering::Release);
                 let w = start_windows(plan, stats, expected, p, min_tempo);
-                publish_window(&sh.planned_window_ns, &w.planned);
-                publish_window(&sh.early_window_ns, &w.early);
+                sh.planned_window.store(&w.planned);
+                sh.early_window.store(&w.early);
                 sh.start_delay_ns.store(ns(start), Ordering::Release);
             }
         }
     }
-}
-
-/// Stores a start window for the audio thread as `[calm_until, again_from, tail]` ns.
-fn publish_window(to: &[AtomicU64; 3], w: &SilenceWindow) {
-    let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX - 1);
-    to[0].store(ns(w.calm_until), Ordering::Release);
-    to[1].store(w.again_from.map_or(NO_PLAN, ns), Ordering::Release);
-    to[2].store(ns(w.tail), Ordering::Release);
 }
 
 enum Wake {

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use rtrb::{Consumer, Producer};
 
 use super::clock::WallClock;
+use super::policy::SilenceWindow;
 use super::stretch::Stretcher;
 use super::stretch_gate::{tempo_for, BlockClassifier, Slowing};
 use super::{DeviceFormat, Sink, SinkError};
@@ -71,12 +72,11 @@ pub(super) struct Shared {
     pub start_delay_ns: AtomicU64,
     /// Warm start: play slowed until playback runs this far (ns) behind the first audio.
     pub delay_target_ns: AtomicU64,
-    /// Warm start, by the silence since the last push (ns; see `policy::StartWindows`):
-    /// the planned moment holds up to `planned[0]`, and from `planned[1]` (`NO_PLAN`:
-    /// never) until `planned[2]`...
-    pub planned_window_ns: [AtomicU64; 3],
-    /// ...and a start on the buffer alone, before the moment, likewise.
-    pub early_window_ns: [AtomicU64; 3],
+    /// Warm start: the silences since the last push in which the planned moment holds
+    /// (see `policy::StartWindows`)...
+    pub planned_window: WindowCell,
+    /// ...and those in which a start on the buffer alone, before the moment, may begin.
+    pub early_window: WindowCell,
     /// The gain (linear amplitude, `f32` bits) to play at: a new utterance starts at it,
     /// one playing ramps to it.
     pub gain_bits: AtomicU32,
@@ -95,6 +95,38 @@ pub(super) struct Shared {
     pub device_call_ns: AtomicU64,
     /// The sink error that stopped the thread; written once, outside the loop.
     pub error: Mutex<Option<SinkError>>,
+}
+
+/// A `policy::SilenceWindow` the async side publishes and the audio thread reads, as
+/// three nanosecond atomics (`NO_PLAN` in `again_from`: never), so neither side locks.
+#[derive(Debug)]
+pub struct WindowCell([AtomicU64; 3]);
+
+impl WindowCell {
+    /// A cell holding `w`.
+    pub fn new(w: SilenceWindow) -> Self {
+        let cell = WindowCell([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
+        cell.store(&w);
+        cell
+    }
+
+    /// Publishes `w` (durations past `u64` ns saturate to just under `NO_PLAN`).
+    pub fn store(&self, w: &SilenceWindow) {
+        let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(NO_PLAN - 1);
+        self.0[0].store(ns(w.calm_until), Ordering::Release);
+        self.0[1].store(w.again_from.map_or(NO_PLAN, ns), Ordering::Release);
+        self.0[2].store(ns(w.tail), Ordering::Release);
+    }
+
+    /// The window last published.
+    pub fn load(&self) -> SilenceWindow {
+        let [calm_until, again_from, tail] = [0, 1, 2].map(|i| self.0[i].load(Ordering::Acquire));
+        SilenceWindow {
+            calm_until: Duration::from_nanos(calm_until),
+            again_from: (again_from != NO_PLAN).then(|| Duration::from_nanos(again_from)),
+            tail: Duration::from_nanos(tail),
+        }
+    }
 }
 
 impl Shared {
@@ -137,16 +169,8 @@ impl Shared {
             stall_horizon_frames: AtomicU64::new(0),
             first_at_ns: AtomicU64::new(0),
             start_delay_ns: AtomicU64::new(NO_PLAN),
-            planned_window_ns: [
-                AtomicU64::new(u64::MAX),
-                AtomicU64::new(NO_PLAN),
-                AtomicU64::new(u64::MAX),
-            ],
-            early_window_ns: [
-                AtomicU64::new(0),
-                AtomicU64::new(NO_PLAN),
-                AtomicU64::new(0),
-            ],
+            planned_window: WindowCell::new(SilenceWindow::OPEN),
+            early_window: WindowCell::new(SilenceWindow::SHUT),
             delay_target_ns: AtomicU64::new(0),
             gain_bits: AtomicU32::new(1.0f32.to_bits()),
             lead_in: AtomicBool::new(false),
@@ -603,14 +627,13 @@ impl AudioThread {
         if last == 0 {
             return false;
         }
-        let silence = self.now_ns().saturating_sub(last);
-        let w = if early {
-            &self.shared.early_window_ns
+        let silence = Duration::from_nanos(self.now_ns().saturating_sub(last));
+        let cell = if early {
+            &self.shared.early_window
         } else {
-            &self.shared.planned_window_ns
+            &self.shared.planned_window
         };
-        let [calm_until, again_from, tail] = [0, 1, 2].map(|i| w[i].load(Ordering::Acquire));
-        silence < calm_until || (again_from != NO_PLAN && again_from <= silence && silence < tail)
+        cell.load().allows(silence)
     }
 
     fn play_period(&mut self) -> Result<(), SinkError> {
@@ -1052,4 +1075,37 @@ impl AudioThread {
 
 fn scale(s: i16, gain: f32) -> i16 {
     (f32::from(s) * gain).round() as i16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_published_window_reads_back_as_the_same_rule() {
+        let ms = Duration::from_millis;
+        let w = SilenceWindow {
+            calm_until: ms(150),
+            again_from: Some(ms(900)),
+            tail: ms(1400),
+        };
+        let cell = WindowCell::new(SilenceWindow::SHUT);
+        cell.store(&w);
+        assert_eq!(cell.load(), w);
+        cell.store(&SilenceWindow {
+            again_from: None,
+            ..w
+        });
+        assert!(
+            !cell.load().allows(ms(1000)),
+            "no second window: a stall waits"
+        );
+        cell.store(&SilenceWindow::OPEN);
+        assert!(
+            cell.load().allows(Duration::from_secs(3600)),
+            "open stays open"
+        );
+        cell.store(&SilenceWindow::SHUT);
+        assert!(!cell.load().allows(Duration::ZERO), "shut stays shut");
+    }
 }
