@@ -35,8 +35,8 @@ use super::policy::{
 };
 use super::stretch::{StretchConfig, Stretcher, MIN_TEMPO_FLOOR};
 use super::thread::{
-    AudioThread, RawEvent, RawReport, Shared, ThreadParams, NO_PLAN, RT_GRANTED, RT_NOT_REQUESTED,
-    RT_PENDING,
+    plan_ns, AudioThread, RawEvent, RawReport, Shared, ThreadParams, NO_PLAN, RT_GRANTED,
+    RT_NOT_REQUESTED, RT_PENDING,
 };
 use super::{DeviceFormat, Sink, SinkError};
 use crate::netmodel::StartPlan;
@@ -326,15 +326,14 @@ impl Utterance {
             }
             Some(plan) => {
                 let (start, target) = warm_start(plan, stats, expected, p, min_tempo);
-                let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX - 1);
                 // The floor still applies (the learned moment only replaces the reserve).
                 let floor = warm_floor(stats, expected, p);
                 sh.target_frames.store(floor, Ordering::Release);
-                sh.delay_target_ns.store(ns(target), Ordering::Release);
+                sh.delay_target_ns.store(plan_ns(target), Ordering::Release);
                 let w = start_windows(plan, stats, expected, p, min_tempo);
                 sh.planned_window.store(&w.planned);
                 sh.early_window.store(&w.early);
-                sh.start_delay_ns.store(ns(start), Ordering::Release);
+                sh.start_delay_ns.store(plan_ns(start), Ordering::Release);
             }
         }
     }

@@ -97,6 +97,11 @@ pub(super) struct Shared {
     pub error: Mutex<Option<SinkError>>,
 }
 
+/// `d` in nanoseconds for a plan atomic, saturating just under `NO_PLAN` (which means none).
+pub(super) fn plan_ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(NO_PLAN - 1)
+}
+
 /// A `policy::SilenceWindow` the async side publishes and the audio thread reads, as
 /// three nanosecond atomics (`NO_PLAN` in `again_from`: never), so neither side locks.
 #[derive(Debug)]
@@ -110,12 +115,11 @@ impl WindowCell {
         cell
     }
 
-    /// Publishes `w` (durations past `u64` ns saturate to just under `NO_PLAN`).
+    /// Publishes `w`.
     pub fn store(&self, w: &SilenceWindow) {
-        let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(NO_PLAN - 1);
-        self.0[0].store(ns(w.calm_until), Ordering::Release);
-        self.0[1].store(w.again_from.map_or(NO_PLAN, ns), Ordering::Release);
-        self.0[2].store(ns(w.tail), Ordering::Release);
+        self.0[0].store(plan_ns(w.calm_until), Ordering::Release);
+        self.0[1].store(w.again_from.map_or(NO_PLAN, plan_ns), Ordering::Release);
+        self.0[2].store(plan_ns(w.tail), Ordering::Release);
     }
 
     /// The window last published.
