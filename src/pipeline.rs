@@ -702,6 +702,7 @@ async fn play_speech(
         ..SpeakReport::default()
     };
     let mut feeder = Feeder::new(playout);
+    let mut through = Duration::ZERO;
     let result: Result<(), PipelineError> = async {
         for seg in 0..of {
             fetches.fill(seg);
@@ -711,6 +712,11 @@ async fn play_speech(
             if seg > 0 {
                 playout.next_request();
             }
+            // While this segment streams, the next one's fetch (if under way) generates
+            // the audio after it.
+            let req = &fetches.requests[seg];
+            through += text::estimate_duration(&req.input, req.speed.unwrap_or(1.0));
+            playout.concurrent_after((!fetches.pending.is_empty()).then_some(through));
             let format = fetches.requests[seg].format;
             play_segment(playout, &mut feeder, &mut rx, format, &mut report, seg, of).await?;
         }
