@@ -757,6 +757,8 @@ async fn fall_back(
         "the speech API failed, the fallback voice speaks instead: {e}"
     );
     report.fallback = Some(used);
+    // The local voice speaks one piece after another: nothing generates ahead any more.
+    playout.concurrent_after(None);
     speak_locally(local, playout, feeder, texts[from..].iter().copied())
         .await
         .map_err(|l| l.after(e, local.engine()))
