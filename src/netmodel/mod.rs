@@ -23,9 +23,13 @@
 //! also tracks the generation rate (audio seconds per wall second), which tells a slow
 //! stream from a stalled one.
 //!
-//! A third histogram holds the *silences*: every wait between one burst and the next. Its
-//! top (the [`SILENCE_QUANTILE`]) is the longest wait this network makes, which the start
-//! rule uses within an utterance: while a stall is under way it may not start on the plan
+//! A third histogram holds the *silences*: every wait between one burst and the next, as
+//! its *excess* over its request's usual wait (the median: a PCM chunk wait, an Opus page
+//! gap). A stall belongs to the network, not to a request, so every request teaches it;
+//! the start bridges its own request's cadence (learned from the first request, the one a
+//! start falls in) plus that excess. Its top (the [`SILENCE_QUANTILE`]) is the longest wait
+//! this network makes, which the start rule uses within an utterance: while a stall is
+//! under way it may not start on the plan
 //! unless the buffer outlasts what the stall can still take, and with a buffer that
 //! outlasts the longest wait it may start before the plan (after a stall that held the
 //! first audio back, the audio comes as one large backlog). `store.rs` persists the model,
@@ -72,20 +76,25 @@ pub struct StartPlan {
 /// few dozen samples, and the next stall can be the longest so far.
 pub const SILENCE_TAIL: f64 = 1.5;
 
-/// The silences between bursts a network made, as the start rule reads them: the decayed
-/// weight of silences at least as long as each 20 ms bucket, plus one more silence, never
+/// The silences between bursts a network made, as the start rule reads them: a cadence
+/// every silence lasts, the decayed weight of excess beyond it at least as long as each
+/// 20 ms bucket, plus one more silence, never
 /// seen, [`SILENCE_TAIL`] times the longest (a learned maximum is not the true one: with
 /// `n` stalls seen, the next is the longest yet one time in `n + 1`).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Silences {
-    /// `at_least[b]`: the weight of silences in bucket `b` or beyond.
+    /// `at_least[b]`: the weight of silences whose excess over `offset_ms` is in bucket `b`
+    /// or beyond (bucket 0: no excess).
     at_least: Vec<f64>,
+    /// The wait every silence lasts at least (the start request's cadence), in ms.
+    offset_ms: f64,
     /// The longest silence to expect (the [`SILENCE_QUANTILE`]), in ms.
     longest_ms: u32,
 }
 
 impl Silences {
-    fn from_weights(weights: &[f64]) -> Silences {
+    /// Silences of `offset_ms` plus the excess whose decayed weight per bucket is `weights`.
+    fn from_weights(weights: &[f64], offset_ms: f64) -> Silences {
         let mut at_least = vec![0.0; weights.len()];
         let mut acc = 0.0;
         for (i, w) in weights.iter().enumerate().rev() {
@@ -94,6 +103,7 @@ impl Silences {
         }
         let mut s = Silences {
             at_least,
+            offset_ms: offset_ms.max(0.0),
             longest_ms: 0,
         };
         s.longest_ms = s.quantile_ms(SILENCE_QUANTILE);
@@ -106,11 +116,31 @@ impl Silences {
         for &ms in silences {
             weights[bucket(ms)] += 1.0;
         }
-        Silences::from_weights(&weights)
+        Silences::from_weights(&weights, 0.0)
     }
 
     fn weight_from(&self, b: usize) -> f64 {
         self.at_least.get(b).copied().unwrap_or(0.0)
+    }
+
+    /// The weight of silences longer than `ms` (all of them, short of the offset).
+    fn weight_beyond(&self, ms: f64) -> f64 {
+        let excess = ms - self.offset_ms;
+        if excess < 0.0 {
+            self.weight_from(0)
+        } else {
+            self.weight_from(bucket(excess) + 1)
+        }
+    }
+
+    /// The share of silences longer than `ms` (the unseen one left out: it is the tail of
+    /// a silence under way, not a rate).
+    pub fn share_beyond(&self, ms: f64) -> f64 {
+        let total = self.weight_from(0);
+        if total <= 0.0 {
+            return 0.0;
+        }
+        self.weight_beyond(ms) / total
     }
 
     /// Whether any silence was learned.
@@ -126,9 +156,10 @@ impl Silences {
             return 0;
         }
         let want = q.clamp(0.0, 1.0) * total;
-        (0..self.at_least.len())
+        let edge = (0..self.at_least.len())
             .find(|&b| total - self.weight_from(b + 1) >= want - 1e-9)
-            .map_or(0, |b| b as u32 * BUCKET_MS)
+            .map_or(0, |b| b as u32 * BUCKET_MS);
+        edge.saturating_add(self.offset_ms.round() as u32)
     }
 
     /// The longest silence to expect (the [`SILENCE_QUANTILE`]), in ms.
@@ -151,10 +182,9 @@ impl Silences {
     /// learned): nothing to go by.
     pub fn outlasts(&self, elapsed_ms: f64, more_ms: f64) -> Option<f64> {
         let unseen = |ms: f64| if ms < self.tail_ms() { 1.0 } else { 0.0 };
-        let lasted = self.weight_from(bucket(elapsed_ms) + 1) + unseen(elapsed_ms);
+        let lasted = self.weight_beyond(elapsed_ms) + unseen(elapsed_ms);
         let end = elapsed_ms + more_ms;
-        (lasted > 0.0 && !self.is_empty())
-            .then(|| (self.weight_from(bucket(end) + 1) + unseen(end)) / lasted)
+        (lasted > 0.0 && !self.is_empty()).then(|| (self.weight_beyond(end) + unseen(end)) / lasted)
     }
 }
 
@@ -184,7 +214,7 @@ pub struct Burst {
     /// The silence before this burst: from the end of the one before, in ms (0: the first).
     pub silence_ms: f64,
     /// It came in the utterance's first request, the one its start falls in (with `auto`,
-    /// the PCM lead): only those silences say what a start must bridge.
+    /// the PCM lead): its cadence is the one a start must bridge.
     pub first_request: bool,
 }
 
@@ -222,10 +252,14 @@ pub struct DelayModel {
     utterances: u64,
     /// Decayed mean of the generation rate (audio s per wall s).
     rate: Option<f64>,
-    /// Decayed weight per 20 ms bucket of silence between bursts (one per silence). Files
-    /// written before it existed read as nothing learned yet.
+    /// Decayed weight per 20 ms bucket of a silence's excess over its request's usual
+    /// wait (one per silence). Files written before it existed read as nothing learned yet
+    /// (their `silences` held whole waits, a measure no longer kept).
     #[serde(default = "no_silences")]
-    silences: Vec<f64>,
+    excess: Vec<f64>,
+    /// Decayed mean of the first request's usual wait between bursts, in ms.
+    #[serde(default)]
+    cadence_ms: Option<f64>,
     /// When this model last learned, in the store's own count (which models to keep).
     #[serde(default)]
     pub(crate) learned_at: u64,
@@ -237,7 +271,8 @@ impl Default for DelayModel {
             weights: vec![0.0; BUCKETS],
             utterances: 0,
             rate: None,
-            silences: no_silences(),
+            excess: no_silences(),
+            cadence_ms: None,
             learned_at: 0,
         }
     }
@@ -268,11 +303,7 @@ impl DelayModel {
         // The audio after the first burst, over the time it took to arrive.
         let generated = audio_ms - first_size.audio_before_ms;
         if last.at_ms > 0.0 && generated > 0.0 {
-            let rate = generated / last.at_ms;
-            self.rate = Some(match self.rate {
-                Some(r) => r * FORGET + rate * (1.0 - FORGET),
-                None => rate,
-            });
+            self.rate = Some(decayed(self.rate, generated / last.at_ms));
         }
         // Jitter against the schedule of the learned rate — the one a start is planned by —
         // not this utterance's own: one whose rate a long stall pulled below real time must
@@ -283,18 +314,37 @@ impl DelayModel {
             .iter()
             .map(|b| b.at_ms - b.audio_before_ms / pace)
             .fold(0.0, f64::max);
-        for w in self.weights.iter_mut().chain(&mut self.silences) {
+        for w in self.weights.iter_mut().chain(&mut self.excess) {
             *w *= FORGET;
         }
         // Weight 1 per utterance; the total converges to 1 / (1 − FORGET) = 20.
         self.weights[bucket(need)] += 1.0;
-        // Every silence after the first burst (its own wait is the TTFB) in the request a
-        // start falls in: `auto`'s Opus page gaps come only once its PCM lead has played.
-        for b in bursts[1..].iter().filter(|b| b.first_request) {
-            self.silences[bucket(b.silence_ms)] += 1.0;
-        }
+        self.learn_silences(&bursts[1..]);
         self.utterances += 1;
         true
+    }
+
+    /// Learns each silence after the first burst (its own wait is the TTFB) as its excess
+    /// over its request's usual wait, and the first request's usual wait as the cadence.
+    /// `auto`'s Opus page gaps are then no threat to its PCM lead, yet the stalls in its
+    /// Opus part still teach the lead what the network does.
+    fn learn_silences(&mut self, bursts: &[Burst]) {
+        for first in [true, false] {
+            let mut waits: Vec<f64> = bursts
+                .iter()
+                .filter(|b| b.first_request == first)
+                .map(|b| b.silence_ms)
+                .collect();
+            let Some(usual) = median(&mut waits) else {
+                continue;
+            };
+            if first {
+                self.cadence_ms = Some(decayed(self.cadence_ms, usual));
+            }
+            for w in waits {
+                self.excess[bucket(w - usual)] += 1.0;
+            }
+        }
     }
 
     /// What the playout starts by, at quantile `q`; `None` until [`MIN_WARM_UTTERANCES`]
@@ -306,7 +356,7 @@ impl DelayModel {
         Some(StartPlan {
             jitter_ms: self.quantile_ms(q)?,
             rate: self.rate.unwrap_or(1.0),
-            silences: Silences::from_weights(&self.silences),
+            silences: self.silences(),
             quantile: q.clamp(0.0, 1.0),
         })
     }
@@ -323,7 +373,12 @@ impl DelayModel {
     /// The longest wait between bursts to expect (the [`SILENCE_QUANTILE`] of silences),
     /// in ms; 0 while none was seen.
     pub fn longest_silence_ms(&self) -> u32 {
-        Silences::from_weights(&self.silences).longest_ms()
+        self.silences().longest_ms()
+    }
+
+    /// The silences a start in the first request must bridge: its cadence plus the excess.
+    fn silences(&self) -> Silences {
+        Silences::from_weights(&self.excess, self.cadence_ms.unwrap_or(0.0))
     }
 
     /// What was learned, with the start target at quantile `q`.
@@ -343,8 +398,25 @@ impl DelayModel {
     fn is_valid(&self) -> bool {
         let fine = |v: &[f64]| v.len() == BUCKETS && v.iter().all(|w| w.is_finite() && *w >= 0.0);
         fine(&self.weights)
-            && fine(&self.silences)
+            && fine(&self.excess)
             && self.rate.is_none_or(|r| r.is_finite() && r > 0.0)
+            && self.cadence_ms.is_none_or(|c| c.is_finite() && c >= 0.0)
+    }
+}
+
+/// A decayed mean: `value` added to `mean` with weight `1 − FORGET` (the first sets it).
+fn decayed(mean: Option<f64>, value: f64) -> f64 {
+    mean.map_or(value, |m| m * FORGET + value * (1.0 - FORGET))
+}
+
+/// The median of `values` (reordered); `None` when empty.
+fn median(values: &mut [f64]) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(values[n / 2]),
+        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
     }
 }
 
@@ -548,34 +620,55 @@ mod tests {
         assert_eq!(Silences::default().outlasts(0.0, 0.0), None);
     }
 
-    #[test]
-    fn only_the_first_request_teaches_what_a_start_must_bridge() {
-        // `auto`: 100 ms PCM chunks 87 ms apart, then 1 s Opus pages 870 ms apart. A start
-        // always falls in the PCM lead, where a page gap never comes.
+    /// `auto`: 100 ms PCM chunks 87 ms apart, then 1 s Opus pages 870 ms apart, with a
+    /// stall of `stall_ms` before the fourth page.
+    fn lead_then_pages(stall_ms: f64) -> Vec<Burst> {
         let mut bursts: Vec<Burst> = (0..20)
             .map(|i| Burst {
                 at_ms: f64::from(i) * 87.0,
                 audio_before_ms: f64::from(i) * 100.0,
-                silence_ms: 87.0,
+                silence_ms: if i == 0 { 0.0 } else { 87.0 },
                 first_request: true,
             })
             .collect();
-        bursts.extend((0..6).map(|i| Burst {
-            at_ms: 1740.0 + f64::from(i) * 870.0,
-            audio_before_ms: 2000.0 + f64::from(i) * 1000.0,
-            silence_ms: 870.0,
-            first_request: false,
-        }));
+        let mut at_ms = 1740.0;
+        for i in 0..6 {
+            let silence_ms = if i == 3 { 870.0 + stall_ms } else { 870.0 };
+            at_ms += if i == 0 { 0.0 } else { silence_ms };
+            bursts.push(Burst {
+                at_ms,
+                audio_before_ms: 2000.0 + f64::from(i) * 1000.0,
+                silence_ms,
+                first_request: false,
+            });
+        }
+        bursts
+    }
+
+    #[test]
+    fn a_start_bridges_its_own_requests_cadence_plus_the_networks_stalls() {
         let mut m = DelayModel::default();
         for _ in 0..MIN_WARM_UTTERANCES {
-            m.learn(&bursts, 8000.0);
+            m.learn(&lead_then_pages(0.0), 8000.0);
         }
         let plan = m.plan(0.95).unwrap();
-        // The 87 ms chunk wait, to its bucket's upper edge; the page gaps are not there.
-        assert_eq!(plan.silences.longest_ms(), 100);
-        // So a PCM start with 200 ms buffered bridges what may come (page gaps would make
-        // one in four silences outlast it).
+        // The lead's 87 ms chunk wait; the page gaps are the Opus part's own cadence.
+        assert_eq!(plan.silences.longest_ms(), 87);
+        // So a PCM start with 200 ms buffered bridges what may come (were the page gaps
+        // silences of the lead, one in four would outlast it).
         assert_eq!(plan.silences.outlasts(0.0, 200.0), Some(0.0));
+
+        // A 2 s stall in the Opus part is the network's: the lead learns it too.
+        for _ in 0..MIN_WARM_UTTERANCES {
+            m.learn(&lead_then_pages(2000.0), 8000.0);
+        }
+        let plan = m.plan(0.95).unwrap();
+        assert_eq!(plan.silences.longest_ms(), 2087);
+        let stalled = plan.silences.outlasts(300.0, 500.0).unwrap();
+        assert!(
+            stalled > 0.5,
+            "a 300 ms wait in the lead is a stall: {stalled}"
+        );
     }
 
     #[test]
@@ -585,7 +678,9 @@ mod tests {
             m.learn(&bursts(4, 1000.0, 2.0, Some((2, 800.0))), 4000.0);
         }
         let mut v = serde_json::to_value(&m).unwrap();
-        v.as_object_mut().unwrap().remove("silences");
+        let o = v.as_object_mut().unwrap();
+        o.remove("excess");
+        o.remove("cadence_ms");
         let old: DelayModel = serde_json::from_value(v).unwrap();
         assert!(old.is_valid());
         // Nothing known about silences: no start on the buffer alone, the plan as before.
