@@ -29,8 +29,8 @@
 //! the start bridges its own request's cadence (learned from the first request, the one a
 //! start falls in) plus that excess. Its top (the [`SILENCE_QUANTILE`]) is the longest wait
 //! this network makes, which the start rule uses within an utterance: while a stall is
-//! under way it may not start on the plan
-//! unless the buffer outlasts what the stall can still take, and with a buffer that
+//! under way it may not start on the plan unless the buffer outlasts what the stall can
+//! still take, and with a buffer that
 //! outlasts the longest wait it may start before the plan (after a stall that held the
 //! first audio back, the audio comes as one large backlog). `store.rs` persists the model,
 //! keyed by endpoint and format.
@@ -78,8 +78,7 @@ pub const SILENCE_TAIL: f64 = 1.5;
 
 /// The silences between bursts a network made, as the start rule reads them: a cadence
 /// every silence lasts, the decayed weight of excess beyond it at least as long as each
-/// 20 ms bucket, plus one more silence, never
-/// seen, [`SILENCE_TAIL`] times the longest (a learned maximum is not the true one: with
+/// 20 ms bucket, plus one more silence, never seen, [`SILENCE_TAIL`] times the longest (a learned maximum is not the true one: with
 /// `n` stalls seen, the next is the longest yet one time in `n + 1`).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Silences {
